@@ -1,0 +1,259 @@
+"""Typed schema of the training config.
+
+Values and their documentation live in ``recipes/base.yaml`` (one commented line per option); this module
+gives each option its type and its rules. Hydra merges the YAML onto these classes, so an unknown key
+(a typo) or a wrong type fails at composition, and :func:`to_config` runs the cross-field rules below
+before any model loads, each failing with one line that names the field and the rule.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config value breaks a rule; the message names the field."""
+
+
+def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise ConfigError(f"{name}={value!r}: must be one of {', '.join(options)}")
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{name}={value}: must be > 0")
+
+
+@dataclass
+class TinyModelSection:
+    hidden_size: int = MISSING
+    num_layers: int = MISSING
+    num_heads: int = MISSING
+    intermediate_size: int = MISSING
+    max_positions: int = MISSING
+
+
+@dataclass
+class ModelSection:
+    path: Optional[str] = MISSING
+    tokenizer_path: Optional[str] = MISSING
+    tiny: TinyModelSection = field(default_factory=TinyModelSection)
+    dtype: str = MISSING
+    gradient_checkpointing: bool = MISSING
+
+    def check(self) -> None:
+        _choice("model.dtype", self.dtype, ("float32", "bfloat16"))
+
+
+@dataclass
+class WarmStartSection:
+    cache_dir: str = MISSING
+    num_examples: int = MISSING
+    max_steps: int = MISSING
+    batch_size: int = MISSING
+    learning_rate: float = MISSING
+    seed: int = MISSING
+
+    def check(self) -> None:
+        for name in ("num_examples", "max_steps", "batch_size", "learning_rate"):
+            _positive(f"warm_start.{name}", getattr(self, name))
+
+
+@dataclass
+class TaskSection:
+    min_steps: int = MISSING
+    max_steps: int = MISSING
+    max_operand: int = MISSING
+    max_factor: int = MISSING
+    max_value: int = MISSING
+    train_size: int = MISSING
+    eval_size: int = MISSING
+    seed: int = MISSING
+
+    def check(self) -> None:
+        if not 1 <= self.min_steps <= self.max_steps:
+            raise ConfigError(f"task.min_steps={self.min_steps}: must be >= 1 and <= task.max_steps")
+        _positive("task.eval_size", self.eval_size)
+        _positive("task.train_size", self.train_size)
+
+
+@dataclass
+class RolloutSection:
+    prompts_per_step: int = MISSING
+    samples_per_prompt: int = MISSING
+    temperature: float = MISSING
+    top_p: float = MISSING
+    max_new_tokens: int = MISSING
+    eval_batch_size: int = MISSING
+
+    def check(self) -> None:
+        _positive("rollout.prompts_per_step", self.prompts_per_step)
+        _positive("rollout.temperature", self.temperature)
+        _positive("rollout.max_new_tokens", self.max_new_tokens)
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"rollout.top_p={self.top_p}: must be in (0, 1]")
+
+
+@dataclass
+class FilterSection:
+    enabled: bool = MISSING
+    low: float = MISSING
+    high: float = MISSING
+
+    def check(self) -> None:
+        if not 0 <= self.low <= self.high <= 1:
+            raise ConfigError(f"filter.low={self.low}, filter.high={self.high}: need 0 <= low <= high <= 1")
+
+
+@dataclass
+class PrmSection:
+    update: str = MISSING
+    loss: str = MISSING
+    reference: str = MISSING
+    beta: float = MISSING
+    learning_rate: float = MISSING
+    weight_decay: float = MISSING
+    grad_clip: float = MISSING
+    mini_batches: int = MISSING
+
+    def check(self) -> None:
+        _choice("prm.update", self.update, ("none", "after", "before"))
+        _choice("prm.loss", self.loss, ("ce", "dpo"))
+        _choice("prm.reference", self.reference, ("sft", "policy"))
+        _positive("prm.beta", self.beta)
+        _positive("prm.mini_batches", self.mini_batches)
+
+
+@dataclass
+class RewardSection:
+    granularity: str = MISSING
+    step_delimiter: str = MISSING
+    scale_by_beta: bool = MISSING
+    normalize: str = MISSING
+    reward_eos: bool = MISSING
+    process_coef: float = MISSING
+    outcome_coef: float = MISSING
+
+    def check(self) -> None:
+        _choice("reward.granularity", self.granularity, ("token", "step", "whole"))
+        _choice("reward.normalize", self.normalize, ("batch_max_return", "none"))
+
+
+@dataclass
+class AlgorithmSection:
+    advantage: str = MISSING
+    gamma: float = MISSING
+    whiten: bool = MISSING
+
+    def check(self) -> None:
+        _choice("algorithm.advantage", self.advantage, ("prime", "rloo", "grpo"))
+
+    @property
+    def uses_prm(self) -> bool:
+        return self.advantage == "prime"
+
+
+@dataclass
+class PolicySection:
+    learning_rate: float = MISSING
+    weight_decay: float = MISSING
+    grad_clip: float = MISSING
+    clip_eps: float = MISSING
+    dual_clip: Optional[float] = MISSING
+    kl_coef: float = MISSING
+    kl_estimator: str = MISSING
+    entropy_coef: float = MISSING
+    loss_agg: str = MISSING
+    ppo_epochs: int = MISSING
+    mini_batches: int = MISSING
+    micro_batch_size: int = MISSING
+
+    def check(self) -> None:
+        _positive("policy.learning_rate", self.learning_rate)
+        _positive("policy.clip_eps", self.clip_eps)
+        if self.dual_clip is not None and not self.dual_clip > 1:
+            raise ConfigError(f"policy.dual_clip={self.dual_clip}: must be > 1 (or null to disable)")
+        _choice("policy.kl_estimator", self.kl_estimator, ("k1", "k3"))
+        _choice("policy.loss_agg", self.loss_agg, ("seq-mean-token-mean", "token-mean"))
+        _positive("policy.ppo_epochs", self.ppo_epochs)
+        _positive("policy.mini_batches", self.mini_batches)
+        _positive("policy.micro_batch_size", self.micro_batch_size)
+
+
+@dataclass
+class DeepSpeedSection:
+    zero_stage: int = MISSING
+    offload: bool = MISSING
+
+    def check(self) -> None:
+        _choice("deepspeed.zero_stage", str(self.zero_stage), ("0", "1", "2", "3"))
+
+
+@dataclass
+class TrainerSection:
+    max_steps: int = MISSING
+    seed: int = MISSING
+    output_dir: Optional[str] = MISSING
+    eval_every: int = MISSING
+    progress_bar: bool = MISSING
+
+    def check(self) -> None:
+        _positive("trainer.max_steps", self.max_steps)
+
+
+@dataclass
+class WandbSection:
+    mode: str = MISSING
+    project: str = MISSING
+    entity: Optional[str] = MISSING
+    name: Optional[str] = MISSING
+
+    def check(self) -> None:
+        _choice("wandb.mode", self.mode, ("auto", "online", "offline", "disabled"))
+
+
+@dataclass
+class Config:
+    model: ModelSection = field(default_factory=ModelSection)
+    warm_start: WarmStartSection = field(default_factory=WarmStartSection)
+    task: TaskSection = field(default_factory=TaskSection)
+    rollout: RolloutSection = field(default_factory=RolloutSection)
+    filter: FilterSection = field(default_factory=FilterSection)
+    prm: PrmSection = field(default_factory=PrmSection)
+    reward: RewardSection = field(default_factory=RewardSection)
+    algorithm: AlgorithmSection = field(default_factory=AlgorithmSection)
+    policy: PolicySection = field(default_factory=PolicySection)
+    deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
+    trainer: TrainerSection = field(default_factory=TrainerSection)
+    wandb: WandbSection = field(default_factory=WandbSection)
+
+    def check(self, world_size: int = 1) -> None:
+        """Run every section's rules, then the rules that span sections."""
+        for section in vars(self).values():
+            section.check()
+        k = self.rollout.samples_per_prompt
+        if self.algorithm.advantage in ("prime", "rloo") and k < 2:
+            raise ConfigError(f"rollout.samples_per_prompt={k}: leave-one-out baselines need at least 2")
+        if self.rollout.prompts_per_step % world_size:
+            raise ConfigError(
+                f"rollout.prompts_per_step={self.rollout.prompts_per_step}: must divide evenly over "
+                f"{world_size} ranks"
+            )
+
+
+def register_schema() -> None:
+    """Make the schema available to ``recipes/base.yaml`` as ``prm_rl_schema``."""
+    ConfigStore.instance().store(name="prm_rl_schema", node=Config)
+
+
+def to_config(cfg: DictConfig | dict[str, Any], world_size: int = 1) -> Config:
+    """Validate a composed config and return it as typed objects."""
+    if isinstance(cfg, dict):
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+    typed: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    typed.check(world_size)
+    return typed

@@ -1,0 +1,61 @@
+"""Pure-tensor math of PRIME: masked statistics, implicit process rewards, advantages, losses, filters.
+
+Tensors and plain scalars in, tensors out; no I/O, no distributed calls, no config objects. Callers pass
+the global batch (gathered over ranks) wherever a statistic is taken, and global denominators to
+:func:`aggregate`.
+"""
+from .advantages import (
+    discounted_returns,
+    grpo_advantages,
+    grpo_outcome,
+    place_on_last_token,
+    prime_advantages,
+    rloo_outcome,
+    rloo_process,
+)
+from .filters import accuracy_band, expand_group_mask, group_mean_scores, groups_without_truncation
+from .implicit import (
+    dpo_pairs,
+    implicit_log_ratio,
+    normalize_by_max_return,
+    pairwise_ranking_accuracy,
+    prm_ce_loss,
+    prm_dpo_loss,
+    process_rewards,
+    sequence_reward,
+)
+from .logprobs import token_entropy, token_logprobs
+from .masked import masked_mean, masked_sum, masked_var, masked_whiten
+from .policy_loss import aggregate, approx_kl, kl_penalty, ppo_clip_loss
+
+__all__ = [
+    "masked_sum",
+    "masked_mean",
+    "masked_var",
+    "masked_whiten",
+    "token_logprobs",
+    "token_entropy",
+    "implicit_log_ratio",
+    "sequence_reward",
+    "prm_ce_loss",
+    "dpo_pairs",
+    "prm_dpo_loss",
+    "pairwise_ranking_accuracy",
+    "process_rewards",
+    "normalize_by_max_return",
+    "rloo_outcome",
+    "rloo_process",
+    "grpo_outcome",
+    "place_on_last_token",
+    "discounted_returns",
+    "prime_advantages",
+    "grpo_advantages",
+    "ppo_clip_loss",
+    "kl_penalty",
+    "approx_kl",
+    "aggregate",
+    "group_mean_scores",
+    "accuracy_band",
+    "groups_without_truncation",
+    "expand_group_mask",
+]

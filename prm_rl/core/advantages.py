@@ -1,0 +1,155 @@
+"""Critic-free advantage estimators: leave-one-out (RLOO) for PRIME, and GRPO.
+
+Batch layout: N = G * K responses, groups contiguous (rows g*K .. g*K+K-1 answer prompt g); token
+tensors [N, T] right-padded with a response ``mask``. Pass the global batch: the whitening statistics
+and the group baselines must see every response.
+"""
+from __future__ import annotations
+
+import torch
+
+from .filters import _as_groups
+from .masked import _last_token_mask, _valid, masked_mean, masked_whiten
+
+__all__ = [
+    "rloo_outcome",
+    "rloo_process",
+    "grpo_outcome",
+    "place_on_last_token",
+    "discounted_returns",
+    "prime_advantages",
+    "grpo_advantages",
+]
+
+
+def _zero(x: torch.Tensor) -> torch.Tensor:
+    return torch.zeros((), dtype=x.dtype, device=x.device)
+
+
+def _float(x: torch.Tensor) -> torch.Tensor:
+    return x if x.is_floating_point() else x.float()
+
+
+def rloo_outcome(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Leave-one-out advantage of each response's outcome score.
+
+    Shapes: ``scores`` [N] -> [N]. Formula: A_i = o_i - mean_{j != i, same group} o_j
+    = (K o_i - sum_j o_j) / (K - 1). Needs K >= 2 (ValueError otherwise).
+    PRIME's outcome term (Cui et al. 2025, arXiv 2502.01456; same in both implementations).
+    """
+    o = _as_groups(_float(scores), group_size, min_size=2, what="rloo_outcome")
+    others_mean = (o.sum(dim=1, keepdim=True) - o) / (group_size - 1)
+    return (o - others_mean).reshape(-1)
+
+
+def rloo_process(rewards: torch.Tensor, mask: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Leave-one-out baseline for dense process rewards, per token.
+
+    Shapes: ``rewards``, ``mask`` [N, T] -> [N, T], 0 on invalid positions.
+    Formula (PRIME reference section 2.7): r_hat_i^t = r_i^t * K/(K-1) - (sum_{j in group} m_j)/(K-1),
+    where m_j is the mean of r_j over row j's valid tokens. Equivalently
+    r_hat_i^t = (r_i^t - mean_{j!=i} m_j) + (r_i^t - m_i)/(K-1), so the row mean of r_hat_i is the
+    leave-one-out advantage m_i - mean_{j!=i} m_j. Behaves as the veRL port's ``masked_rloo`` on the
+    token rewards, whose mask is the whole response, so a zeroed last token still counts in m_j
+    (PRIME, Cui et al. 2025, arXiv 2502.01456). Needs K >= 2.
+    """
+    rewards = _float(rewards)
+    valid = _valid(mask)
+    row_means = masked_mean(rewards, valid, dim=-1)  # [N]
+    grouped = _as_groups(row_means, group_size, min_size=2, what="rloo_process")
+    baseline = (grouped.sum(dim=1, keepdim=True) / (group_size - 1)).expand_as(grouped).reshape(-1, 1)
+    out = rewards * (group_size / (group_size - 1)) - baseline
+    return torch.where(valid, out, _zero(out))
+
+
+def grpo_outcome(
+    scores: torch.Tensor, group_size: int, eps: float = 1e-6, scale_by_std: bool = True
+) -> torch.Tensor:
+    """GRPO's group-normalised outcome advantage.
+
+    Shapes: ``scores`` [N] -> [N]. Formula: (o_i - mean_g) / (std_g + eps), std_g the unbiased
+    (Bessel-corrected, K-1 denominator) standard deviation like ``torch.std``'s default and veRL's
+    GRPO estimator; ``scale_by_std=False`` returns o_i - mean_g (Dr. GRPO style). Needs K >= 2 (veRL
+    instead maps a group of one to mean 0, std 1).
+    """
+    o = _as_groups(_float(scores), group_size, min_size=2, what="grpo_outcome")
+    centred = o - o.mean(dim=1, keepdim=True)
+    if scale_by_std:
+        centred = centred / (o.std(dim=1, keepdim=True) + eps)
+    return centred.reshape(-1)
+
+
+def place_on_last_token(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sparse token tensor carrying one value per row on its last valid token.
+
+    Shapes: ``values`` [N], ``mask`` [N, T] -> [N, T]; out[i, last_i] = values[i], 0 elsewhere.
+    """
+    values = _float(values)
+    return torch.where(_last_token_mask(mask), values[:, None], _zero(values))
+
+
+def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Reward-to-go of every token.
+
+    Shapes: ``rewards``, ``mask`` [N, T] -> [N, T], 0 on invalid positions.
+    Formula: G_t = sum_{s >= t, s valid} gamma^(s-t) r_s. gamma = 1 (PRIME's setting, both
+    implementations) is a reverse cumulative sum; other gammas use a backward scan over T.
+    """
+    rewards = _float(rewards)
+    valid = _valid(mask)
+    zero = _zero(rewards)
+    r = torch.where(valid, rewards, zero)
+    if gamma == 1.0:
+        returns = r.flip(-1).cumsum(-1).flip(-1)
+    else:
+        # a closed form gamma^-t * revcumsum(gamma^s r_s) overflows for long T, so scan instead
+        returns = torch.empty_like(r)
+        running = torch.zeros_like(r[:, 0])
+        for t in range(r.shape[1] - 1, -1, -1):
+            running = r[:, t] + gamma * running
+            returns[:, t] = running
+    return torch.where(valid, returns, zero)
+
+
+def prime_advantages(
+    outcome_scores: torch.Tensor,
+    process_rewards: torch.Tensor | None,
+    mask: torch.Tensor,
+    group_size: int,
+    *,
+    outcome_coef: float = 1.0,
+    process_coef: float = 1.0,
+    gamma: float = 1.0,
+    whiten: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PRIME's advantages: RLOO per reward source, summed, turned into returns, then whitened.
+
+    Shapes: ``outcome_scores`` [N], ``process_rewards`` [N, T] or None, ``mask`` [N, T]
+    -> (advantages [N, T], returns [N, T]), both 0 on invalid positions.
+    Formula: R = outcome_coef * place_on_last_token(rloo_outcome(o))
+                 + process_coef * rloo_process(process_rewards);
+             returns = discounted_returns(R, gamma); advantages = masked_whiten(returns) if ``whiten``.
+    With gamma = 1 every token of response i sees its full outcome RLOO value plus the process return
+    from that token on (PRIME, Cui et al. 2025, arXiv 2502.01456; the veRL port's
+    ``compute_rloo_advantage_return`` with gt_coef/dpo_coef). ``process_rewards=None`` gives the
+    outcome-only RLOO baseline. Whitening uses all valid tokens of the batch passed (pass the global
+    batch).
+    """
+    total = outcome_coef * place_on_last_token(rloo_outcome(outcome_scores, group_size), mask)
+    if process_rewards is not None:
+        total = total + process_coef * rloo_process(process_rewards, mask, group_size)
+    returns = discounted_returns(total, mask, gamma)
+    advantages = masked_whiten(returns, mask) if whiten else returns
+    return advantages, returns
+
+
+def grpo_advantages(
+    outcome_scores: torch.Tensor, mask: torch.Tensor, group_size: int, eps: float = 1e-6
+) -> torch.Tensor:
+    """GRPO baseline: the group-normalised outcome advantage on every valid token.
+
+    Shapes: ``outcome_scores`` [N], ``mask`` [N, T] -> [N, T]; out[i, t] = grpo_outcome(o)_i where
+    valid, 0 elsewhere (no whitening: the group normalisation already scales it, as in veRL's GRPO).
+    """
+    adv = grpo_outcome(outcome_scores, group_size, eps=eps)
+    return torch.where(_valid(mask), adv[:, None], _zero(adv))

@@ -1,0 +1,140 @@
+"""The built-in task: multi-step arithmetic chains whose every step is checkable.
+
+A problem is a left-to-right chain such as ``14+9*9-10=?``. Its reference solution has one step per line
+and ends with the boxed answer::
+
+    14+9=23
+    23*9=207
+    207-10=197
+    \\boxed{197}
+
+Evaluation is strictly left to right (no operator precedence), so each line depends only on the previous
+result and the next operand: that is what makes every step of a model's answer checkable
+(:func:`first_wrong_step`). Training never sees step labels; they exist to judge a PRM.
+"""
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+from prm_rl.data.sample import Sample
+
+TASK_NAME = "arithmetic"
+_OPS = "+-*"
+_STEP_RE = re.compile(r"^(\d+)([+\-*])(\d+)=(-?\d+)$")
+
+
+@dataclass(frozen=True)
+class ArithmeticConfig:
+    """Difficulty knobs of the generator (see recipes/base.yaml for the documented defaults)."""
+
+    min_steps: int = 2  # fewest operations in a chain
+    max_steps: int = 4  # most operations in a chain
+    max_operand: int = 20  # start value and +/- operands are drawn from 1..max_operand
+    max_factor: int = 9  # '*' operands are drawn from 2..max_factor
+    max_value: int = 999  # every intermediate result stays in 0..max_value
+
+
+@dataclass(frozen=True)
+class Problem:
+    start: int
+    ops: tuple[tuple[str, int], ...]  # (operator, operand) pairs, applied left to right
+
+    @property
+    def question(self) -> str:
+        return str(self.start) + "".join(f"{op}{x}" for op, x in self.ops) + "=?"
+
+    def steps(self) -> list[tuple[int, str, int, int]]:
+        """(left, op, right, result) for each line of the reference solution."""
+        out, acc = [], self.start
+        for op, x in self.ops:
+            res = _apply(acc, op, x)
+            out.append((acc, op, x, res))
+            acc = res
+        return out
+
+    @property
+    def answer(self) -> int:
+        return self.steps()[-1][3]
+
+    @property
+    def solution(self) -> str:
+        lines = [f"{a}{op}{b}={c}" for a, op, b, c in self.steps()]
+        return "\n".join(lines) + "\n\\boxed{" + str(self.answer) + "}"
+
+
+def _apply(a: int, op: str, b: int) -> int:
+    return a + b if op == "+" else a - b if op == "-" else a * b
+
+
+def sample_problem(rng: random.Random, cfg: ArithmeticConfig) -> Problem:
+    """Draw one chain; operators are re-drawn until every intermediate value lies in 0..max_value."""
+    n_steps = rng.randint(cfg.min_steps, cfg.max_steps)
+    acc = start = rng.randint(1, cfg.max_operand)
+    ops = []
+    while len(ops) < n_steps:
+        op = rng.choice(_OPS)
+        x = rng.randint(2, cfg.max_factor) if op == "*" else rng.randint(1, cfg.max_operand)
+        res = _apply(acc, op, x)
+        if 0 <= res <= cfg.max_value:
+            ops.append((op, x))
+            acc = res
+    return Problem(start, tuple(ops))
+
+
+def prompt_text(problem: Problem) -> str:
+    """What the model sees; the response starts on the next line."""
+    return problem.question + "\n"
+
+
+def to_sample(problem: Problem) -> Sample:
+    return Sample(prompt=prompt_text(problem), task=TASK_NAME, fields={"answer": problem.answer})
+
+
+def heldout_problems(cfg: ArithmeticConfig, n: int, seed: int) -> list[Problem]:
+    """The fixed held-out split: the first ``n`` distinct problems drawn with ``seed``."""
+    rng, seen, out = random.Random(seed), set(), []
+    while len(out) < n:
+        p = sample_problem(rng, cfg)
+        if p.question not in seen:
+            seen.add(p.question)
+            out.append(p)
+    return out
+
+
+def train_problems(cfg: ArithmeticConfig, n: int, seed: int, exclude: set[str]) -> list[Problem]:
+    """``n`` distinct training problems, none of whose questions is in ``exclude`` (the held-out split)."""
+    rng, seen, out = random.Random(seed), set(exclude), []
+    while len(out) < n:
+        p = sample_problem(rng, cfg)
+        if p.question not in seen:
+            seen.add(p.question)
+            out.append(p)
+    return out
+
+
+def first_wrong_step(question: str, response: str) -> int | None:
+    """1-based index of the first response line that is not a correct next step, or None if all are.
+
+    A line is correct when it reads ``a op b = c`` with ``a`` the previous result (the start value for
+    line 1), ``op b`` the next operation of the question and ``c`` the true result. The final line must be
+    ``\\boxed{answer}``. Used to judge process rewards; never for training.
+    """
+    m = re.fullmatch(r"(\d+)((?:[+\-*]\d+)+)=\?", question.strip())
+    if m is None:
+        raise ValueError(f"not an arithmetic question: {question!r}")
+    acc = int(m.group(1))
+    ops = [(o, int(x)) for o, x in re.findall(r"([+\-*])(\d+)", m.group(2))]
+    lines = response.strip("\n").split("\n")
+    for i, (op, x) in enumerate(ops):
+        if i >= len(lines):
+            return i + 1
+        got = _STEP_RE.match(lines[i])
+        res = _apply(acc, op, x)
+        if got is None or (int(got[1]), got[2], int(got[3]), int(got[4])) != (acc, op, x, res):
+            return i + 1
+        acc = res
+    if len(lines) <= len(ops) or lines[len(ops)] != "\\boxed{" + str(acc) + "}":
+        return len(ops) + 1
+    return None

@@ -1,0 +1,103 @@
+"""DeepSpeed engines for the trained models (policy, PRM) and the frozen reference.
+
+One DeepSpeed JSON is derived per model from the typed config; nothing else in prm_rl builds one.
+The trainer drives gradient accumulation itself (a varying number of micro-batches per optimiser step,
+because the online filter changes the batch size), so the JSON says ``gradient_accumulation_steps: 1``
+and :func:`accumulate` marks the accumulation boundary explicitly.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import deepspeed
+import torch
+
+from prm_rl.config import DeepSpeedSection
+from prm_rl.engine import dist
+
+
+def deepspeed_config(ds: DeepSpeedSection, *, dtype: str, grad_clip: float | None,
+                     lr: float | None = None, weight_decay: float = 0.0) -> dict[str, Any]:
+    """The DeepSpeed JSON for one model; ``grad_clip``/``lr`` None means a frozen (inference-only) model."""
+    zero: dict[str, Any] = {"stage": ds.zero_stage}
+    if ds.offload and ds.zero_stage >= 1:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+        if ds.zero_stage == 3:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": 1,  # nominal: the trainer sizes micro-batches itself
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": zero,
+        "bf16": {"enabled": dtype == "bfloat16"},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if grad_clip is not None:
+        config["gradient_clipping"] = grad_clip
+    if lr is not None and ds.offload:
+        # Offloaded optimiser states need DeepSpeed's CPU Adam, which it builds from this entry.
+        config["optimizer"] = {"type": "AdamW", "params": {"lr": lr, "weight_decay": weight_decay}}
+    return config
+
+
+def trainable_engine(model: torch.nn.Module, ds: DeepSpeedSection, *, dtype: str, lr: float,
+                     weight_decay: float, grad_clip: float):
+    """Wrap a model for training: AdamW, constant learning rate, ZeRO stage from config."""
+    config = deepspeed_config(ds, dtype=dtype, grad_clip=grad_clip, lr=lr, weight_decay=weight_decay)
+    optimizer = None
+    if "optimizer" not in config:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    return engine
+
+
+def frozen_model(model: torch.nn.Module, ds: DeepSpeedSection, *, dtype: str) -> torch.nn.Module:
+    """A reference model that is never trained: sharded by ZeRO-3 when the run uses stage 3, else replicated."""
+    model.requires_grad_(False)
+    model.eval()
+    if ds.zero_stage == 3 and dist.world_size() > 1:
+        engine, *_ = deepspeed.initialize(model=model, config=deepspeed_config(ds, dtype=dtype, grad_clip=None))
+        engine.eval()
+        return engine
+    dtype_t = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+    return model.to(device=dist.device(), dtype=dtype_t)
+
+
+@contextmanager
+def accumulate(engine, is_last_micro_batch: bool) -> Iterator[None]:
+    """Tell DeepSpeed whether the coming backward closes the optimiser step."""
+    engine.set_gradient_accumulation_boundary(is_last_micro_batch)
+    yield
+
+
+def backward_and_step(engine, loss: torch.Tensor, is_last_micro_batch: bool) -> None:
+    """Accumulate ``loss``'s gradient; on the last micro-batch clip and take the optimiser step.
+
+    The loss is not divided by the accumulation count: the trainer already normalises by global
+    denominators (see ``prm_rl.core.policy_loss.aggregate``).
+    """
+    engine.set_gradient_accumulation_boundary(is_last_micro_batch)
+    engine.backward(loss, scale_wrt_gas=False)
+    engine.step()
+
+
+def grad_norm(engine) -> float:
+    """Global gradient norm of the last optimiser step (before clipping)."""
+    norm = engine.get_global_grad_norm()
+    return float(norm) if norm is not None else float("nan")
+
+
+def unwrap(model) -> torch.nn.Module:
+    return getattr(model, "module", model)
+
+
+@contextmanager
+def full_parameters(model) -> Iterator[torch.nn.Module]:
+    """The underlying HF module with full (gathered) parameters, for saving or generation under ZeRO-3."""
+    module = unwrap(model)
+    if getattr(getattr(model, "zero_optimization_stage", lambda: 0), "__call__")() == 3:
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            yield module
+    else:
+        yield module

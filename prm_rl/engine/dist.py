@@ -1,0 +1,99 @@
+"""All collective communication of prm_rl: the only module that calls ``torch.distributed``.
+
+Everything runs unchanged in a single process (no process group): each helper then returns its input.
+The trainer gathers the small per-step tensors (token ids, scores, log-probs) onto every rank, so the
+math in ``prm_rl.core`` sees the global batch and its statistics are global by construction.
+"""
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+def init(timeout_minutes: int = 60) -> tuple[int, int]:
+    """Join the launcher's process group (gloo on CPU, nccl on GPU); returns (rank, world_size)."""
+    if "WORLD_SIZE" in os.environ and not dist.is_initialized():
+        import deepspeed
+
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(minutes=timeout_minutes))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    return rank(), world_size()
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """Element-wise sum over ranks (returns a new tensor)."""
+    x = x.clone()
+    if active():
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x
+
+
+def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
+    x = x.clone()
+    if active():
+        dist.all_reduce(x, op=dist.ReduceOp.MAX)
+    return x
+
+
+def gather_rows(x: torch.Tensor, pad_value: float | int = 0) -> torch.Tensor:
+    """Concatenate every rank's ``[n, ...]`` tensor along dim 0 in rank order; all ranks get the result.
+
+    Each rank must pass the same ``n``; dim 1 (e.g. response length) may differ and is right-padded
+    with ``pad_value`` to the longest.
+    """
+    if not active():
+        return x
+    if x.dim() >= 2:
+        width = int(all_reduce_max(torch.tensor([x.shape[1]], device=x.device)).item())
+        if x.shape[1] < width:
+            pad = x.new_full((x.shape[0], width - x.shape[1], *x.shape[2:]), pad_value)
+            x = torch.cat([x, pad], dim=1)
+    parts = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+def combine_rows(x: torch.Tensor) -> torch.Tensor:
+    """Merge per-rank partial results where each row was written by exactly one rank (others left 0)."""
+    return all_reduce_sum(x)
+
+
+def broadcast_object(obj):
+    """Rank 0's python object on every rank."""
+    if not active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -1,0 +1,111 @@
+"""Warm start of the built-in model: supervised fine-tuning on task demonstrations with TRL's SFTTrainer.
+
+PRIME starts RL from an SFT model. The built-in model is trained from scratch on a fixed, limited set of
+``warm_start.num_examples`` demonstrations (a data budget, as real SFT sets are), once per distinct config,
+and cached under ``warm_start.cache_dir``. Training runs in a child process (``python -m
+prm_rl.models.warm_start``) so that the Hugging Face Trainer never sees the DeepSpeed launcher's
+distributed environment; the cache folder appears atomically when training is complete.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from prm_rl.data import arithmetic
+from prm_rl.models.tiny import TinyModelConfig, build_char_tokenizer, build_tiny_model
+
+# Bump when the warm-start procedure changes, so old caches are not reused.
+_VERSION = 1
+
+
+def _spec(tiny: TinyModelConfig, task: arithmetic.ArithmeticConfig, warm: dict, heldout_seed: int,
+          heldout_size: int) -> dict:
+    warm = {k: v for k, v in warm.items() if k != "cache_dir"}
+    return {"version": _VERSION, "model": asdict(tiny), "task": asdict(task), "warm_start": warm,
+            "heldout_seed": heldout_seed, "heldout_size": heldout_size}
+
+
+def cache_path(cache_dir: str, spec: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(os.path.expanduser(cache_dir)) / digest
+
+
+def ensure_warm_start(cache_dir: str, spec: dict, log=print) -> Path:
+    """Path of the cached SFT model for ``spec``, training it first (in a child process) if missing."""
+    path = cache_path(cache_dir, spec)
+    if (path / "config.json").exists():
+        log(f"warm start: using cached SFT model {path}")
+        return path
+    log(f"warm start: no cached SFT model for this config; training one now (one-off) -> {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+    started = time.time()
+    subprocess.run([sys.executable, "-m", "prm_rl.models.warm_start", "--out", str(path),
+                    "--spec", json.dumps(spec)], env=env, check=True)
+    log(f"warm start: SFT finished in {time.time() - started:.0f} s")
+    return path
+
+
+def train(spec: dict, out: Path) -> None:
+    """Train the SFT model described by ``spec`` and move it to ``out`` once complete."""
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    warm, task = spec["warm_start"], arithmetic.ArithmeticConfig(**spec["task"])
+    heldout = arithmetic.heldout_problems(task, spec["heldout_size"], spec["heldout_seed"])
+    problems = arithmetic.train_problems(task, warm["num_examples"], warm["seed"],
+                                         exclude={p.question for p in heldout})
+    data = Dataset.from_list([{"prompt": arithmetic.prompt_text(p), "completion": p.solution} for p in problems])
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_model(TinyModelConfig(**spec["model"]), tokenizer, seed=warm["seed"])
+    staging = out.with_name(out.name + f".tmp-{os.getpid()}")
+    args = SFTConfig(
+        output_dir=str(staging / "trainer"),
+        max_steps=warm["max_steps"],
+        per_device_train_batch_size=warm["batch_size"],
+        learning_rate=warm["learning_rate"],
+        lr_scheduler_type="cosine",
+        warmup_steps=max(1, warm["max_steps"] // 20),
+        weight_decay=0.0,
+        bf16=False,
+        gradient_checkpointing=False,
+        use_cpu=not torch.cuda.is_available(),
+        logging_steps=max(1, warm["max_steps"] // 10),
+        save_strategy="no",
+        report_to=[],
+        seed=warm["seed"],
+        data_seed=warm["seed"],
+        max_length=spec["model"]["max_positions"],
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+    trainer.train()
+    shutil.rmtree(staging / "trainer", ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    (staging / "warm_start.json").write_text(json.dumps(spec, indent=2))
+    os.replace(staging, out)  # atomic on one filesystem: a half-trained model is never "cached"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Train the built-in SFT warm start (called by the trainer).")
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--spec", required=True, help="JSON spec as built by prm_rl.models.warm_start._spec")
+    args = parser.parse_args()
+    train(json.loads(args.spec), args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""RLOO (outcome and process), GRPO, returns and PRIME's combined advantages with hand-derived values."""
+import pytest
+import torch
+
+from prm_rl.core import (
+    discounted_returns,
+    grpo_advantages,
+    grpo_outcome,
+    place_on_last_token,
+    prime_advantages,
+    rloo_outcome,
+    rloo_process,
+)
+
+NAN = float("nan")
+
+
+def test_rloo_outcome_k2_and_k3():
+    # K=2: the baseline is the other sample's score
+    torch.testing.assert_close(rloo_outcome(torch.tensor([1.0, 0.0, 0.5, 0.5]), 2),
+                               torch.tensor([1.0, -1.0, 0.0, 0.0]))
+    # K=3, scores (1, 0, 0): 1 - mean(0, 0) = 1 ; 0 - mean(1, 0) = -0.5 (twice)
+    torch.testing.assert_close(rloo_outcome(torch.tensor([1.0, 0.0, 0.0]), 3), torch.tensor([1.0, -0.5, -0.5]))
+    # integer scores are accepted
+    torch.testing.assert_close(rloo_outcome(torch.tensor([1, 0]), 2), torch.tensor([1.0, -1.0]))
+
+
+def test_group_size_errors():
+    with pytest.raises(ValueError, match="group_size >= 2"):
+        rloo_outcome(torch.tensor([1.0, 0.0]), 1)
+    with pytest.raises(ValueError, match="group_size >= 2"):
+        rloo_process(torch.zeros(2, 3), torch.ones(2, 3), 1)
+    with pytest.raises(ValueError, match="group_size >= 2"):
+        grpo_outcome(torch.tensor([1.0, 0.0]), 1)
+    with pytest.raises(ValueError, match="whole number of groups"):
+        rloo_outcome(torch.tensor([1.0, 0.0, 1.0]), 2)
+
+
+def test_rloo_process_k2():
+    # row 0 rewards (1, 3) -> m0 = 2 ; row 1 reward (4) -> m1 = 4 ; K/(K-1) = 2, baseline (2+4)/1 = 6
+    rewards = torch.tensor([[1.0, 3.0, NAN], [4.0, 7.0, 7.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    out = rloo_process(rewards, mask, 2)
+    # row 0: 2*1-6 = -4, 2*3-6 = 0 ; row 1: 2*4-6 = 2  (row means -2, 2 = m_i - m_other)
+    torch.testing.assert_close(out, torch.tensor([[-4.0, 0.0, 0.0], [2.0, 0.0, 0.0]]))
+
+
+def test_rloo_process_k3():
+    # m = (3, 0, 2) -> baseline (3+0+2)/2 = 2.5 ; K/(K-1) = 1.5
+    rewards = torch.tensor([[3.0, 3.0, 0.0], [0.0, 0.0, 0.0], [6.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1]])
+    out = rloo_process(rewards, mask, 3)
+    expected = torch.tensor([
+        [2.0, 2.0, 0.0],     # 1.5*3 - 2.5
+        [-2.5, 0.0, 0.0],    # 1.5*0 - 2.5
+        [6.5, -2.5, -2.5],   # 1.5*6 - 2.5 ; 1.5*0 - 2.5
+    ])
+    torch.testing.assert_close(out, expected)
+
+
+def test_grpo_outcome():
+    # K=3 (1, 0, 0): mean 1/3, unbiased var (4/9 + 1/9 + 1/9)/2 = 1/3, std 0.577350
+    out = grpo_outcome(torch.tensor([1.0, 0.0, 0.0]), 3)
+    torch.testing.assert_close(out, torch.tensor([1.154701, -0.577350, -0.577350]), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grpo_outcome(torch.tensor([1.0, 0.0, 0.0]), 3, scale_by_std=False),
+                               torch.tensor([2 / 3, -1 / 3, -1 / 3]))
+    # K=2 (1, 0): std sqrt(0.5) -> +-0.5/0.707107 ; equal group (1, 1): 0 / (0 + eps) = 0
+    out = grpo_outcome(torch.tensor([1.0, 0.0, 1.0, 1.0]), 2)
+    torch.testing.assert_close(out, torch.tensor([0.707107, -0.707107, 0.0, 0.0]), rtol=1e-5, atol=1e-5)
+
+
+def test_place_on_last_token():
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1]])
+    out = place_on_last_token(torch.tensor([2.0, 3.0, -1.0]), mask)
+    torch.testing.assert_close(out, torch.tensor([[0.0, 2.0, 0.0], [3.0, 0.0, 0.0], [0.0, 0.0, -1.0]]))
+
+
+def test_discounted_returns_gamma_1_and_half():
+    rewards = torch.tensor([[1.0, 2.0, 3.0, 9.0], [4.0, 5.0, 9.0, 9.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    # gamma 1: suffix sums 1+2+3, 2+3, 3 ; 4+5, 5
+    torch.testing.assert_close(discounted_returns(rewards, mask, 1.0),
+                               torch.tensor([[6.0, 5.0, 3.0, 0.0], [9.0, 5.0, 0.0, 0.0]]))
+    # gamma 0.5: G2 = 3, G1 = 2 + 0.5*3 = 3.5, G0 = 1 + 0.5*3.5 = 2.75 ; G1 = 5, G0 = 4 + 2.5 = 6.5
+    torch.testing.assert_close(discounted_returns(rewards, mask, 0.5),
+                               torch.tensor([[2.75, 3.5, 3.0, 0.0], [6.5, 5.0, 0.0, 0.0]]))
+
+
+MASK = torch.tensor([[1, 1, 0], [1, 0, 0]])
+
+
+def test_prime_advantages_outcome_only():
+    scores = torch.tensor([1.0, 0.0])
+    # RLOO (1, -1) on the last token; gamma 1 spreads it over every earlier token
+    adv, ret = prime_advantages(scores, None, MASK, 2, whiten=False)
+    expected = torch.tensor([[1.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])
+    torch.testing.assert_close(ret, expected)
+    torch.testing.assert_close(adv, expected)
+    # gamma 0.5: the first token of row 0 sees 0.5 * 1
+    _, ret = prime_advantages(scores, None, MASK, 2, gamma=0.5, whiten=False)
+    torch.testing.assert_close(ret, torch.tensor([[0.5, 1.0, 0.0], [-1.0, 0.0, 0.0]]))
+    # whitened: values {1, 1, -1}, mean 1/3, unbiased var (4/9+4/9+16/9)/2 = 4/3, std 1.154701
+    adv, _ = prime_advantages(scores, None, MASK, 2)
+    torch.testing.assert_close(adv, torch.tensor([[0.577350, 0.577350, 0.0], [-1.154701, 0.0, 0.0]]),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_prime_advantages_both_sources_with_coefficients():
+    scores = torch.tensor([1.0, 0.0])
+    process = torch.tensor([[1.0, 3.0, NAN], [4.0, 7.0, 7.0]])
+    # outcome RLOO on last token: [[0, 1, 0], [-1, 0, 0]] ; process RLOO (see test_rloo_process_k2):
+    # [[-4, 0, 0], [2, 0, 0]] ; with outcome_coef 2, process_coef 0.5:
+    # row 0: (0 - 2, 2 + 0) = (-2, 2) ; row 1: -2 + 1 = -1 ; returns (gamma 1): (0, 2) ; (-1)
+    adv, ret = prime_advantages(scores, process, MASK, 2, outcome_coef=2.0, process_coef=0.5)
+    torch.testing.assert_close(ret, torch.tensor([[0.0, 2.0, 0.0], [-1.0, 0.0, 0.0]]))
+    # whitened over {0, 2, -1}: mean 1/3, unbiased var (1/9 + 25/9 + 16/9)/2 = 7/3, std 1.527525
+    torch.testing.assert_close(adv, torch.tensor([[-0.218218, 1.091089, 0.0], [-0.872872, 0.0, 0.0]]),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_grpo_advantages_broadcast():
+    out = grpo_advantages(torch.tensor([1.0, 0.0]), MASK, 2)
+    torch.testing.assert_close(out, torch.tensor([[0.707107, 0.707107, 0.0], [-0.707107, 0.0, 0.0]]),
+                               rtol=1e-5, atol=1e-5)

@@ -1,0 +1,102 @@
+"""PPO clip (incl. dual clip), KL estimators and exact aggregation across a split batch."""
+import math
+
+import pytest
+import torch
+
+from prm_rl.core import aggregate, approx_kl, kl_penalty, ppo_clip_loss
+
+LN = math.log
+
+
+def test_ppo_clip_both_signs_inside_and_outside_band():
+    # ratios 1.1 (inside [0.8, 1.2]), 1.5 (above), 0.5 (below); last column is padding
+    logp = torch.tensor([[LN(1.1), LN(1.5), LN(0.5), 50.0]] * 2, requires_grad=True)
+    old = torch.zeros(2, 4)
+    adv = torch.tensor([[1.0] * 4, [-2.0] * 4])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 0]])
+    loss, clipped = ppo_clip_loss(logp, old, adv, mask, clip_eps=0.2)
+    expected = torch.tensor([
+        # A=+1: -1.1 ; max(-1.5, -1.2) = -1.2 (clipped) ; max(-0.5, -0.8) = -0.5
+        [-1.1, -1.2, -0.5, 0.0],
+        # A=-2: 2.2 ; max(3.0, 2.4) = 3.0 ; max(1.0, 1.6) = 1.6 (clipped)
+        [2.2, 3.0, 1.6, 0.0],
+    ])
+    torch.testing.assert_close(loss, expected)
+    assert clipped.tolist() == [[False, True, False, False], [False, False, True, False]]
+    # clipped tokens carry no gradient; unclipped ones d(-A r)/dlogp = -A r
+    loss.sum().backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([[-1.1, 0.0, -0.5, 0.0], [2.2, 3.0, 0.0, 0.0]]))
+
+
+def test_ppo_dual_clip():
+    logp = torch.tensor([[LN(1.1), LN(5.0), LN(0.5)], [LN(1.1), LN(5.0), LN(0.5)]])
+    old = torch.zeros(2, 3)
+    adv = torch.tensor([[-1.0] * 3, [1.0] * 3])
+    mask = torch.ones(2, 3)
+    loss, clipped = ppo_clip_loss(logp, old, adv, mask, clip_eps=0.2, dual_clip=3.0)
+    expected = torch.tensor([
+        # A=-1: 1.1 (cap 3 not reached) ; max(5, 1.2) = 5 -> capped at 3 ; max(0.5, 0.8) = 0.8
+        [1.1, 3.0, 0.8],
+        # A=+1: dual clip does not apply: -1.1 ; max(-5, -1.2) = -1.2 ; -0.5
+        [-1.1, -1.2, -0.5],
+    ])
+    torch.testing.assert_close(loss, expected)
+    assert clipped.tolist() == [[False, True, True], [False, True, False]]
+    with pytest.raises(ValueError):
+        ppo_clip_loss(logp, old, adv, mask, dual_clip=1.0)
+
+
+def test_ppo_extreme_log_ratio_stays_finite():
+    # exp(1000) would overflow; clamped to exp(20) so a zero advantage gives 0, not NaN
+    loss, _ = ppo_clip_loss(torch.tensor([[1000.0]]), torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1, 1))
+    assert loss.item() == 0.0
+
+
+def test_kl_estimators():
+    logp = torch.tensor([[-1.0, -1.0, -2.0, -1.0, 0.0]])
+    ref = torch.tensor([[-2.0, -1.0 + LN(2), -2.0, -31.0, -100.0]])
+    # k1 = logp - ref
+    torch.testing.assert_close(kl_penalty(logp, ref, "k1"), torch.tensor([[1.0, -LN(2), 0.0, 30.0, 100.0]]))
+    # k3 with d = ref - logp: d=-1 -> e^-1 + 1 - 1 = e^-1 ; d=ln2 -> 2 - ln2 - 1 ; d=0 -> 0 ;
+    # d=-30 -> clamped to -20: e^-20 + 19 -> 10 after clamp ; d=-100 -> 10 as well
+    torch.testing.assert_close(
+        kl_penalty(logp, ref, "k3"), torch.tensor([[math.exp(-1), 1 - LN(2), 0.0, 10.0, 10.0]])
+    )
+    with pytest.raises(ValueError):
+        kl_penalty(logp, ref, "k2")
+
+
+def test_approx_kl():
+    # 0.5 * (-1 - (-3))^2 = 2 ; 0.5 * 0.5^2 = 0.125
+    torch.testing.assert_close(approx_kl(torch.tensor([[-1.0, -1.0]]), torch.tensor([[-3.0, -1.5]])),
+                               torch.tensor([[2.0, 0.125]]))
+
+
+def test_aggregate_modes():
+    x = torch.tensor([[1.0, 2.0, 3.0], [4.0, float("nan"), 9.0], [7.0, 7.0, 7.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0], [0, 0, 0]])
+    # row means 2, 4, and 0 for the empty row; 3 sequences -> (2 + 4 + 0) / 3
+    assert aggregate(x, mask, "seq-mean-token-mean", 3).item() == pytest.approx(2.0)
+    # 4 valid tokens: (1 + 2 + 3 + 4) / 4
+    assert aggregate(x, mask, "token-mean", 4).item() == pytest.approx(2.5)
+    with pytest.raises(ValueError):
+        aggregate(x, mask, "seq-mean-token-sum", 3)
+    with pytest.raises(ValueError):
+        aggregate(x, mask, "token-mean", 0)
+
+
+@pytest.mark.parametrize("mode", ["seq-mean-token-mean", "token-mean"])
+def test_aggregate_split_batch_matches_whole(mode):
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 0, 0, 0]])
+    values = w ** 2  # any differentiable per-token term
+    denom = 4 if mode == "seq-mean-token-mean" else int(mask.sum())  # global: 4 seqs / 11 tokens
+    whole = aggregate(values, mask, mode, denom)
+    halves = [aggregate(values[i:i + 2], mask[i:i + 2], mode, denom) for i in (0, 2)]
+    torch.testing.assert_close(halves[0] + halves[1], whole)
+    # two "ranks" (uneven token counts: 6 and 5) each scale by R=2; DeepSpeed averages the gradients
+    (g_whole,) = torch.autograd.grad(whole, w, retain_graph=True)
+    g_ranks = [torch.autograd.grad(2 * h, w, retain_graph=True)[0] for h in halves]
+    torch.testing.assert_close((g_ranks[0] + g_ranks[1]) / 2, g_whole)
