@@ -1,0 +1,359 @@
+"""The code verifier and its sandbox: real subprocesses, hostile programs, both test formats."""
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+
+import pytest
+
+from prm_rl.rewards.code_verifier import extract_code, outputs_match, parse_tests, verify_code
+from prm_rl.rewards.base import SandboxError
+from prm_rl.rewards.sandbox import Limits, Sandbox, sandbox_info
+
+RUN = dict(timeout_s=3.0, memory_mb=512)
+
+
+def block(code):
+    return f"Here is my solution.\n```python\n{code}\n```\nDone."
+
+
+def io(pairs):
+    return {"tests": [{"input": i, "output": o} for i, o in pairs]}
+
+
+@pytest.fixture(scope="module")
+def layers():
+    return sandbox_info()["layers"]
+
+
+def _live_procs_mentioning(text):
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read()
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if text.encode() in cmd and state not in (b"Z", b"X"):
+            out.append(int(pid))
+    return out
+
+
+@pytest.fixture
+def tmp_root():
+    """Where the sandbox puts its private dirs for this test: must be empty and unused afterwards."""
+    root = tempfile.mkdtemp(prefix="prm_rl_test_sbx_")
+    os.chmod(root, 0o711)
+    yield root
+    time.sleep(0.05)
+    left_dirs = os.listdir(root)
+    left_procs = _live_procs_mentioning(root)
+    shutil.rmtree(root, ignore_errors=True)
+    assert left_dirs == [], f"sandbox temp dirs not removed: {left_dirs}"
+    assert left_procs == [], f"sandbox processes left running: {left_procs}"
+
+
+def _need(layers, *names):
+    """Skip unless at least one of the named layers is active here (docs/verifiers.md: what holds where)."""
+    def active(name):
+        if name == "landlock_net":
+            return bool(layers.get("landlock") and layers["landlock"].get("net"))
+        if name == "landlock_scoped":
+            return bool(layers.get("landlock") and layers["landlock"].get("scoped"))
+        return bool(layers.get(name))
+
+    if not any(active(n) for n in names):
+        pytest.skip(f"none of the sandbox layers {names} is available on this machine")
+
+
+# --------------------------------------------------------------------------------------- passing / partial
+def test_asserts_all_pass(tmp_root):
+    code = "def add(a, b):\n    return a + b\n"
+    v = verify_code("", block(code), {"tests": ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"]}, tmp_root=tmp_root, **RUN)
+    assert float(v) == 1.0 and v.reason is None
+
+
+def test_asserts_partial(tmp_root):
+    code = "def sq(x):\n    return x * x if x < 3 else 0\n"
+    tests = [f"assert sq({i}) == {i * i}" for i in range(5)]
+    v = verify_code("", block(code), {"tests": tests}, tmp_root=tmp_root, **RUN)
+    assert float(v) == pytest.approx(3 / 5)
+    assert "passed 3/5" in v.reason
+
+
+def test_asserts_main_block_does_not_run_and_tests_see_solution_namespace(tmp_root):
+    code = "def f():\n    return 1\nif __name__ == '__main__':\n    input()\n"
+    v = verify_code("", block(code), {"tests": ["assert f() == 1"]}, tmp_root=tmp_root, **RUN)
+    assert float(v) == 1.0
+
+
+def test_stdio_all_pass(tmp_root):
+    code = "a, b = map(int, input().split())\nprint(a + b)\n"
+    v = verify_code("", block(code), io([("1 2\n", "3\n"), ("5 5", "10"), ("-1 1\n", "0")]), tmp_root=tmp_root, **RUN)
+    assert float(v) == 1.0
+
+
+def test_stdio_partial(tmp_root):
+    code = "n = int(input())\nprint(n * 2 if n % 2 == 0 else n)\n"
+    v = verify_code("", block(code), io([(f"{i}\n", f"{2 * i}\n") for i in range(4)]), tmp_root=tmp_root, **RUN)
+    assert float(v) == pytest.approx(0.5)  # 0 and 2 pass, 1 and 3 fail
+    assert "wrong output" in v.reason
+
+
+def test_stdio_apps_style_dict_and_json_string(tmp_root):
+    code = "print(input()[::-1])\n"
+    v = verify_code("", block(code), {"tests": {"inputs": ["abc\n", "xy\n"], "outputs": ["cba\n", "yx\n"]}}, tmp_root=tmp_root, **RUN)
+    assert float(v) == 1.0
+    v = verify_code("", block(code), {"tests": '[{"input": "ab\\n", "output": "ba"}]'}, tmp_root=tmp_root, **RUN)
+    assert float(v) == 1.0
+
+
+def test_first_ten_rule(tmp_root):
+    # 12 tests; f is wrong only on x == 10 (the 11th test): all do not pass, the first 10 do -> 1.0
+    code = "def f(x):\n    return -1 if x == 10 else x\n"
+    tests = [f"assert f({i}) == {i}" for i in range(12)]
+    v = verify_code("", block(code), {"tests": tests}, tmp_root=tmp_root, **RUN)
+    assert float(v) == 1.0 and "beyond the first 10" in v.reason
+    assert float(verify_code("", block(code), {"tests": tests}, partial="all", tmp_root=tmp_root, **RUN)) == pytest.approx(11 / 12)
+    assert float(verify_code("", block(code), {"tests": tests}, partial="none", tmp_root=tmp_root, **RUN)) == 0.0
+    # wrong on three of the first ten -> 7/10
+    code = "def f(x):\n    return -1 if x in (1, 4, 7) else x\n"
+    v = verify_code("", block(code), {"tests": tests}, tmp_root=tmp_root, **RUN)
+    assert float(v) == pytest.approx(0.7)
+
+
+def test_a_hanging_assert_fails_alone_and_later_tests_still_count(tmp_root):
+    code = "def f(x):\n    while x == 2:\n        pass\n    return x\n"
+    tests = [f"assert f({i}) == {i}" for i in range(5)]
+    t0 = time.monotonic()
+    v = verify_code("", block(code), {"tests": tests}, tmp_root=tmp_root, timeout_s=1.0, memory_mb=512)
+    assert float(v) == pytest.approx(4 / 5)
+    assert "test 3" in v.reason and "timeout" in v.reason
+    assert time.monotonic() - t0 < 8
+
+
+def test_a_test_that_exits_the_process_fails_alone(tmp_root):
+    code = "import os\ndef f(x):\n    if x == 1:\n        os._exit(0)\n    return x\n"
+    v = verify_code("", block(code), {"tests": [f"assert f({i}) == {i}" for i in range(3)]}, tmp_root=tmp_root, **RUN)
+    assert float(v) == pytest.approx(2 / 3)
+
+
+def test_no_code_block_and_broken_programs_score_zero(tmp_root):
+    tests = {"tests": ["assert True"]}
+    v = verify_code("", "I would write some code here.", tests, tmp_root=tmp_root, **RUN)
+    assert float(v) == 0.0 and v.reason == "no ```python block"
+    v = verify_code("", block("def f(:\n    pass"), tests, tmp_root=tmp_root, **RUN)
+    assert float(v) == 0.0 and "SyntaxError" in v.reason
+    v = verify_code("", block("raise SystemExit(3)"), tests, tmp_root=tmp_root, **RUN)
+    assert float(v) == 0.0 and "exit 3" in v.reason
+    v = verify_code("", block("import sys; sys.exit(1)"), io([("", "")]), tmp_root=tmp_root, **RUN)
+    assert float(v) == 0.0
+
+
+# ------------------------------------------------------------------------------------------------ hostile
+def test_write_into_private_run_dir_is_contained(tmp_root, layers):
+    _need(layers, "uid", "landlock")
+    run_dir = tempfile.mkdtemp(prefix="prm_rl_test_run_")  # 0700, owned by the trainer's user
+    try:
+        target = os.path.join(run_dir, "checkpoint.pt")
+        code = f"open({target!r}, 'w').write('overwritten')\nprint('done')\n"
+        v = verify_code("", block(code), io([("", "done")]), tmp_root=tmp_root, **RUN)
+        assert float(v) == 0.0
+        assert not os.path.exists(target)
+    finally:
+        shutil.rmtree(run_dir)
+
+
+def test_write_to_world_writable_dir_is_contained(tmp_root, layers):
+    _need(layers, "landlock")
+    open_dir = tempfile.mkdtemp(prefix="prm_rl_test_open_")
+    os.chmod(open_dir, 0o777)
+    try:
+        target = os.path.join(open_dir, "planted.txt")
+        code = f"open({target!r}, 'w').write('x')\nprint('done')\n"
+        v = verify_code("", block(code), io([("", "done")]), tmp_root=tmp_root, **RUN)
+        assert float(v) == 0.0
+        assert not os.path.exists(target)
+    finally:
+        shutil.rmtree(open_dir)
+
+
+@pytest.mark.parametrize("mode, needs", [(0o700, ("uid", "landlock")), (0o755, ("landlock",))])
+def test_reading_the_run_dir_is_contained(tmp_root, layers, mode, needs):
+    _need(layers, *needs)
+    run_dir = tempfile.mkdtemp(prefix="prm_rl_test_run_")
+    os.chmod(run_dir, mode)
+    try:
+        secret = os.path.join(run_dir, "secret.txt")
+        with open(secret, "w") as f:
+            f.write("hunter2")
+        os.chmod(secret, 0o644)
+        code = f"print(open({secret!r}).read())\n"
+        assert float(verify_code("", block(code), io([("", "hunter2")]), tmp_root=tmp_root, **RUN)) == 0.0
+        listing = f"import os\nprint(sorted(os.listdir({run_dir!r})))\n"
+        assert float(verify_code("", block(listing), io([("", "['secret.txt']")]), tmp_root=tmp_root, **RUN)) == 0.0
+    finally:
+        shutil.rmtree(run_dir)
+
+
+def test_network_is_contained(tmp_root, layers):
+    _need(layers, "seccomp", "namespaces", "landlock_net")
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    server.settimeout(0.2)
+    port = server.getsockname()[1]
+    received, stop = [], threading.Event()
+
+    def accept():
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            received.append(conn.recv(100))
+            conn.close()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        code = f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=2)\ns.sendall(b'leak')\nprint('sent')\n"
+        v = verify_code("", block(code), io([("", "sent")]), tmp_root=tmp_root, **RUN)
+        assert float(v) == 0.0
+        time.sleep(0.3)
+        assert received == []
+    finally:
+        stop.set()
+        thread.join(2)
+        server.close()
+
+
+def test_fork_bomb_is_contained(tmp_root):
+    code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    t0 = time.monotonic()
+    v = verify_code("", block(code), io([("", "x")]), tmp_root=tmp_root, timeout_s=1.5, max_procs=8, memory_mb=256)
+    assert float(v) == 0.0
+    assert time.monotonic() - t0 < 15
+    # the tmp_root fixture asserts that no process of this run is left
+
+
+def test_detached_background_process_is_killed(tmp_root):
+    code = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\nprint('parent done')\n"
+    v = verify_code("", block(code), io([("", "parent done")]), tmp_root=tmp_root, **RUN)
+    assert float(v) == 1.0  # the program itself is fine; its daemon must still be gone (fixture)
+
+
+def test_memory_limit(tmp_root):
+    code = "x = bytearray(1500 * 1024 * 1024)\nprint('allocated')\n"
+    v = verify_code("", block(code), io([("", "allocated")]), tmp_root=tmp_root, timeout_s=5.0, memory_mb=256)
+    assert float(v) == 0.0 and "MemoryError" in v.reason
+
+
+def test_infinite_loop_times_out(tmp_root):
+    t0 = time.monotonic()
+    v = verify_code("", block("while True:\n    pass\n"), io([("", "")]), tmp_root=tmp_root, timeout_s=1.0, memory_mb=256)
+    assert float(v) == 0.0 and "timeout" in v.reason
+    assert time.monotonic() - t0 < 6
+
+
+def test_sleeping_program_times_out_on_wall_clock(tmp_root):
+    v = verify_code("", block("import time\ntime.sleep(60)\n"), {"tests": ["assert True"]}, tmp_root=tmp_root, timeout_s=1.0)
+    assert float(v) == 0.0 and "timeout" in v.reason
+
+
+def test_huge_output_is_capped(tmp_root):
+    t0 = time.monotonic()
+    code = "while True:\n    print('x' * 10000)\n"
+    v = verify_code("", block(code), io([("", "x")]), tmp_root=tmp_root, max_output_bytes=200_000, **RUN)
+    assert float(v) == 0.0 and "output limit" in v.reason
+    assert time.monotonic() - t0 < 3
+
+
+def test_cannot_signal_the_host(tmp_root, layers):
+    _need(layers, "uid", "namespaces", "landlock_scoped")
+    code = f"import os\nos.kill({os.getpid()}, 0)\nprint('reachable')\n"
+    assert float(verify_code("", block(code), io([("", "reachable")]), tmp_root=tmp_root, **RUN)) == 0.0
+
+
+def test_sandbox_reports_its_layers_and_private_cwd(tmp_root):
+    res = Sandbox(Limits(timeout_s=3.0), tmp_root=tmp_root).run("import os\nprint(os.getcwd())\n")
+    assert res.ok
+    cwd = res.stdout.decode().strip()
+    assert cwd.startswith(tmp_root) and cwd.endswith("/work")
+    assert set(res.layers) >= {"uid", "namespaces", "landlock", "seccomp", "nproc"}
+    assert not os.path.exists(cwd)
+
+
+def test_require_unknown_layer_is_rejected():
+    with pytest.raises(ValueError, match="unknown sandbox layer"):
+        Sandbox(require=["selinux"])
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def test_extract_code_takes_the_last_closed_python_block():
+    text = "```python\na = 1\n```\n```js\nb\n```\n```py\nc = 3\n```\n```python\nunclosed"
+    assert extract_code(text) == "c = 3\n"
+    assert extract_code("```\nplain\n```") is None
+
+
+@pytest.mark.parametrize(
+    "got, expected, same",
+    [
+        ("3\n", "3", True),
+        ("1 2  \n3\n\n", "1 2\n3", True),
+        ("1\n2\n", "1 2", True),  # token-wise
+        ("0.3333333\n", "0.33333333", True),  # numeric within 1e-6
+        ("0.33\n", "0.3333", False),
+        ("YES", "yes", False),
+        ("", "0", False),
+    ],
+)
+def test_outputs_match(got, expected, same):
+    assert outputs_match(got, expected) is same
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({}, "fields\\['tests'\\] is missing"),
+        ({"tests": []}, "non-empty list"),
+        ({"tests": ["assert True", {"input": "", "output": ""}]}, "same form"),
+        ({"tests": [{"input": "1"}]}, "tests'\\]\\[0\\]"),
+        ({"tests": "not json"}, "not JSON"),
+        ({"tests": {"inputs": ["1"], "outputs": []}}, "equal length"),
+    ],
+)
+def test_bad_tests_field_raises(fields, message):
+    with pytest.raises(ValueError, match=message):
+        parse_tests(fields)
+
+
+def test_required_layers_are_enforced_before_running(tmp_root, layers):
+    present = [k for k in ("uid", "namespaces", "landlock", "seccomp") if layers.get(k)]
+    v = verify_code("", block("print(1)"), io([("", "1")]), require=present, tmp_root=tmp_root, **RUN)
+    assert float(v) == 1.0
+    sb = Sandbox(Limits(timeout_s=3.0), landlock=False, require=["landlock"], tmp_root=tmp_root)
+    with pytest.raises(SandboxError, match="required sandbox layer\\(s\\) unavailable here: landlock"):
+        sb.run("open('/tmp/should_not_run_prm_rl', 'w')")
+    assert not os.path.exists("/tmp/should_not_run_prm_rl")
+
+
+@pytest.mark.parametrize(
+    "hack",
+    [
+        "import builtins\nbuiltins.exec = lambda *a, **k: None\n",
+        "import builtins\nbuiltins.compile = lambda *a, **k: compile('pass', 'x', 'exec')\n",
+        "import os\n_w = os.write\nos.write = lambda fd, b: _w(fd, b.replace(b' F', b' P'))\n",
+        "import os\nfor i in range(10):\n    os.write(3, b'%d P\\n' % i)\n",
+    ],
+)
+def test_casual_tampering_with_the_assert_harness_does_not_pass_tests(tmp_root, hack):
+    code = hack + "def f(x):\n    return 0\n"
+    v = verify_code("", block(code), {"tests": [f"assert f({i}) == {i + 1}" for i in range(3)]}, tmp_root=tmp_root, **RUN)
+    assert float(v) == 0.0
