@@ -94,23 +94,27 @@ def to_sample(problem: Problem) -> Sample:
 
 def heldout_problems(cfg: ArithmeticConfig, n: int, seed: int) -> list[Problem]:
     """The fixed held-out split: the first ``n`` distinct problems drawn with ``seed``."""
-    rng, seen, out = random.Random(seed), set(), []
-    while len(out) < n:
-        p = sample_problem(rng, cfg)
-        if p.question not in seen:
-            seen.add(p.question)
-            out.append(p)
-    return out
+    return _distinct(cfg, n, seed, exclude=set())
 
 
 def train_problems(cfg: ArithmeticConfig, n: int, seed: int, exclude: set[str]) -> list[Problem]:
     """``n`` distinct training problems, none of whose questions is in ``exclude`` (the held-out split)."""
-    rng, seen, out = random.Random(seed), set(exclude), []
+    return _distinct(cfg, n, seed, exclude)
+
+
+def _distinct(cfg: ArithmeticConfig, n: int, seed: int, exclude: set[str]) -> list[Problem]:
+    rng, seen, out, misses = random.Random(seed), set(exclude), [], 0
     while len(out) < n:
         p = sample_problem(rng, cfg)
-        if p.question not in seen:
-            seen.add(p.question)
-            out.append(p)
+        if p.question in seen:
+            misses += 1
+            if misses > 100 * n + 10_000:  # the task's problem space is (nearly) exhausted
+                raise ValueError(f"task: only {len(out)} distinct problems found of the {n} requested; "
+                                 "raise task.max_steps/max_operand or lower the split sizes")
+            continue
+        misses = 0
+        seen.add(p.question)
+        out.append(p)
     return out
 
 

@@ -13,10 +13,25 @@ import torch
 import torch.distributed as dist
 
 
+def _single_process_env() -> None:
+    """Started with plain ``python``: describe a one-rank world so DeepSpeed need not probe MPI."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"),
+                       ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(port))):
+        os.environ.setdefault(key, value)
+
+
 def init(timeout_minutes: int = 60) -> tuple[int, int]:
     """Join the launcher's process group (gloo on CPU, nccl on GPU); returns (rank, world_size)."""
-    if "WORLD_SIZE" in os.environ and not dist.is_initialized():
+    if not dist.is_initialized():
         import deepspeed
+
+        if "WORLD_SIZE" not in os.environ:
+            _single_process_env()
 
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(minutes=timeout_minutes))

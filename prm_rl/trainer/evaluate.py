@@ -1,0 +1,30 @@
+"""Held-out accuracy: greedy decoding of every eval prompt, scored by the same verifier as training."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from prm_rl.data.sample import Sample
+from prm_rl.engine import dist
+from prm_rl.rollout.generate import generate, left_pad
+from prm_rl.trainer.stages import decode_responses
+
+
+@torch.no_grad()
+def heldout_accuracy(model, tokenizer, samples: list[Sample], scorer, *, batch_size: int, max_new_tokens: int,
+                     synced_gpus: bool) -> float:
+    """Mean verifier score of greedy responses over ``samples`` (split over ranks), as a fraction."""
+    mine = samples[dist.rank()::dist.world_size()]
+    # Same number of generate() calls on every rank: ZeRO-3 gathers parameters collectively.
+    n_batches = math.ceil(math.ceil(len(samples) / dist.world_size()) / batch_size)
+    total = 0.0
+    for b in range(n_batches):
+        part = mine[b * batch_size:(b + 1) * batch_size]
+        batch = part or mine[:1] or samples[:1]  # a stand-in keeps a rank with nothing left in step
+        ids, mask = left_pad([tokenizer(s.prompt)["input_ids"] for s in batch], tokenizer.pad_token_id)
+        out = generate(model, ids, mask, max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_token_id,
+                       pad_id=tokenizer.pad_token_id, do_sample=False, synced_gpus=synced_gpus)
+        if part:
+            total += sum(scorer.score(part, decode_responses(tokenizer, out, range(len(part)))).scores)
+    return float(dist.all_reduce_sum(torch.tensor([total], dtype=torch.float64)).item()) / len(samples)

@@ -1,0 +1,57 @@
+"""The run directory: what a run leaves behind for people and tools.
+
+``config.yaml`` (resolved config), ``metrics.jsonl`` (one JSON object per step), ``policy/`` and ``prm/``
+(Hugging Face format) and ``summary.json`` (``steps``, ``wall_seconds``, ``eval_accuracy_start``,
+``eval_accuracy_final``, ``command``, ...). Written by rank 0 only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from prm_rl.engine import dist
+from prm_rl.engine.deepspeed_engine import full_parameters
+
+
+def create(output_dir: str | None, name: str) -> Path:
+    """Make (rank 0) and agree on (all ranks) the run directory; fail fast if it is not writable."""
+    path = None
+    if dist.is_main():
+        path = Path(output_dir) if output_dir else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+        path = str(path.resolve())
+    return Path(dist.broadcast_object(path))
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write atomically: readers never see a half-written file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def save_config(run_dir: Path, cfg: DictConfig) -> None:
+    if dist.is_main():
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def save_hf_model(model, tokenizer, out: Path) -> None:
+    """Hugging Face export of a (possibly ZeRO-3 sharded) model; collective, rank 0 writes."""
+    with full_parameters(model) as module:
+        if dist.is_main():
+            module.save_pretrained(out)
+            tokenizer.save_pretrained(out)
+    dist.barrier()
+
+
+def command_line() -> str:
+    return " ".join(["deepspeed" if "WORLD_SIZE" in os.environ else "python", *sys.argv])

@@ -1,0 +1,219 @@
+"""The stages of one PRIME step, each a short function over the global step batch.
+
+Data flow (PRIME, Cui et al. 2025, Algorithm 1): generate -> verify -> filter -> old log-probs ->
+PRM update (and token log-ratios) -> process rewards -> advantages -> policy update. The math is in
+``prm_rl.core``; this module only runs models over the right rows and hands tensors to it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from prm_rl import core
+from prm_rl.config import Config
+from prm_rl.data.sample import Sample
+from prm_rl.engine import dist
+from prm_rl.engine.deepspeed_engine import backward_and_step, grad_norm
+from prm_rl.models.forward import response_logprobs
+from prm_rl.rollout.generate import Rollout, generate, left_pad
+from prm_rl.trainer.sharding import micro_batches, split_minibatches
+
+
+@dataclass
+class Models:
+    policy: object  # DeepSpeed engine
+    prm: object | None  # DeepSpeed engine, None when no PRM is used
+    ref: torch.nn.Module | None  # frozen reference, None when nothing needs it
+    tokenizer: object
+    synced_generation: bool  # ZeRO-3 over several ranks: every rank steps generate() until all finish
+
+
+def _sums_to_means(sums: dict[str, float], counts: dict[str, str]) -> dict[str, float]:
+    """All-reduce metric sums over ranks, then divide each by the (also reduced) count it names."""
+    keys = sorted(sums)
+    total = dist.all_reduce_sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64))
+    reduced = dict(zip(keys, total.tolist()))
+    return {k: reduced[k] / max(reduced[c], 1e-12) for k, c in counts.items()}
+
+
+# --- generate -------------------------------------------------------------------------------------
+
+def generate_stage(models: Models, prompts: list[Sample], cfg: Config) -> Rollout:
+    """K samples for each of this rank's prompts; returns the global rollout (groups contiguous)."""
+    tok = models.tokenizer
+    k = cfg.rollout.samples_per_prompt
+    # Every rank tokenizes the whole global prompt list so all share one left-padded prompt width.
+    ids = [tok(s.prompt)["input_ids"] for s in prompts for _ in range(k)]
+    prompt_ids, prompt_mask = left_pad(ids, tok.pad_token_id)
+    per_rank = len(ids) // dist.world_size()
+    mine = slice(dist.rank() * per_rank, (dist.rank() + 1) * per_rank)
+    local = generate(models.policy.module, prompt_ids[mine], prompt_mask[mine],
+                     max_new_tokens=cfg.rollout.max_new_tokens, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
+                     do_sample=True, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                     synced_gpus=models.synced_generation)
+    return Rollout(prompt_ids, prompt_mask,
+                   dist.gather_rows(local.response_ids, tok.pad_token_id),
+                   dist.gather_rows(local.response_mask, 0),
+                   dist.gather_rows(local.truncated))
+
+
+# --- verify ---------------------------------------------------------------------------------------
+
+def decode_responses(tokenizer, rollout: Rollout, rows: range) -> list[str]:
+    return [tokenizer.decode(rollout.response_ids[i][rollout.response_mask[i].bool()], skip_special_tokens=True)
+            for i in rows]
+
+
+def verify_stage(scorer, tokenizer, rollout: Rollout, prompts: list[Sample], k: int) -> tuple[torch.Tensor, int]:
+    """Outcome score of every response (each rank scores its own rows); returns (scores [N], failures)."""
+    per_rank = len(rollout) // dist.world_size()
+    rows = range(dist.rank() * per_rank, (dist.rank() + 1) * per_rank)
+    result = scorer.score([prompts[i // k] for i in rows], decode_responses(tokenizer, rollout, rows))
+    local = torch.tensor(result.scores, dtype=torch.float32)
+    failures = dist.all_reduce_sum(torch.tensor([sum(f is not None for f in result.failures)]))
+    return dist.gather_rows(local), int(failures.item())
+
+
+# --- filter ---------------------------------------------------------------------------------------
+
+def filter_stage(scores: torch.Tensor, truncated: torch.Tensor, cfg: Config) -> torch.Tensor:
+    """Row indices of the groups that pass the accuracy band (and, optionally, have no truncated response)."""
+    k = cfg.rollout.samples_per_prompt
+    keep = torch.ones(scores.numel() // k, dtype=torch.bool)
+    if cfg.filter.enabled:
+        keep &= core.accuracy_band(scores, k, cfg.filter.low, cfg.filter.high)
+    return core.expand_group_mask(keep, k).nonzero().squeeze(1)
+
+
+# --- log-probs under a frozen or not-yet-updated model ---------------------------------------------
+
+@torch.no_grad()
+def logprob_stage(model, batch: Rollout, micro_batch_size: int, temperature: float = 1.0) -> torch.Tensor:
+    """Response-token log-probs ``[N, T]`` of every row, each rank computing the rows it owns."""
+    out = torch.zeros(batch.response_ids.shape, dtype=torch.float32)
+    for mb in micro_batches(torch.arange(len(batch)), micro_batch_size):
+        logp, _ = response_logprobs(model, batch.select(mb.rows), temperature)
+        if mb.weight:
+            out[mb.rows] = logp.float().cpu()
+    return dist.combine_rows(out)
+
+
+# --- PRM update -----------------------------------------------------------------------------------
+
+def prm_update_stage(prm, batch: Rollout, scores: torch.Tensor, ref_logp: torch.Tensor, cfg: Config,
+                     generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+    """Train the implicit PRM on outcome labels; returns the log-ratios of its forward passes and metrics.
+
+    The batch is split by group into ``prm.mini_batches`` optimiser steps. The returned log-ratios are
+    those each row got in the forward pass of its own update, i.e. before that mini-batch's step: the
+    single-forward (``after``) mode of the authors' code uses them directly as rewards.
+    """
+    k, p = cfg.rollout.samples_per_prompt, cfg.prm
+    mask = batch.response_mask
+    log_ratio = torch.zeros(mask.shape, dtype=torch.float32)
+    sums = {"loss": 0.0, "steps": 0.0, "grad_norm": 0.0}
+    groups = torch.randperm(len(batch) // k, generator=generator)
+    for part in split_minibatches(groups, p.mini_batches):
+        rows = (part[:, None] * k + torch.arange(k)).reshape(-1)
+        if p.loss == "ce":
+            denom = float(rows.numel())
+        else:
+            denom = float(max(1, core.dpo_pairs(scores[rows], k)[0].numel()))
+        for mb in micro_batches(rows, cfg.policy.micro_batch_size, group_size=k):
+            sub = batch.select(mb.rows)
+            logp, _ = response_logprobs(prm, sub)
+            lr = core.implicit_log_ratio(logp, ref_logp[mb.rows].to(logp.device), sub.response_mask)
+            seq = core.sequence_reward(lr, sub.response_mask, p.beta)
+            labels = scores[mb.rows].to(seq.device)
+            if p.loss == "ce":
+                loss = core.prm_ce_loss(seq, labels).sum() / denom
+            else:
+                chosen, rejected = core.dpo_pairs(labels, k)
+                loss = core.prm_dpo_loss(seq, chosen, rejected).sum() / denom
+            backward_and_step(prm, loss * mb.weight * dist.world_size(), mb.is_last)
+            if mb.weight:
+                log_ratio[mb.rows] = lr.detach().float().cpu()
+                sums["loss"] += loss.item()
+        # Every rank sees the same step count and global grad norm: pre-divide so the reduced sum is it.
+        sums["steps"] += 1.0 / dist.world_size()
+        sums["grad_norm"] += grad_norm(prm) / dist.world_size()
+    log_ratio = dist.combine_rows(log_ratio)
+    metrics = _sums_to_means(sums, {"loss": "steps", "grad_norm": "steps"})
+    return log_ratio, {f"prm/{k_}": v for k_, v in metrics.items()}
+
+
+@torch.no_grad()
+def implicit_log_ratio_stage(prm, batch: Rollout, ref_logp: torch.Tensor, micro_batch_size: int) -> torch.Tensor:
+    """Token log-ratios ``log pi_phi - log pi_ref`` ``[N, T]`` under the PRM as it is now."""
+    prm_logp = logprob_stage(prm, batch, micro_batch_size)
+    return core.implicit_log_ratio(prm_logp, ref_logp, batch.response_mask)
+
+
+# --- rewards and advantages -------------------------------------------------------------------------
+
+def step_end_table(tokenizer, delimiter: str) -> torch.Tensor:
+    """``[V]`` bool: token ids whose text contains the step delimiter (they close a step)."""
+    vocab = len(tokenizer)
+    return torch.tensor([delimiter in tokenizer.decode([i]) for i in range(vocab)], dtype=torch.bool)
+
+
+def process_reward_stage(log_ratio: torch.Tensor, batch: Rollout, step_ends: torch.Tensor, cfg: Config) -> torch.Tensor:
+    r = cfg.reward
+    mask = batch.response_mask
+    rewards = core.process_rewards(log_ratio, mask, cfg.prm.beta, scale_by_beta=r.scale_by_beta,
+                                   granularity=r.granularity, step_end=step_ends[batch.response_ids] & mask.bool(),
+                                   reward_eos=r.reward_eos)
+    if r.normalize == "batch_max_return":
+        rewards = core.normalize_by_max_return(rewards, mask)
+    return rewards
+
+
+def advantage_stage(scores: torch.Tensor, process_rewards: torch.Tensor | None, mask: torch.Tensor,
+                    cfg: Config) -> torch.Tensor:
+    k, a = cfg.rollout.samples_per_prompt, cfg.algorithm
+    if a.advantage == "grpo":
+        return core.grpo_advantages(scores, mask, k)
+    advantages, _ = core.prime_advantages(scores, process_rewards, mask, k, outcome_coef=cfg.reward.outcome_coef,
+                                          process_coef=cfg.reward.process_coef, gamma=a.gamma, whiten=a.whiten)
+    return advantages
+
+
+# --- policy update --------------------------------------------------------------------------------
+
+def policy_update_stage(policy, batch: Rollout, old_logp: torch.Tensor, advantages: torch.Tensor,
+                        ref_logp: torch.Tensor | None, cfg: Config, generator: torch.Generator) -> dict[str, float]:
+    """PPO-clip epochs over shuffled mini-batches of sequences; returns globally averaged metrics."""
+    pc = cfg.policy
+    mask = batch.response_mask
+    sums = {k: 0.0 for k in ("loss", "steps", "grad_norm", "clip_frac", "approx_kl", "entropy", "tokens")}
+    for _ in range(pc.ppo_epochs):
+        for part in split_minibatches(torch.randperm(len(batch), generator=generator), pc.mini_batches):
+            denom = float(part.numel()) if pc.loss_agg == "seq-mean-token-mean" else float(mask[part].sum())
+            for mb in micro_batches(part, pc.micro_batch_size):
+                sub = batch.select(mb.rows)
+                m = sub.response_mask
+                logp, entropy = response_logprobs(policy, sub, cfg.rollout.temperature, with_entropy=True,
+                                                  entropy_grad=pc.entropy_coef != 0)
+                adv, old = advantages[mb.rows].to(logp.device), old_logp[mb.rows].to(logp.device)
+                token_loss, clipped = core.ppo_clip_loss(logp, old, adv, m, pc.clip_eps, pc.dual_clip)
+                loss = core.aggregate(token_loss, m, pc.loss_agg, denom)
+                if pc.entropy_coef:
+                    loss = loss - pc.entropy_coef * core.aggregate(entropy, m, pc.loss_agg, denom)
+                if pc.kl_coef:
+                    kl = core.kl_penalty(logp, ref_logp[mb.rows].to(logp.device), pc.kl_estimator)
+                    loss = loss + pc.kl_coef * core.aggregate(kl, m, pc.loss_agg, denom)
+                backward_and_step(policy, loss * mb.weight * dist.world_size(), mb.is_last)
+                if mb.weight:
+                    with torch.no_grad():
+                        sums["loss"] += loss.item()
+                        sums["clip_frac"] += core.masked_sum(clipped.float(), m).item()
+                        sums["approx_kl"] += core.masked_sum(core.approx_kl(logp, old), m).item()
+                        sums["entropy"] += core.masked_sum(entropy.detach(), m).item()
+                        sums["tokens"] += float(m.sum())
+            sums["steps"] += 1.0 / dist.world_size()
+            sums["grad_norm"] += grad_norm(policy) / dist.world_size()
+    per_token = {k: "tokens" for k in ("clip_frac", "approx_kl", "entropy")}
+    metrics = _sums_to_means(sums, {"loss": "steps", "grad_norm": "steps", **per_token})
+    return {f"policy/{k}": v for k, v in metrics.items()}
