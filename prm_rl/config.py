@@ -82,6 +82,17 @@ class TaskSection:
 
 
 @dataclass
+class VerifierSection:
+    num_workers: int = MISSING
+    timeout_s: float = MISSING
+    tasks: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        _positive("verifier.num_workers", self.num_workers)
+        _positive("verifier.timeout_s", self.timeout_s)
+
+
+@dataclass
 class RolloutSection:
     prompts_per_step: int = MISSING
     samples_per_prompt: int = MISSING
@@ -222,6 +233,7 @@ class Config:
     warm_start: WarmStartSection = field(default_factory=WarmStartSection)
     task: TaskSection = field(default_factory=TaskSection)
     rollout: RolloutSection = field(default_factory=RolloutSection)
+    verifier: VerifierSection = field(default_factory=VerifierSection)
     filter: FilterSection = field(default_factory=FilterSection)
     prm: PrmSection = field(default_factory=PrmSection)
     reward: RewardSection = field(default_factory=RewardSection)

@@ -58,10 +58,12 @@ def ensure_warm_start(cache_dir: str, spec: dict, log=print) -> Path:
 
 def train(spec: dict, out: Path) -> None:
     """Train the SFT model described by ``spec`` and move it to ``out`` once complete."""
+    import datasets
     import torch
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
+    datasets.disable_progress_bars()  # the trainer prints one line for the whole warm start
     warm, task = spec["warm_start"], arithmetic.ArithmeticConfig(**spec["task"])
     heldout = arithmetic.heldout_problems(task, spec["heldout_size"], spec["heldout_seed"])
     problems = arithmetic.train_problems(task, warm["num_examples"], warm["seed"],

@@ -52,7 +52,8 @@ class PrimeTrainer:
                                 seed=cfg.task.seed)
         self.eval_samples = splits.eval
         self.prompts = PromptStream(splits.train, seed=cfg.trainer.seed)
-        self.scorer = build_scorer()
+        v = cfg.verifier
+        self.scorer = build_scorer(v.tasks, num_workers=v.num_workers, timeout_s=v.timeout_s)
         self.raw_cfg = raw_cfg
         self.logger: MetricsLogger | None = None  # opened by fit(), after the starting evaluation
 
