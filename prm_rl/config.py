@@ -7,6 +7,7 @@ before any model loads, each failing with one line that names the field and the 
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -47,6 +48,11 @@ class ModelSection:
 
     def check(self) -> None:
         _choice("model.dtype", self.dtype, ("float32", "bfloat16"))
+        for name in ("path", "tokenizer_path"):
+            value = getattr(self, name)
+            # A local path must exist; anything else may be a hub id, resolved by from_pretrained.
+            if value and value.startswith(("/", ".", "~")) and not os.path.isdir(os.path.expanduser(value)):
+                raise ConfigError(f"model.{name}={value}: no such directory")
 
 
 @dataclass
@@ -114,10 +120,13 @@ class FilterSection:
     enabled: bool = MISSING
     low: float = MISSING
     high: float = MISSING
+    drop_truncated: bool = MISSING
+    fill_rounds: int = MISSING
 
     def check(self) -> None:
         if not 0 <= self.low <= self.high <= 1:
             raise ConfigError(f"filter.low={self.low}, filter.high={self.high}: need 0 <= low <= high <= 1")
+        _positive("filter.fill_rounds", self.fill_rounds)
 
 
 @dataclass
@@ -266,6 +275,9 @@ def to_config(cfg: DictConfig | dict[str, Any], world_size: int = 1) -> Config:
     """Validate a composed config and return it as typed objects."""
     if isinstance(cfg, dict):
         cfg = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{missing[0]}: required but not set (e.g. {missing[0]}=VALUE on the command line)")
     typed: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     typed.check(world_size)
     return typed

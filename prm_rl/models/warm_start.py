@@ -48,7 +48,8 @@ def ensure_warm_start(cache_dir: str, spec: dict, log=print) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+    # The other ranks only wait meanwhile, so SFT may use every core (ranks run with 1 thread each).
+    env["OMP_NUM_THREADS"] = str(os.cpu_count() or 1)
     started = time.time()
     subprocess.run([sys.executable, "-m", "prm_rl.models.warm_start", "--out", str(path),
                     "--spec", json.dumps(spec)], env=env, check=True)
@@ -92,13 +93,15 @@ def train(spec: dict, out: Path) -> None:
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
-    trainer.train()
-    shutil.rmtree(staging / "trainer", ignore_errors=True)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    (staging / "warm_start.json").write_text(json.dumps(spec, indent=2))
-    os.replace(staging, out)  # atomic on one filesystem: a half-trained model is never "cached"
+    try:
+        SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer).train()
+        shutil.rmtree(staging / "trainer", ignore_errors=True)
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "warm_start.json").write_text(json.dumps(spec, indent=2))
+        os.replace(staging, out)  # atomic on one filesystem: a half-trained model is never "cached"
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def main() -> None:

@@ -84,3 +84,21 @@ def generate(
     response_mask, truncated = response_mask_from_ids(response_ids, eos_id)
     response_ids = response_ids.masked_fill(response_mask == 0, pad_id)
     return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, truncated)
+
+
+def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
+    """Stack rollouts of different prompt/response widths: prompts re-padded on the left, responses on the right."""
+    p_width = max(r.prompt_ids.shape[1] for r in parts)
+    t_width = max(r.response_ids.shape[1] for r in parts)
+
+    def pad(x: torch.Tensor, width: int, value: int, left: bool) -> torch.Tensor:
+        fill = x.new_full((x.shape[0], width - x.shape[1]), value)
+        return torch.cat([fill, x] if left else [x, fill], dim=1)
+
+    return Rollout(
+        torch.cat([pad(r.prompt_ids, p_width, pad_id, True) for r in parts]),
+        torch.cat([pad(r.prompt_mask, p_width, 0, True) for r in parts]),
+        torch.cat([pad(r.response_ids, t_width, pad_id, False) for r in parts]),
+        torch.cat([pad(r.response_mask, t_width, 0, False) for r in parts]),
+        torch.cat([r.truncated for r in parts]),
+    )

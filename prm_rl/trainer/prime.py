@@ -20,6 +20,7 @@ from prm_rl.models.loading import load_causal_lm, load_tokenizer, start_checkpoi
 from prm_rl.rewards import build_scorer
 from prm_rl.tracking.logger import MetricsLogger
 from prm_rl.trainer import run_dir, stages
+from prm_rl.trainer.buffer import GroupBuffer
 from prm_rl.trainer.evaluate import heldout_accuracy
 
 
@@ -52,6 +53,7 @@ class PrimeTrainer:
                                 seed=cfg.task.seed)
         self.eval_samples = splits.eval
         self.prompts = PromptStream(splits.train, seed=cfg.trainer.seed)
+        self.buffer = GroupBuffer(cfg.rollout.samples_per_prompt, self.models.tokenizer.pad_token_id)
         v = cfg.verifier
         self.scorer = build_scorer(v.tasks, num_workers=v.num_workers, timeout_s=v.timeout_s)
         self.raw_cfg = raw_cfg
@@ -77,9 +79,11 @@ class PrimeTrainer:
 
     @contextmanager
     def _timed(self, stage: str):
+        """Add the block's wall time to this step's ``time/<stage>`` (a stage may run in several rounds)."""
         start = time.time()
         yield
-        self.timings[f"time/{stage}"] = time.time() - start
+        key = f"time/{stage}"
+        self.timings[key] = self.timings.get(key, 0.0) + time.time() - start
 
     def evaluate(self) -> float:
         cfg = self.cfg
@@ -90,21 +94,11 @@ class PrimeTrainer:
     def step(self) -> dict[str, float]:
         """One PRIME iteration. Every rank runs every stage; each returns global results."""
         cfg, m = self.cfg, self.models
-        k = cfg.rollout.samples_per_prompt
         self.timings = {}
         metrics: dict[str, float] = {}
-        prompts = self.prompts.take(cfg.rollout.prompts_per_step)
-
-        with self._timed("generate"):
-            rollout = stages.generate_stage(m, prompts, cfg)
-        with self._timed("verify"):
-            scores, failures = stages.verify_stage(self.scorer, m.tokenizer, rollout, prompts, k)
-        with self._timed("filter"):
-            kept = stages.filter_stage(scores, rollout.truncated, cfg)
-        metrics.update(self._rollout_metrics(rollout, scores, kept, failures))
-        if kept.numel() == 0:  # no group in the band: nothing to learn from this batch
+        batch, scores = self._collect_groups(metrics)  # generate -> verify -> filter, maybe several rounds
+        if batch is None:  # no group passed the filter: nothing to learn from this step
             return metrics | self.timings
-        batch, scores = rollout.select(kept), scores[kept]
         micro = cfg.policy.micro_batch_size
 
         with self._timed("old_logprobs"):
@@ -142,19 +136,41 @@ class PrimeTrainer:
             metrics["prm/ranking_acc"] = float(correct / weight)
         return log_ratio
 
-    def _rollout_metrics(self, rollout, scores, kept, failures) -> dict[str, float]:
-        lengths = rollout.response_mask.sum(dim=1).float()
-        k = self.cfg.rollout.samples_per_prompt
-        return {
+    def _collect_groups(self, metrics: dict[str, float]):
+        """Sample, verify and filter rounds of prompts until ``prompts_per_step`` groups are kept or
+        ``filter.fill_rounds`` is reached; returns that many buffered groups (or fewer, or None)."""
+        cfg, m = self.cfg, self.models
+        k, wanted = cfg.rollout.samples_per_prompt, cfg.rollout.prompts_per_step
+        scores_all, lengths, truncated, kept_rows, failures, rounds = [], [], [], 0, 0, 0
+        while rounds < cfg.filter.fill_rounds and len(self.buffer) < wanted:
+            prompts = self.prompts.take(wanted)
+            with self._timed("generate"):
+                rollout = stages.generate_stage(m, prompts, cfg)
+            with self._timed("verify"):
+                scores, n_failed = stages.verify_stage(self.scorer, m.tokenizer, rollout, prompts, k)
+            with self._timed("filter"):
+                kept = stages.filter_stage(scores, rollout.truncated, cfg)
+                self.buffer.add(rollout.select(kept), scores[kept])
+            scores_all.append(scores)
+            lengths.append(rollout.response_mask.sum(dim=1).float())
+            truncated.append(rollout.truncated.float())
+            kept_rows, failures, rounds = kept_rows + kept.numel(), failures + n_failed, rounds + 1
+        scores, lengths, truncated = torch.cat(scores_all), torch.cat(lengths), torch.cat(truncated)
+        metrics.update({
             "acc/before_filter": scores.mean().item(),
-            "acc/after_filter": scores[kept].mean().item() if kept.numel() else float("nan"),
-            "acc/kept_fraction": kept.numel() / len(rollout),
-            "acc/kept_prompts": kept.numel() / k,
+            "acc/kept_fraction": kept_rows / scores.numel(),
+            "filter/rounds": float(rounds),
             "verify/failures": float(failures),
             "response/length_mean": lengths.mean().item(),
             "response/length_max": lengths.max().item(),
-            "response/truncated_frac": rollout.truncated.float().mean().item(),
-        }
+            "response/truncated_frac": truncated.mean().item(),
+        })
+        if len(self.buffer) == 0:
+            return None, None
+        batch, batch_scores = self.buffer.take(wanted)
+        metrics.update({"acc/after_filter": batch_scores.mean().item(), "filter/groups": len(batch) / k,
+                        "filter/carried_over_groups": float(len(self.buffer))})
+        return batch, batch_scores
 
     def fit(self) -> dict:
         cfg = self.cfg
@@ -171,9 +187,8 @@ class PrimeTrainer:
             t0 = time.time()
             metrics = self.step()
             metrics["time/step"] = time.time() - t0
-            tokens = metrics.get("response/length_mean", 0.0) * cfg.rollout.prompts_per_step * \
-                cfg.rollout.samples_per_prompt
-            metrics["perf/tokens_per_second"] = tokens / metrics["time/step"]
+            generated = metrics["filter/rounds"] * cfg.rollout.prompts_per_step * cfg.rollout.samples_per_prompt
+            metrics["perf/tokens_per_second"] = metrics["response/length_mean"] * generated / metrics["time/step"]
             if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step < cfg.trainer.max_steps:
                 metrics["eval/accuracy"] = self.evaluate()
             if self.logger:

@@ -84,6 +84,8 @@ def filter_stage(scores: torch.Tensor, truncated: torch.Tensor, cfg: Config) -> 
     keep = torch.ones(scores.numel() // k, dtype=torch.bool)
     if cfg.filter.enabled:
         keep &= core.accuracy_band(scores, k, cfg.filter.low, cfg.filter.high)
+        if cfg.filter.drop_truncated:
+            keep &= core.groups_without_truncation(truncated, k)
     return core.expand_group_mask(keep, k).nonzero().squeeze(1)
 
 

@@ -1,7 +1,7 @@
 """A real two-rank ``deepspeed`` run of a few PRIME steps on a tiny model.
 
 Warm start, rollouts, verification, PRM and policy updates all run for real; the task is shrunk to
-one-step sums so that a ~40-second SFT already answers some prompts correctly, which is what gives the
+one- and two-step chains so that a ~80-second SFT (the default model size) answers ~10% of them, which is what gives the
 filter something to keep and the updates a non-zero signal.
 """
 from __future__ import annotations
@@ -19,12 +19,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 REPO = Path(__file__).resolve().parents[2]
 
 TINY = [
-    "model.tiny.hidden_size=64", "model.tiny.num_layers=2", "model.tiny.num_heads=2",
-    "model.tiny.intermediate_size=128", "model.tiny.max_positions=64",
-    "task.min_steps=1", "task.max_steps=1", "task.eval_size=32", "task.train_size=200",
-    "warm_start.num_examples=256", "warm_start.max_steps=120", "warm_start.batch_size=64",
-    "warm_start.learning_rate=3e-3",
-    "rollout.prompts_per_step=8", "rollout.samples_per_prompt=4", "rollout.max_new_tokens=16",
+    "model.tiny.max_positions=64", "task.min_steps=1", "task.max_steps=2", "task.eval_size=32",
+    "task.train_size=200", "warm_start.num_examples=1500", "warm_start.max_steps=250",
+    "warm_start.batch_size=64", "warm_start.learning_rate=2e-3",
+    "rollout.prompts_per_step=8", "rollout.samples_per_prompt=4", "rollout.max_new_tokens=24",
     "filter.low=0.0", "filter.high=1.0",
     "policy.learning_rate=1e-3", "policy.weight_decay=0.0", "policy.micro_batch_size=4",
     "prm.learning_rate=1e-3", "prm.mini_batches=2", "policy.mini_batches=2",

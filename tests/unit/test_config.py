@@ -23,10 +23,36 @@ def composed(*overrides: str):
         return compose(config_name="base", overrides=list(overrides))
 
 
+# What a recipe needs on top of itself to validate (paper_7b needs an existing checkpoint directory).
+REQUIRED = {"paper_7b": [f"model.path={REPO}"]}
+
+
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_recipe_composes_and_validates(recipe):
-    cfg = to_config(composed(f"+recipe={recipe}"), world_size=2)
+    cfg = to_config(composed(f"+recipe={recipe}", *REQUIRED.get(recipe, [])), world_size=8)
     assert cfg.trainer.max_steps > 0
+
+
+def test_baseline_recipes_differ_from_math_ppo_only_in_the_estimator():
+    base = composed("+recipe=math_ppo")
+    for recipe, estimator in (("math_rloo", "rloo"), ("math_grpo", "grpo")):
+        cfg = composed(f"+recipe={recipe}")
+        assert cfg.algorithm.advantage == estimator
+        cfg.algorithm.advantage = "prime"
+        assert cfg == base
+
+
+def test_paper_recipe_holds_the_paper_values():
+    cfg = to_config(composed("+recipe=paper_7b", *REQUIRED["paper_7b"]), world_size=8)
+    assert (cfg.rollout.prompts_per_step, cfg.rollout.samples_per_prompt, cfg.rollout.max_new_tokens) == (256, 4, 3072)
+    assert (cfg.policy.learning_rate, cfg.prm.learning_rate, cfg.prm.beta) == (5e-7, 1e-6, 0.05)
+    assert (cfg.deepspeed.zero_stage, cfg.deepspeed.offload, cfg.model.dtype) == (3, True, "bfloat16")
+    assert cfg.model.gradient_checkpointing
+
+
+def test_missing_local_checkpoint_is_rejected():
+    with pytest.raises(ConfigError, match="model.path=/checkpoints/Eurus-2-7B-SFT: no such directory"):
+        to_config(composed("+recipe=paper_7b"))
 
 
 def test_recipe_overrides_base():

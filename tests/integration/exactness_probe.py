@@ -1,0 +1,83 @@
+"""Run the learning stages of one PRIME step on a fixed batch and save what they computed.
+
+Launched by tests/integration/test_rank_exactness.py as ``deepspeed --num_gpus R exactness_probe.py OUT
+key=value ...``; the same batch and the same initial weights on 1 and on 2 ranks must give the same
+log-ratios, advantages, metrics and updated weights, up to float reduction order.
+"""
+from __future__ import annotations
+
+import sys
+
+sys.argv = [a for a in sys.argv if not a.startswith("--local_rank")]
+
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+from prm_rl.config import register_schema, to_config  # noqa: E402
+from prm_rl.engine import dist  # noqa: E402
+from prm_rl.engine.deepspeed_engine import frozen_model, full_parameters, trainable_engine  # noqa: E402
+from prm_rl.models.tiny import TinyModelConfig, build_char_tokenizer, build_tiny_model  # noqa: E402
+from prm_rl.rollout.generate import Rollout, response_mask_from_ids  # noqa: E402
+from prm_rl.trainer import stages  # noqa: E402
+
+REPO = __file__.rsplit("/tests/", 1)[0]
+
+
+def fixed_batch(n: int, vocab: int, eos: int) -> Rollout:
+    """Random prompts and responses of varied lengths, identical on every rank (fixed seed)."""
+    g = torch.Generator().manual_seed(7)
+    prompt_ids = torch.randint(4, vocab, (n, 6), generator=g)
+    prompt_mask = torch.ones_like(prompt_ids)
+    prompt_mask[::3, :2] = 0  # some left padding
+    prompt_ids = prompt_ids.masked_fill(prompt_mask == 0, 0)
+    response_ids = torch.randint(4, vocab, (n, 12), generator=g)
+    stops = torch.randint(3, 13, (n,), generator=g)
+    for i, s in enumerate(stops.tolist()):
+        if s < 12:
+            response_ids[i, s] = eos
+    mask, truncated = response_mask_from_ids(response_ids, eos)
+    return Rollout(prompt_ids, prompt_mask, response_ids.masked_fill(mask == 0, 0), mask, truncated)
+
+
+def flat_weights(engine) -> torch.Tensor:
+    with full_parameters(engine) as module:
+        return torch.cat([p.detach().float().reshape(-1).clone() for p in module.parameters()])
+
+
+def main() -> None:
+    out, overrides = sys.argv[1], sys.argv[2:]
+    register_schema()
+    with initialize_config_dir(config_dir=f"{REPO}/recipes", version_base=None):
+        cfg = to_config(compose(config_name="base", overrides=["+recipe=math_ppo", *overrides]))
+    dist.init()
+    tok = build_char_tokenizer()
+    tiny = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_positions=32)
+    k = cfg.rollout.samples_per_prompt
+    batch = fixed_batch(cfg.rollout.prompts_per_step * k, len(tok), tok.eos_token_id)
+    scores = (torch.rand(len(batch), generator=torch.Generator().manual_seed(3)) < 0.5).float()
+
+    ds, dtype = cfg.deepspeed, cfg.model.dtype
+    policy = trainable_engine(build_tiny_model(tiny, tok, seed=0), ds, dtype=dtype, lr=cfg.policy.learning_rate,
+                              weight_decay=cfg.policy.weight_decay, grad_clip=cfg.policy.grad_clip)
+    prm = trainable_engine(build_tiny_model(tiny, tok, seed=0), ds, dtype=dtype, lr=cfg.prm.learning_rate,
+                           weight_decay=cfg.prm.weight_decay, grad_clip=cfg.prm.grad_clip)
+    ref = frozen_model(build_tiny_model(tiny, tok, seed=1), ds, dtype=dtype)
+    shuffle = torch.Generator().manual_seed(0)
+    initial = flat_weights(policy)
+    micro = cfg.policy.micro_batch_size
+
+    old_logp = stages.logprob_stage(policy, batch, micro)
+    ref_logp = stages.logprob_stage(ref, batch, micro)
+    log_ratio, prm_metrics = stages.prm_update_stage(prm, batch, scores, ref_logp, cfg, shuffle)
+    rewards = stages.process_reward_stage(log_ratio, batch, stages.step_end_table(tok, "\n"), cfg)
+    advantages = stages.advantage_stage(scores, rewards, batch.response_mask, cfg)
+    policy_metrics = stages.policy_update_stage(policy, batch, old_logp, advantages, ref_logp, cfg, shuffle)
+
+    weights = {name: flat_weights(engine) for name, engine in (("policy", policy), ("prm", prm))}
+    if dist.is_main():
+        torch.save({"old_logp": old_logp, "log_ratio": log_ratio, "advantages": advantages,
+                    "metrics": prm_metrics | policy_metrics, "initial": initial, **weights}, out)
+
+
+if __name__ == "__main__":
+    main()
