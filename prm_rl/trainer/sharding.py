@@ -22,13 +22,16 @@ class MicroBatch:
     is_last: bool  # closes the optimiser step / the pass
 
 
-def micro_batches(rows: torch.Tensor, micro_batch_size: int, group_size: int = 1) -> list[MicroBatch]:
+def micro_batches(rows: torch.Tensor, micro_batch_size: int, group_size: int = 1, *, rank: int | None = None,
+                  world: int | None = None) -> list[MicroBatch]:
     """This rank's share of ``rows`` cut into the number of micro-batches every rank will run.
 
     ``group_size > 1`` keeps groups of that many consecutive entries of ``rows`` together (pairwise
-    losses need a whole group on one rank). Ownership is round-robin by group.
+    losses need a whole group on one rank). Ownership is round-robin by group. ``rank``/``world``
+    default to this process's place in the process group.
     """
-    rank, world = dist.rank(), dist.world_size()
+    rank = dist.rank() if rank is None else rank
+    world = dist.world_size() if world is None else world
     groups = rows.view(-1, group_size)
     mine = groups[rank::world].reshape(-1)
     per_rank = math.ceil(groups.shape[0] / world) * group_size
