@@ -62,11 +62,13 @@ class WarmStartSection:
     max_steps: int = MISSING
     batch_size: int = MISSING
     learning_rate: float = MISSING
+    lr_scheduler: str = MISSING
     seed: int = MISSING
 
     def check(self) -> None:
         for name in ("num_examples", "max_steps", "batch_size", "learning_rate"):
             _positive(f"warm_start.{name}", getattr(self, name))
+        _choice("warm_start.lr_scheduler", self.lr_scheduler, ("cosine", "constant_with_warmup", "linear"))
 
 
 @dataclass

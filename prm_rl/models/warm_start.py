@@ -78,7 +78,7 @@ def train(spec: dict, out: Path) -> None:
         max_steps=warm["max_steps"],
         per_device_train_batch_size=warm["batch_size"],
         learning_rate=warm["learning_rate"],
-        lr_scheduler_type="cosine",
+        lr_scheduler_type=warm["lr_scheduler"],
         warmup_steps=max(1, warm["max_steps"] // 20),
         weight_decay=0.0,
         bf16=False,
