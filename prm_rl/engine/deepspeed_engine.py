@@ -3,7 +3,7 @@
 One DeepSpeed JSON is derived per model from the typed config; nothing else in prm_rl builds one.
 The trainer drives gradient accumulation itself (a varying number of micro-batches per optimiser step,
 because the online filter changes the batch size), so the JSON says ``gradient_accumulation_steps: 1``
-and :func:`accumulate` marks the accumulation boundary explicitly.
+and :func:`backward_and_step` marks the accumulation boundary explicitly.
 """
 from __future__ import annotations
 
@@ -64,13 +64,6 @@ def frozen_model(model: torch.nn.Module, ds: DeepSpeedSection, *, dtype: str) ->
     return model.to(device=dist.device(), dtype=dtype_t)
 
 
-@contextmanager
-def accumulate(engine, is_last_micro_batch: bool) -> Iterator[None]:
-    """Tell DeepSpeed whether the coming backward closes the optimiser step."""
-    engine.set_gradient_accumulation_boundary(is_last_micro_batch)
-    yield
-
-
 def backward_and_step(engine, loss: torch.Tensor, is_last_micro_batch: bool) -> None:
     """Accumulate ``loss``'s gradient; on the last micro-batch clip and take the optimiser step.
 
@@ -96,7 +89,8 @@ def unwrap(model) -> torch.nn.Module:
 def full_parameters(model) -> Iterator[torch.nn.Module]:
     """The underlying HF module with full (gathered) parameters, for saving or generation under ZeRO-3."""
     module = unwrap(model)
-    if getattr(getattr(model, "zero_optimization_stage", lambda: 0), "__call__")() == 3:
+    stage = model.zero_optimization_stage() if hasattr(model, "zero_optimization_stage") else 0
+    if stage == 3:
         with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
             yield module
     else:
