@@ -1,8 +1,8 @@
 """A real two-rank ``deepspeed`` run of a few PRIME steps on a tiny model.
 
 Warm start, rollouts, verification, PRM and policy updates all run for real; the task is shrunk to
-one- and two-step chains so that a ~80-second SFT (the default model size) answers ~10% of them, which is what gives the
-filter something to keep and the updates a non-zero signal.
+one- and two-step chains so that a ~80-second SFT (the default model size) answers some of them, which
+gives the filter something to keep and the updates a non-zero signal.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ TINY = [
     "model.tiny.max_positions=64", "task.min_steps=1", "task.max_steps=2", "task.eval_size=32",
     "task.train_size=200", "warm_start.num_examples=1500", "warm_start.max_steps=250",
     "warm_start.batch_size=64", "warm_start.learning_rate=2e-3",
-    "rollout.prompts_per_step=8", "rollout.samples_per_prompt=4", "rollout.max_new_tokens=24",
+    "rollout.prompts_per_step=8", "rollout.samples_per_prompt=4", "rollout.max_new_tokens=40",
     "filter.low=0.0", "filter.high=1.0",
     "policy.learning_rate=1e-3", "policy.weight_decay=0.0", "policy.micro_batch_size=4",
     "prm.learning_rate=1e-3", "prm.mini_batches=2", "policy.mini_batches=2",
@@ -30,22 +30,32 @@ TINY = [
 ]
 
 
-def launch(tmp_path: Path, run_dir: Path, overrides: list[str], num_ranks: int = 2) -> subprocess.CompletedProcess:
+@pytest.fixture(scope="module")
+def warm_cache(tmp_path_factory) -> Path:
+    """One warm-start cache for the module: the SFT runs once, in the first test's run."""
+    return tmp_path_factory.mktemp("warm")
+
+
+def launch(warm: Path, run_dir: Path, overrides: list[str], num_ranks: int = 2) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_SILENT="true", PYTHONUNBUFFERED="1")
     env.pop("WANDB_API_KEY", None)
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(num_ranks),
            "--master_port", str(29500 + os.getpid() % 1000), "launch/train.py", "+recipe=math_ppo", *TINY,
-           f"warm_start.cache_dir={tmp_path / 'warm'}", f"trainer.output_dir={run_dir}", *overrides]
+           f"warm_start.cache_dir={warm}", f"trainer.output_dir={run_dir}", *overrides]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
 
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
 @pytest.mark.slow
-def test_two_rank_prime_run_updates_and_saves(tmp_path):
+def test_two_rank_prime_run_updates_and_saves(tmp_path, warm_cache):
     run_dir = tmp_path / "run"
-    proc = launch(tmp_path, run_dir, ["trainer.max_steps=3"])
+    proc = launch(warm_cache, run_dir, ["trainer.max_steps=3"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics(run_dir)
     assert [r["step"] for r in rows] == [1, 2, 3]
     updated = [r for r in rows if "policy/loss" in r]
     assert updated, "no step kept any group: the warm start is too weak for this test"
@@ -57,7 +67,7 @@ def test_two_rank_prime_run_updates_and_saves(tmp_path):
     assert (run_dir / "config.yaml").exists()
     assert list((run_dir / "wandb").glob("offline-run-*")), "W&B offline run missing"
 
-    warm = next((tmp_path / "warm").iterdir())
+    warm = next(warm_cache.iterdir())
     start = AutoModelForCausalLM.from_pretrained(warm)
     for name in ("policy", "prm"):
         trained = AutoModelForCausalLM.from_pretrained(run_dir / name)
@@ -68,3 +78,28 @@ def test_two_rank_prime_run_updates_and_saves(tmp_path):
         ids = tokenizer("3+4=?\n", return_tensors="pt")["input_ids"]
         out = trained.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id)
         assert out.shape[1] > ids.shape[1]
+
+
+@pytest.mark.slow
+def test_authors_filter_and_double_forward_options_run(tmp_path, warm_cache):
+    """Keep-sampling with carry-over, truncated-group drop, re-scoring PRM, policy as PRM reference."""
+    run_dir = tmp_path / "run"
+    proc = launch(warm_cache, run_dir, ["trainer.max_steps=2", "filter.low=0.2", "filter.high=0.8",
+                                        "filter.fill_rounds=3", "filter.drop_truncated=true", "prm.update=before",
+                                        "prm.reference=policy", "prm.loss=dpo", "reward.granularity=step"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = metrics(run_dir)
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(1 <= r["filter/rounds"] <= 3 for r in rows)
+    assert any("policy/loss" in r and "prm/loss" in r for r in rows), "no step trained: nothing passed the band"
+    # Either the batch filled up in fewer rounds than allowed, or all three rounds were used.
+    assert all(r.get("filter/groups", 0) == 8 or r["filter/rounds"] == 3 for r in rows)
+
+
+@pytest.mark.slow
+def test_outcome_only_rloo_loads_no_prm(tmp_path, warm_cache):
+    run_dir = tmp_path / "run"
+    proc = launch(warm_cache, run_dir, ["trainer.max_steps=2", "algorithm.advantage=rloo"], num_ranks=1)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (run_dir / "policy").is_dir() and not (run_dir / "prm").exists()
+    assert not any(k.startswith("prm/") for r in metrics(run_dir) for k in r)
