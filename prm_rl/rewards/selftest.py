@@ -20,8 +20,9 @@ from prm_rl.rewards.sandbox import Limits, Sandbox
 __all__ = ["sandbox_selftest"]
 
 
-def _live_sandbox_processes(tmp_root: str) -> int:
-    n = 0
+def live_processes_mentioning(text: str) -> list[int]:
+    """Pids of live (not zombie) processes whose command line contains ``text``."""
+    pids = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -32,9 +33,9 @@ def _live_sandbox_processes(tmp_root: str) -> int:
                 state = f.read().rsplit(b")", 1)[1].split()[0]
         except (OSError, IndexError):
             continue
-        if tmp_root.encode() in cmd and state not in (b"Z", b"X"):
-            n += 1
-    return n
+        if text.encode() in cmd and state not in (b"Z", b"X"):
+            pids.append(int(pid))
+    return pids
 
 
 def sandbox_selftest(**sandbox_options: Any) -> dict[str, Any]:
@@ -101,7 +102,7 @@ def sandbox_selftest(**sandbox_options: Any) -> dict[str, Any]:
             res = sandbox.run(source)
             time.sleep(0.05)
             ok = contained(res) if contained is not None else True
-            ok = ok and _live_sandbox_processes(tmp_root) == 0 and not os.listdir(tmp_root)
+            ok = ok and not live_processes_mentioning(tmp_root) and not os.listdir(tmp_root)
             results[name] = "contained" if ok else "NOT contained"
         report["attacks"] = results
     finally:

@@ -54,4 +54,8 @@ def save_hf_model(model, tokenizer, out: Path) -> None:
 
 
 def command_line() -> str:
-    return " ".join(["deepspeed" if "WORLD_SIZE" in os.environ else "python", *sys.argv])
+    """The command that started the run, as far as a rank can see it (the launcher's own flags are lost)."""
+    launcher = ["python"]
+    if "CROSS_RANK" in os.environ:  # set by the deepspeed launcher, not by a plain python start
+        launcher = ["deepspeed"] + (["--num_gpus", str(dist.world_size())] if dist.world_size() > 1 else [])
+    return " ".join([*launcher, *sys.argv])

@@ -63,6 +63,7 @@ def test_two_rank_prime_run_updates_and_saves(tmp_path, warm_cache):
 
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 3 and summary["world_size"] == 2
+    assert summary["command"].startswith("deepspeed --num_gpus 2 launch/train.py +recipe=math_ppo")
     assert 0.0 <= summary["eval_accuracy_start"] <= 1.0 and 0.0 <= summary["eval_accuracy_final"] <= 1.0
     assert (run_dir / "config.yaml").exists()
     assert list((run_dir / "wandb").glob("offline-run-*")), "W&B offline run missing"

@@ -11,6 +11,7 @@ import pytest
 from prm_rl.rewards.code_verifier import extract_code, outputs_match, parse_tests, verify_code
 from prm_rl.rewards.base import SandboxError
 from prm_rl.rewards.sandbox import Limits, Sandbox, sandbox_info
+from prm_rl.rewards.selftest import live_processes_mentioning
 
 RUN = dict(timeout_s=3.0, memory_mb=512)
 
@@ -28,23 +29,6 @@ def layers():
     return sandbox_info()["layers"]
 
 
-def _live_procs_mentioning(text):
-    out = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read()
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if text.encode() in cmd and state not in (b"Z", b"X"):
-            out.append(int(pid))
-    return out
-
-
 @pytest.fixture
 def tmp_root():
     """Where the sandbox puts its private dirs for this test: must be empty and unused afterwards."""
@@ -53,7 +37,7 @@ def tmp_root():
     yield root
     time.sleep(0.05)
     left_dirs = os.listdir(root)
-    left_procs = _live_procs_mentioning(root)
+    left_procs = live_processes_mentioning(root)
     shutil.rmtree(root, ignore_errors=True)
     assert left_dirs == [], f"sandbox temp dirs not removed: {left_dirs}"
     assert left_procs == [], f"sandbox processes left running: {left_procs}"
