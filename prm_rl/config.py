@@ -73,6 +73,7 @@ class WarmStartSection:
 
 @dataclass
 class TaskSection:
+    name: str = MISSING
     min_steps: int = MISSING
     max_steps: int = MISSING
     max_operand: int = MISSING
@@ -83,10 +84,41 @@ class TaskSection:
     seed: int = MISSING
 
     def check(self) -> None:
+        _choice("task.name", self.name, ("arithmetic", "code"))
         if not 1 <= self.min_steps <= self.max_steps:
             raise ConfigError(f"task.min_steps={self.min_steps}: must be >= 1 and <= task.max_steps")
         _positive("task.eval_size", self.eval_size)
         _positive("task.train_size", self.train_size)
+
+
+@dataclass
+class DataSection:
+    train: Optional[str] = MISSING
+    eval: Optional[str] = MISSING
+    format: str = MISSING
+    split: str = MISSING
+    mapping: str = MISSING
+    fields: dict[str, str] = field(default_factory=dict)
+    task: Optional[str] = MISSING
+    instruction: str = MISSING
+    chat_template: bool = MISSING
+    max_prompt_tokens: int = MISSING
+    max_rows: Optional[int] = MISSING
+
+    def check(self) -> None:
+        _choice("data.format", self.format, ("auto", "jsonl", "parquet", "hf_disk"))
+        _choice("data.mapping", self.mapping, ("prime", "gsm8k", "math", "code", "fields"))
+        _positive("data.max_prompt_tokens", self.max_prompt_tokens)
+        if self.max_rows is not None:
+            _positive("data.max_rows", self.max_rows)
+        if self.mapping == "fields" and "prompt" not in self.fields:
+            raise ConfigError("data.fields: mapping=fields needs at least data.fields.prompt=KEY")
+        if self.eval is not None and self.train is None:
+            raise ConfigError(f"data.eval={self.eval}: set data.train too (or neither, for the built-in task)")
+        for name in ("train", "eval"):
+            value = getattr(self, name)
+            if value is not None and not os.path.exists(os.path.expanduser(value)):
+                raise ConfigError(f"data.{name}={value}: no such file or directory")
 
 
 @dataclass
@@ -111,6 +143,8 @@ class RolloutSection:
 
     def check(self) -> None:
         _positive("rollout.prompts_per_step", self.prompts_per_step)
+        _positive("rollout.samples_per_prompt", self.samples_per_prompt)
+        _positive("rollout.eval_batch_size", self.eval_batch_size)
         _positive("rollout.temperature", self.temperature)
         _positive("rollout.max_new_tokens", self.max_new_tokens)
         if not 0 < self.top_p <= 1:
@@ -222,9 +256,19 @@ class TrainerSection:
     output_dir: Optional[str] = MISSING
     eval_every: int = MISSING
     progress_bar: bool = MISSING
+    resume: str = MISSING
+    checkpoint_every: int = MISSING
+    keep_checkpoints: int = MISSING
+    max_bad_steps: int = MISSING
 
     def check(self) -> None:
         _positive("trainer.max_steps", self.max_steps)
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"trainer.checkpoint_every={self.checkpoint_every}: must be >= 0 (0 = only at the end)")
+        _positive("trainer.keep_checkpoints", self.keep_checkpoints)
+        _positive("trainer.max_bad_steps", self.max_bad_steps)
+        if self.resume not in ("auto", "never") and not os.path.isdir(os.path.expanduser(self.resume)):
+            raise ConfigError(f"trainer.resume={self.resume}: must be auto, never, or an existing checkpoint directory")
 
 
 @dataclass
@@ -243,6 +287,7 @@ class Config:
     model: ModelSection = field(default_factory=ModelSection)
     warm_start: WarmStartSection = field(default_factory=WarmStartSection)
     task: TaskSection = field(default_factory=TaskSection)
+    data: DataSection = field(default_factory=DataSection)
     rollout: RolloutSection = field(default_factory=RolloutSection)
     verifier: VerifierSection = field(default_factory=VerifierSection)
     filter: FilterSection = field(default_factory=FilterSection)
@@ -261,6 +306,13 @@ class Config:
         k = self.rollout.samples_per_prompt
         if self.algorithm.advantage in ("prime", "rloo") and k < 2:
             raise ConfigError(f"rollout.samples_per_prompt={k}: leave-one-out baselines need at least 2")
+        b = self.rollout.prompts_per_step
+        if b % self.prm.mini_batches:
+            raise ConfigError(f"prm.mini_batches={self.prm.mini_batches}: must divide rollout.prompts_per_step={b} "
+                              "(the PRM is updated on whole groups)")
+        if (b * k) % self.policy.mini_batches:
+            raise ConfigError(f"policy.mini_batches={self.policy.mini_batches}: must divide the {b * k} responses "
+                              f"of a step (rollout.prompts_per_step x rollout.samples_per_prompt)")
         if self.rollout.prompts_per_step % world_size:
             raise ConfigError(
                 f"rollout.prompts_per_step={self.rollout.prompts_per_step}: must divide evenly over "
