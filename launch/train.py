@@ -15,7 +15,9 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from prm_rl.config import ConfigError, register_schema, to_config  # noqa: E402
+from prm_rl.data.files import DataError  # noqa: E402
 from prm_rl.engine import dist  # noqa: E402
+from prm_rl.trainer.faults import RunStopped  # noqa: E402
 from prm_rl.trainer.prime import PrimeTrainer  # noqa: E402
 
 register_schema()
@@ -30,7 +32,16 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
     dist.init()
     recipe = HydraConfig.get().runtime.choices.get("recipe") or "base"
-    PrimeTrainer(typed, cfg, name=recipe).fit()
+    try:
+        PrimeTrainer(typed, cfg, name=recipe).fit()
+    except DataError as err:  # raised while loading prompts, before any model is built
+        if dist.is_main():
+            print(f"data error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except RunStopped as stop:  # signal, NaN/inf guard, failed save: state on disk is consistent
+        if dist.is_main():
+            print(f"[prm_rl] {stop}", file=sys.stderr, flush=True)
+        sys.exit(stop.exit_code)
 
 
 if __name__ == "__main__":

@@ -112,7 +112,7 @@ class DataSection:
         if self.max_rows is not None:
             _positive("data.max_rows", self.max_rows)
         if self.mapping == "fields" and "prompt" not in self.fields:
-            raise ConfigError("data.fields: mapping=fields needs at least data.fields.prompt=KEY")
+            raise ConfigError("data.fields: mapping=fields needs at least +data.fields.prompt=KEY")
         if self.eval is not None and self.train is None:
             raise ConfigError(f"data.eval={self.eval}: set data.train too (or neither, for the built-in task)")
         for name in ("train", "eval"):

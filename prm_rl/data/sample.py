@@ -17,3 +17,21 @@ class Sample:
     prompt: str
     task: str
     fields: dict[str, Any] = field(default_factory=dict)
+
+
+def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
+    """Token ids of rendered prompts, the one way the trainer tokenizes them.
+
+    The tokenizer adds its special tokens (e.g. BOS) unless the text already starts with the BOS token,
+    as a chat template writes it: no prompt gets two.
+    """
+    bos = tokenizer.bos_token
+    templated = [bool(bos) and p.startswith(bos) for p in prompts]
+    out: list[list[int] | None] = [None] * len(prompts)
+    for flag in (False, True):
+        where = [i for i, t in enumerate(templated) if t == flag]
+        if where:
+            ids = tokenizer([prompts[i] for i in where], add_special_tokens=not flag)["input_ids"]
+            for i, row in zip(where, ids):
+                out[i] = row
+    return out  # type: ignore[return-value]

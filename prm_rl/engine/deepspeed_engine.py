@@ -29,7 +29,8 @@ def deepspeed_config(ds: DeepSpeedSection, *, dtype: str, grad_clip: float | Non
         "train_micro_batch_size_per_gpu": 1,  # nominal: the trainer sizes micro-batches itself
         "gradient_accumulation_steps": 1,
         "zero_optimization": zero,
-        "bf16": {"enabled": dtype == "bfloat16"},
+        # check_grad_overflow: skip an update whose gradients hold NaN/inf (fp32 ZeRO does so by default).
+        "bf16": {"enabled": dtype == "bfloat16", "check_grad_overflow": True},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
@@ -64,15 +65,29 @@ def frozen_model(model: torch.nn.Module, ds: DeepSpeedSection, *, dtype: str) ->
     return model.to(device=dist.device(), dtype=dtype_t)
 
 
-def backward_and_step(engine, loss: torch.Tensor, is_last_micro_batch: bool) -> None:
+def backward_and_step(engine, loss: torch.Tensor, is_last_micro_batch: bool) -> bool:
     """Accumulate ``loss``'s gradient; on the last micro-batch clip and take the optimiser step.
 
-    The loss is not divided by the accumulation count: the trainer already normalises by global
-    denominators (see ``prm_rl.core.policy_loss.aggregate``).
+    Returns False when the step was skipped because the (globally reduced) gradients hold NaN/inf: ZeRO
+    stages 1-3 detect that themselves and zero the gradients; at stage 0 it is checked here. The loss is
+    not divided by the accumulation count: the trainer already normalises by global denominators (see
+    ``prm_rl.core.policy_loss.aggregate``).
     """
     engine.set_gradient_accumulation_boundary(is_last_micro_batch)
     engine.backward(loss, scale_wrt_gas=False)
+    if not is_last_micro_batch:
+        engine.step()  # not a boundary: DeepSpeed only advances its micro-step counter
+        return True
+    if engine.zero_optimization_stage() == 0 and not _gradients_finite(engine.module):
+        engine.optimizer.zero_grad(set_to_none=True)
+        return False
     engine.step()
+    return engine.was_step_applied()
+
+
+def _gradients_finite(module: torch.nn.Module) -> bool:
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
 
 
 def grad_norm(engine) -> float:

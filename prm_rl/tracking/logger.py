@@ -21,17 +21,34 @@ def resolve_wandb_mode(mode: str) -> str:
     return "online" if os.environ.get("WANDB_API_KEY") else "offline"
 
 
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop the lines of steps after ``last_step`` (logged by a run that then died before its next checkpoint)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines(keepends=True)
+            if line.strip() and json.loads(line)["step"] <= last_step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
+
+
 class MetricsLogger:
+    """``start_step > 0`` continues a resumed run: metrics.jsonl is cut back to that step and, given the
+    ``run_id`` of the interrupted run, W&B appends to the same run."""
+
     def __init__(self, run_dir: Path, *, total_steps: int, start_step: int, wandb_mode: str, project: str,
-                 entity: str | None, name: str, config: dict[str, Any], progress_bar: bool):
+                 entity: str | None, name: str, config: dict[str, Any], progress_bar: bool,
+                 run_id: str | None = None):
         self.path = run_dir / "metrics.jsonl"
+        truncate_metrics(self.path, start_step)
         self.run = None
         mode = resolve_wandb_mode(wandb_mode)
         if mode != "disabled":
             import wandb
 
             self.run = wandb.init(mode=mode, project=project, entity=entity, name=name, config=config,
-                                  dir=str(run_dir), id=None)
+                                  dir=str(run_dir), id=run_id, resume="allow" if run_id else None)
+        self.run_id = self.run.id if self.run is not None else None
         self.bar = tqdm(total=total_steps, initial=start_step, desc="PRIME", dynamic_ncols=True,
                         disable=not progress_bar)
         self.wandb_mode = mode

@@ -35,3 +35,12 @@ class GroupBuffer:
         self.rollout = self.rollout.select(rest) if rest.numel() else None
         self.scores = self.scores[rows:]
         return taken, scores
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps: the held groups (tensors) and their scores."""
+        rollout = None if self.rollout is None else {f: getattr(self.rollout, f) for f in Rollout.__dataclass_fields__}
+        return {"rollout": rollout, "scores": self.scores}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rollout = None if state["rollout"] is None else Rollout(**state["rollout"])
+        self.scores = state["scores"]

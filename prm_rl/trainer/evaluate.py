@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from prm_rl.data.sample import Sample
+from prm_rl.data.sample import Sample, encode_prompts
 from prm_rl.engine import dist
 from prm_rl.rollout.generate import generate, left_pad
 from prm_rl.trainer.stages import decode_responses
@@ -22,7 +22,7 @@ def heldout_accuracy(model, tokenizer, samples: list[Sample], scorer, *, batch_s
     for b in range(n_batches):
         part = mine[b * batch_size:(b + 1) * batch_size]
         batch = part or mine[:1] or samples[:1]  # a stand-in keeps a rank with nothing left in step
-        ids, mask = left_pad([tokenizer(s.prompt)["input_ids"] for s in batch], tokenizer.pad_token_id)
+        ids, mask = left_pad(encode_prompts(tokenizer, [s.prompt for s in batch]), tokenizer.pad_token_id)
         out = generate(model, ids, mask, max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_token_id,
                        pad_id=tokenizer.pad_token_id, do_sample=False, synced_gpus=synced_gpus)
         if part:

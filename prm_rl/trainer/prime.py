@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 import transformers
@@ -13,14 +14,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from prm_rl import core
 from prm_rl.config import Config
-from prm_rl.data.prompts import PromptStream, builtin_splits
+from prm_rl.data.files import DataError, file_splits
+from prm_rl.data.prompts import PromptSplits, PromptStream, builtin_splits
 from prm_rl.engine import dist
 from prm_rl.engine.deepspeed_engine import frozen_model, trainable_engine
 from prm_rl.models.loading import load_causal_lm, load_tokenizer, start_checkpoint, task_config
 from prm_rl.rewards import build_scorer
 from prm_rl.tracking.logger import MetricsLogger
-from prm_rl.trainer import run_dir, stages
+from prm_rl.trainer import checkpoint, run_dir, stages
 from prm_rl.trainer.buffer import GroupBuffer
+from prm_rl.trainer.faults import EXIT_NONFINITE, EXIT_SIGNAL, NonFiniteGuard, RunStopped, StopSignals, injected_nan_steps
 from prm_rl.trainer.evaluate import heldout_accuracy
 
 
@@ -42,28 +45,51 @@ class PrimeTrainer:
 
         self.run_dir = run_dir.create(cfg.trainer.output_dir, name)
         log(f"run directory: {self.run_dir}")
+        # Decided before any model loads, so a bad trainer.resume fails in seconds.
+        self.resume_from = _on_rank0(lambda: checkpoint.find_resume_point(self.run_dir, cfg.trainer.resume, log))
         run_dir.save_config(self.run_dir, raw_cfg)
 
-        checkpoint = start_checkpoint(cfg, log=log) if dist.is_main() else None
-        checkpoint = dist.broadcast_object(checkpoint)  # rank 0 may have just trained the warm start
-        self.models = self._build_models(checkpoint)
-        self.step_ends = stages.step_end_table(self.models.tokenizer, cfg.reward.step_delimiter)
-
-        splits = builtin_splits(task_config(cfg), train_size=cfg.task.train_size, eval_size=cfg.task.eval_size,
-                                seed=cfg.task.seed)
-        self.eval_samples = splits.eval
-        self.prompts = PromptStream(splits.train, seed=cfg.trainer.seed)
-        self.buffer = GroupBuffer(cfg.rollout.samples_per_prompt, self.models.tokenizer.pad_token_id)
+        sft = start_checkpoint(cfg, log=log) if dist.is_main() else None
+        sft = dist.broadcast_object(sft)  # rank 0 may have just trained the warm start
+        tokenizer = load_tokenizer(cfg, sft)
         v = cfg.verifier
         self.scorer = build_scorer(v.tasks, num_workers=v.num_workers, timeout_s=v.timeout_s)
+        splits = self._prompt_splits(tokenizer)  # a bad dataset fails here, before any model loads
+        self.eval_samples = splits.eval
+        self.prompts = PromptStream(splits.train, seed=cfg.trainer.seed)
+
+        self.models = self._build_models(sft, tokenizer)
+        self.step_ends = stages.step_end_table(tokenizer, cfg.reward.step_delimiter)
+        self.buffer = GroupBuffer(cfg.rollout.samples_per_prompt, tokenizer.pad_token_id)
         self.raw_cfg = raw_cfg
+        self.guard = NonFiniteGuard(cfg.trainer.max_bad_steps)
+        self.nan_steps = injected_nan_steps()
+        self.acc_start = float("nan")
         self.logger: MetricsLogger | None = None  # opened by fit(), after the starting evaluation
 
-    def _build_models(self, checkpoint: str) -> stages.Models:
+    def _prompt_splits(self, tokenizer) -> PromptSplits:
+        """Training and held-out prompts: the user's files (``data.*``) or the built-in task (``task.*``)."""
+        cfg = self.cfg
+        if cfg.data.train is None:
+            t = cfg.task
+            return builtin_splits(task_config(cfg), train_size=t.train_size, eval_size=t.eval_size, seed=t.seed)
+        splits, counts = file_splits(cfg.data, tokenizer)
+        try:
+            self.scorer.check_tasks({s.task for s in splits.train + splits.eval})
+        except ValueError as err:
+            raise DataError(f"{cfg.data.train}: {err}") from None
+        limit = f"longer than data.max_prompt_tokens={cfg.data.max_prompt_tokens}"
+        log(f"data: {len(splits.train)} training prompts from {cfg.data.train} ({counts['train_rows']} rows, "
+            f"{counts['train_dropped_too_long']} dropped: {limit})")
+        if cfg.data.eval is not None:
+            log(f"data: {len(splits.eval)} held-out prompts from {cfg.data.eval} ({counts['eval_rows']} rows, "
+                f"{counts['eval_dropped_too_long']} dropped: {limit})")
+        return splits
+
+    def _build_models(self, checkpoint: str, tokenizer) -> stages.Models:
         """Policy and PRM start from the same SFT checkpoint; the reference is a frozen copy of it."""
         cfg = self.cfg
         mc, ds = cfg.model, cfg.deepspeed
-        tokenizer = load_tokenizer(cfg, checkpoint)
         policy = trainable_engine(load_causal_lm(checkpoint, mc.dtype, mc.gradient_checkpointing), ds,
                                   dtype=mc.dtype, lr=cfg.policy.learning_rate,
                                   weight_decay=cfg.policy.weight_decay, grad_clip=cfg.policy.grad_clip)
@@ -86,12 +112,15 @@ class PrimeTrainer:
         self.timings[key] = self.timings.get(key, 0.0) + time.time() - start
 
     def evaluate(self) -> float:
+        """Greedy held-out accuracy; NaN when there is no held-out set (data.train without data.eval)."""
         cfg = self.cfg
+        if not self.eval_samples:
+            return float("nan")
         return heldout_accuracy(self.models.policy.module, self.models.tokenizer, self.eval_samples, self.scorer,
                                 batch_size=cfg.rollout.eval_batch_size, max_new_tokens=cfg.rollout.max_new_tokens,
                                 synced_gpus=self.models.synced_generation)
 
-    def step(self) -> dict[str, float]:
+    def step(self, step: int) -> dict[str, float]:
         """One PRIME iteration. Every rank runs every stage; each returns global results."""
         cfg, m = self.cfg, self.models
         self.timings = {}
@@ -114,6 +143,8 @@ class PrimeTrainer:
 
         with self._timed("advantages"):
             advantages = stages.advantage_stage(scores, process_rewards, batch.response_mask, cfg)
+            if step in self.nan_steps:  # fault injection (PRM_RL_INJECT_NAN_STEPS): exercises the guard
+                advantages = advantages * float("nan")
         with self._timed("policy"):
             metrics.update(stages.policy_update_stage(m.policy, batch, old_logp, advantages, ref_logp, cfg,
                                                       self.shuffle))
@@ -173,31 +204,98 @@ class PrimeTrainer:
         return batch, batch_scores
 
     def fit(self) -> dict:
+        """Train to ``trainer.max_steps`` (resuming if a checkpoint says so), saving on schedule and on SIGTERM."""
         cfg = self.cfg
-        log("evaluating the starting policy on the held-out split")
-        acc_start = self.evaluate()
-        log(f"held-out accuracy at start: {acc_start:.3f}")
+        with StopSignals() as signals:
+            done = self._start()
+            for step in range(done + 1, cfg.trainer.max_steps + 1):
+                metrics = self._train_step(step)
+                if self.logger:
+                    self.logger.log(step, metrics)
+                if self.guard.exhausted:
+                    raise RunStopped(self._nonfinite_message(step), EXIT_NONFINITE)
+                stop = bool(dist.all_reduce_max(torch.tensor([signals.received is not None])).item())
+                every = cfg.trainer.checkpoint_every
+                due = step == cfg.trainer.max_steps or (every and step % every == 0)
+                if stop or (due and self.guard.consecutive == 0):  # no scheduled save mid NaN streak
+                    saved = self._save(step)
+                if stop:
+                    raise RunStopped(f"stopped by {signals.received or 'a signal on another rank'} after step "
+                                     f"{step}; saved {saved}. Run the same command again to resume "
+                                     "(trainer.resume=auto)", EXIT_SIGNAL)
+        acc_final = self.evaluate()
+        log(f"held-out accuracy: start {self.acc_start:.3f} -> final {acc_final:.3f}")
+        return self._finish(acc_final)
+
+    def _train_step(self, step: int) -> dict[str, float]:
+        """``step()`` plus throughput, guard counters and the periodic held-out evaluation."""
+        cfg = self.cfg
+        t0 = time.time()
+        metrics = self.step(step)
+        metrics["time/step"] = time.time() - t0
+        generated = metrics["filter/rounds"] * cfg.rollout.prompts_per_step * cfg.rollout.samples_per_prompt
+        metrics["perf/tokens_per_second"] = metrics["response/length_mean"] * generated / metrics["time/step"]
+        skipped = metrics.get("policy/skipped_updates", 0.0) + metrics.get("prm/skipped_updates", 0.0)
+        metrics.update(self.guard.update(skipped))
+        if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step < cfg.trainer.max_steps:
+            metrics["eval/accuracy"] = self.evaluate()
+        return metrics
+
+    def _nonfinite_message(self, step: int) -> str:
+        found = checkpoint.complete(self.run_dir)
+        last = f"the last checkpoint, {found[-1]}, is intact" if found else "no checkpoint was written yet"
+        return (f"stopping at step {step}: {self.guard.consecutive} steps in a row had NaN/inf losses or gradients "
+                f"(trainer.max_bad_steps={self.cfg.trainer.max_bad_steps}), their updates were skipped; {last}")
+
+    def _engines(self) -> dict:
+        m = self.models
+        return {"policy": m.policy} | ({"prm": m.prm} if m.prm is not None else {})
+
+    def _start(self) -> int:
+        """Restore the checkpoint chosen at start-up, or evaluate the starting policy; returns the last step done."""
+        cfg, state = self.cfg, {}
+        if self.resume_from is None:
+            log("evaluating the starting policy on the held-out split")
+            self.acc_start = self.evaluate()
+            log(f"held-out accuracy at start: {self.acc_start:.3f}")
+        else:
+            path = Path(self.resume_from)
+            for change in checkpoint.config_changes(path, self.raw_cfg) if dist.is_main() else []:
+                log(f"config differs from the checkpoint's: {change}")
+            state, buffer_state, rng = checkpoint.load(path, self._engines())
+            self.buffer.load_state_dict(buffer_state)
+            self.prompts.position = state["prompt_position"]
+            self.guard.consecutive, self.guard.total = state["bad_steps_in_a_row"], state["bad_steps_total"]
+            self.acc_start = state["eval_accuracy_start"]
+            self.started = time.time() - state["wall_seconds"]  # wall_seconds counts time spent training
+            checkpoint.set_rng_state(rng, self.shuffle)
+            log(f"resumed from {path} (step {state['step']} of {cfg.trainer.max_steps})")
+        done = state.get("step", 0)
         if dist.is_main():
-            self.logger = MetricsLogger(self.run_dir, total_steps=cfg.trainer.max_steps, start_step=0,
+            self.logger = MetricsLogger(self.run_dir, total_steps=cfg.trainer.max_steps, start_step=done,
                                         wandb_mode=cfg.wandb.mode, project=cfg.wandb.project,
                                         entity=cfg.wandb.entity, name=cfg.wandb.name or self.run_dir.name,
                                         config=OmegaConf.to_container(self.raw_cfg, resolve=True),
-                                        progress_bar=cfg.trainer.progress_bar)
-        for step in range(1, cfg.trainer.max_steps + 1):
-            t0 = time.time()
-            metrics = self.step()
-            metrics["time/step"] = time.time() - t0
-            generated = metrics["filter/rounds"] * cfg.rollout.prompts_per_step * cfg.rollout.samples_per_prompt
-            metrics["perf/tokens_per_second"] = metrics["response/length_mean"] * generated / metrics["time/step"]
-            if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step < cfg.trainer.max_steps:
-                metrics["eval/accuracy"] = self.evaluate()
-            if self.logger:
-                self.logger.log(step, metrics)
-        acc_final = self.evaluate()
-        log(f"held-out accuracy: start {acc_start:.3f} -> final {acc_final:.3f}")
-        return self._finish(acc_start, acc_final)
+                                        progress_bar=cfg.trainer.progress_bar, run_id=state.get("wandb_run_id"))
+        return done
 
-    def _finish(self, acc_start: float, acc_final: float) -> dict:
+    def _save(self, step: int) -> Path:
+        state = {
+            "step": step,
+            "prompt_position": self.prompts.position,
+            "bad_steps_in_a_row": self.guard.consecutive,
+            "bad_steps_total": self.guard.total,
+            "eval_accuracy_start": self.acc_start,
+            "wandb_run_id": self.logger.run_id if self.logger else None,
+            "world_size": dist.world_size(),
+            "wall_seconds": round(time.time() - self.started, 1),
+        }
+        return checkpoint.save(self.run_dir, step, engines=self._engines(), tokenizer=self.models.tokenizer,
+                               trainer_state=state, buffer_state=self.buffer.state_dict(),
+                               rng=checkpoint.rng_state(self.shuffle), config=self.raw_cfg,
+                               keep=self.cfg.trainer.keep_checkpoints, log=log)
+
+    def _finish(self, acc_final: float) -> dict:
         m = self.models
         run_dir.save_hf_model(m.policy, m.tokenizer, self.run_dir / "policy")
         if m.prm is not None:
@@ -205,7 +303,7 @@ class PrimeTrainer:
         summary = {
             "steps": self.cfg.trainer.max_steps,
             "wall_seconds": round(time.time() - self.started, 1),
-            "eval_accuracy_start": acc_start,
+            "eval_accuracy_start": self.acc_start,
             "eval_accuracy_final": acc_final,
             "eval_size": len(self.eval_samples),
             "world_size": dist.world_size(),
@@ -218,3 +316,17 @@ class PrimeTrainer:
         self.scorer.close()
         log(f"done: {self.run_dir}")
         return summary
+
+
+def _on_rank0(decide):
+    """Run ``decide`` on rank 0 and hand its result (or its RunStopped) to every rank."""
+    result = None
+    if dist.is_main():
+        try:
+            result = ("ok", decide())
+        except RunStopped as err:
+            result = ("stop", (str(err), err.exit_code))
+    kind, value = dist.broadcast_object(result)
+    if kind == "stop":
+        raise RunStopped(*value)
+    return value

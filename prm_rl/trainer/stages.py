@@ -13,7 +13,7 @@ import torch
 
 from prm_rl import core
 from prm_rl.config import Config
-from prm_rl.data.sample import Sample
+from prm_rl.data.sample import Sample, encode_prompts
 from prm_rl.engine import dist
 from prm_rl.engine.deepspeed_engine import backward_and_step, grad_norm
 from prm_rl.models.forward import response_logprobs
@@ -30,12 +30,12 @@ class Models:
     synced_generation: bool  # ZeRO-3 over several ranks: every rank steps generate() until all finish
 
 
-def _sums_to_means(sums: dict[str, float], counts: dict[str, str]) -> dict[str, float]:
-    """All-reduce metric sums over ranks, then divide each by the (also reduced) count it names."""
+def _sums_to_means(sums: dict[str, float], counts: dict[str, str | None]) -> dict[str, float]:
+    """All-reduce metric sums over ranks, then divide each by the (also reduced) count it names (None: keep the sum)."""
     keys = sorted(sums)
     total = dist.all_reduce_sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64))
     reduced = dict(zip(keys, total.tolist()))
-    return {k: reduced[k] / max(reduced[c], 1e-12) for k, c in counts.items()}
+    return {k: reduced[k] / max(reduced[c], 1e-12) if c else reduced[k] for k, c in counts.items()}
 
 
 # --- generate -------------------------------------------------------------------------------------
@@ -45,7 +45,7 @@ def generate_stage(models: Models, prompts: list[Sample], cfg: Config) -> Rollou
     tok = models.tokenizer
     k = cfg.rollout.samples_per_prompt
     # Every rank tokenizes the whole global prompt list so all share one left-padded prompt width.
-    ids = [tok(s.prompt)["input_ids"] for s in prompts for _ in range(k)]
+    ids = [row for row in encode_prompts(tok, [s.prompt for s in prompts]) for _ in range(k)]
     prompt_ids, prompt_mask = left_pad(ids, tok.pad_token_id)
     per_rank = len(ids) // dist.world_size()
     mine = slice(dist.rank() * per_rank, (dist.rank() + 1) * per_rank)
@@ -115,7 +115,7 @@ def prm_update_stage(prm, batch: Rollout, scores: torch.Tensor, ref_logp: torch.
     k, p = cfg.rollout.samples_per_prompt, cfg.prm
     mask = batch.response_mask
     log_ratio = torch.zeros(mask.shape, dtype=torch.float32)
-    sums = {"loss": 0.0, "steps": 0.0, "grad_norm": 0.0}
+    sums = {"loss": 0.0, "steps": 0.0, "grad_norm": 0.0, "skipped_updates": 0.0}
     groups = torch.randperm(len(batch) // k, generator=generator)
     for part in split_minibatches(groups, p.mini_batches):
         rows = (part[:, None] * k + torch.arange(k)).reshape(-1)
@@ -134,7 +134,8 @@ def prm_update_stage(prm, batch: Rollout, scores: torch.Tensor, ref_logp: torch.
             else:
                 chosen, rejected = core.dpo_pairs(labels, k)
                 loss = core.prm_dpo_loss(seq, chosen, rejected).sum() / denom
-            backward_and_step(prm, loss * mb.weight * dist.world_size(), mb.is_last)
+            if not backward_and_step(prm, loss * mb.weight * dist.world_size(), mb.is_last):
+                sums["skipped_updates"] += 1.0 / dist.world_size()  # every rank agrees: count it once
             if mb.weight:
                 log_ratio[mb.rows] = lr.detach().float().cpu()
                 sums["loss"] += loss.item()
@@ -142,7 +143,7 @@ def prm_update_stage(prm, batch: Rollout, scores: torch.Tensor, ref_logp: torch.
         sums["steps"] += 1.0 / dist.world_size()
         sums["grad_norm"] += grad_norm(prm) / dist.world_size()
     log_ratio = dist.combine_rows(log_ratio)
-    metrics = _sums_to_means(sums, {"loss": "steps", "grad_norm": "steps"})
+    metrics = _sums_to_means(sums, {"loss": "steps", "grad_norm": "steps", "skipped_updates": None})
     return log_ratio, {f"prm/{k_}": v for k_, v in metrics.items()}
 
 
@@ -189,7 +190,8 @@ def policy_update_stage(policy, batch: Rollout, old_logp: torch.Tensor, advantag
     """PPO-clip epochs over shuffled mini-batches of sequences; returns globally averaged metrics."""
     pc = cfg.policy
     mask = batch.response_mask
-    sums = {k: 0.0 for k in ("loss", "steps", "grad_norm", "clip_frac", "approx_kl", "entropy", "tokens")}
+    sums = {k: 0.0 for k in ("loss", "steps", "grad_norm", "clip_frac", "approx_kl", "entropy", "tokens",
+                             "skipped_updates")}
     for _ in range(pc.ppo_epochs):
         for part in split_minibatches(torch.randperm(len(batch), generator=generator), pc.mini_batches):
             denom = float(part.numel()) if pc.loss_agg == "seq-mean-token-mean" else float(mask[part].sum())
@@ -206,7 +208,8 @@ def policy_update_stage(policy, batch: Rollout, old_logp: torch.Tensor, advantag
                 if pc.kl_coef:
                     kl = core.kl_penalty(logp, ref_logp[mb.rows].to(logp.device), pc.kl_estimator)
                     loss = loss + pc.kl_coef * core.aggregate(kl, m, pc.loss_agg, denom)
-                backward_and_step(policy, loss * mb.weight * dist.world_size(), mb.is_last)
+                if not backward_and_step(policy, loss * mb.weight * dist.world_size(), mb.is_last):
+                    sums["skipped_updates"] += 1.0 / dist.world_size()
                 if mb.weight:
                     with torch.no_grad():
                         sums["loss"] += loss.item()
@@ -217,5 +220,5 @@ def policy_update_stage(policy, batch: Rollout, old_logp: torch.Tensor, advantag
             sums["steps"] += 1.0 / dist.world_size()
             sums["grad_norm"] += grad_norm(policy) / dist.world_size()
     per_token = {k: "tokens" for k in ("clip_frac", "approx_kl", "entropy")}
-    metrics = _sums_to_means(sums, {"loss": "steps", "grad_norm": "steps", **per_token})
+    metrics = _sums_to_means(sums, {"loss": "steps", "grad_norm": "steps", "skipped_updates": None, **per_token})
     return {f"policy/{k}": v for k, v in metrics.items()}

@@ -1,52 +1,16 @@
-"""A real two-rank ``deepspeed`` run of a few PRIME steps on a tiny model.
+"""A real two-rank ``deepspeed`` run of a few PRIME steps on a tiny model (see tiny_runs.py).
 
-Warm start, rollouts, verification, PRM and policy updates all run for real; the task is shrunk to
-one- and two-step chains so that a ~80-second SFT (the default model size) answers some of them, which
-gives the filter something to keep and the updates a non-zero signal.
+Warm start, rollouts, verification, PRM and policy updates all run for real.
 """
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-REPO = Path(__file__).resolve().parents[2]
-
-TINY = [
-    "model.tiny.max_positions=64", "task.min_steps=1", "task.max_steps=2", "task.eval_size=32",
-    "task.train_size=200", "warm_start.num_examples=1500", "warm_start.max_steps=250",
-    "warm_start.batch_size=64", "warm_start.learning_rate=2e-3",
-    "rollout.prompts_per_step=8", "rollout.samples_per_prompt=4", "rollout.max_new_tokens=40",
-    "filter.low=0.0", "filter.high=1.0",
-    "policy.learning_rate=1e-3", "policy.weight_decay=0.0", "policy.micro_batch_size=4",
-    "prm.learning_rate=1e-3", "prm.mini_batches=2", "policy.mini_batches=2",
-    "trainer.progress_bar=false", "wandb.mode=offline",
-]
-
-
-@pytest.fixture(scope="module")
-def warm_cache(tmp_path_factory) -> Path:
-    """One warm-start cache for the module: the SFT runs once, in the first test's run."""
-    return tmp_path_factory.mktemp("warm")
-
-
-def launch(warm: Path, run_dir: Path, overrides: list[str], num_ranks: int = 2) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_SILENT="true", PYTHONUNBUFFERED="1")
-    env.pop("WANDB_API_KEY", None)
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(num_ranks),
-           "--master_port", str(29500 + os.getpid() % 1000), "launch/train.py", "+recipe=math_ppo", *TINY,
-           f"warm_start.cache_dir={warm}", f"trainer.output_dir={run_dir}", *overrides]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+from tiny_runs import launch, metrics
 
 
 @pytest.mark.slow

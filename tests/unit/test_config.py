@@ -24,7 +24,8 @@ def composed(*overrides: str):
 
 
 # What a recipe needs on top of itself to validate (paper_7b needs an existing checkpoint directory).
-REQUIRED = {"paper_7b": [f"model.path={REPO}"]}
+REQUIRED = {"paper_7b": [f"model.path={REPO}"],
+            "math_file": [f"model.path={REPO}", f"data.train={REPO}/tests/data/fixtures/math.jsonl"]}
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -79,10 +80,25 @@ def test_wrong_type_is_rejected():
     ("reward.granularity=sentence", "reward.granularity"),
     ("policy.dual_clip=0.5", "policy.dual_clip"),
     ("rollout.prompts_per_step=31", "rollout.prompts_per_step"),
+    ("algorithm.advantage=rloo rollout.samples_per_prompt=1", "rollout.samples_per_prompt"),
+    ("filter.low=-0.1", "filter.low"),
+    ("prm.mini_batches=3", "prm.mini_batches"),
+    ("policy.mini_batches=3", "policy.mini_batches"),
+    ("trainer.checkpoint_every=-1", "trainer.checkpoint_every"),
+    ("trainer.keep_checkpoints=0", "trainer.keep_checkpoints"),
+    ("trainer.resume=/no/such/checkpoint", "trainer.resume"),
+    ("data.train=/no/such/train.jsonl", "data.train"),
+    ("data.mapping=csv", "data.mapping"),
+    ("task.name=poetry", "task.name"),
 ])
 def test_rule_violations_name_the_field(override, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
-        to_config(composed("+recipe=math_ppo", override), world_size=2)
+        to_config(composed("+recipe=math_ppo", *override.split()), world_size=2)
+
+
+def test_typo_in_a_new_section_is_rejected():
+    with pytest.raises(ConfigCompositionException, match="resum"):
+        composed("+recipe=math_ppo", "trainer.resum=never")
 
 
 def test_unknown_recipe_fails_listing_the_available_ones():

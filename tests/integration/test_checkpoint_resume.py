@@ -1,0 +1,162 @@
+"""Checkpoints under faults, with real two-rank runs: SIGKILL and resume, a kill during a save, SIGTERM,
+NaN losses, a full disk. A killed-and-resumed run must match the uninterrupted one step for step."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tiny_runs import command, environment, launch, metrics, start, REPO
+
+# Band filter with two fill rounds: the carry-over buffer holds groups across steps (and checkpoints).
+RUN = ["trainer.max_steps=5", "trainer.checkpoint_every=2", "filter.low=0.2", "filter.high=0.8",
+       "filter.fill_rounds=2"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, warm_cache) -> Path:
+    run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    proc = launch(warm_cache, run_dir, RUN)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return run_dir
+
+
+def wait_for(predicate, proc: subprocess.Popen, timeout: float = 600, poll: float = 0.005) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        assert proc.poll() is None, f"run exited early with {proc.returncode}"
+        assert time.time() < deadline, "timed out waiting for the run"
+        time.sleep(poll)
+
+
+def kill_all(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)  # launcher and every rank at once, as a node failure would
+    proc.wait()
+
+
+def comparable(rows: list[dict]) -> list[dict]:
+    """Metrics without wall-clock ones (those differ run to run)."""
+    return [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))} for r in rows]
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    rows_a, rows_b = comparable(metrics(a)), comparable(metrics(b))
+    assert [r["step"] for r in rows_b] == [r["step"] for r in rows_a]
+    for ra, rb in zip(rows_a, rows_b):
+        assert ra.keys() == rb.keys(), ra["step"]
+        for k in ra:
+            assert ra[k] == pytest.approx(rb[k], rel=1e-5, abs=1e-6, nan_ok=True), (ra["step"], k)
+    for name in ("policy", "prm"):
+        wa, wb = load_file(a / name / "model.safetensors"), load_file(b / name / "model.safetensors")
+        for key in wa:
+            torch.testing.assert_close(wa[key], wb[key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, warm_cache, uninterrupted):
+    run_dir = tmp_path / "run"
+    proc = start(warm_cache, run_dir, RUN, tmp_path / "first.log")
+    wait_for(lambda: len(metrics(run_dir)) >= 3, proc)  # step 3 logged, step 2 checkpointed
+    kill_all(proc)
+    assert (run_dir / "checkpoints" / "step_000002").is_dir()
+
+    resumed = launch(warm_cache, run_dir, RUN)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout and "step_000002" in resumed.stdout
+    assert_same_run(uninterrupted, run_dir)
+    # Only the newest trainer.keep_checkpoints=2 remain, and "latest" names the final one.
+    kept = sorted(p.name for p in (run_dir / "checkpoints").glob("step_*"))
+    assert kept == ["step_000004", "step_000005"]
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_000005"
+
+
+@pytest.mark.slow
+def test_kill_during_save_leaves_previous_checkpoint_usable(tmp_path, warm_cache, uninterrupted):
+    run_dir = tmp_path / "run"
+    proc = start(warm_cache, run_dir, RUN, tmp_path / "first.log")
+    broken = run_dir / "checkpoints" / "step_000004.tmp"
+    wait_for(broken.exists, proc)  # the second save has begun
+    kill_all(proc)
+    assert not (run_dir / "checkpoints" / "step_000004").exists(), "save finished before the kill: rerun"
+
+    resumed = launch(warm_cache, run_dir, RUN)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "ignoring incomplete checkpoint" in resumed.stdout and "step_000004.tmp" in resumed.stdout
+    assert "resumed from" in resumed.stdout and "step_000002" in resumed.stdout
+    assert not broken.exists()
+    assert_same_run(uninterrupted, run_dir)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_nonzero_with_resume_hint(tmp_path, warm_cache, uninterrupted):
+    run_dir = tmp_path / "run"
+    proc = start(warm_cache, run_dir, RUN + ["trainer.checkpoint_every=0"], tmp_path / "first.log")
+    wait_for(lambda: len(metrics(run_dir)) >= 1, proc)
+    proc.send_signal(signal.SIGTERM)  # to the launcher, as `kill PID` or a scheduler would
+    proc.wait(timeout=120)
+    out = (tmp_path / "first.log").read_text()
+    assert proc.returncode != 0
+    assert "stopped by SIGTERM" in out and "Run the same command again to resume" in out, out[-3000:]
+    stopped_at = len(metrics(run_dir))
+    assert (run_dir / "checkpoints" / f"step_{stopped_at:06d}").is_dir()
+
+    resumed = launch(warm_cache, run_dir, RUN + ["trainer.checkpoint_every=0"])
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert_same_run(uninterrupted, run_dir)
+
+
+@pytest.mark.slow
+def test_nan_updates_are_skipped_then_the_run_stops_with_last_good_checkpoint(tmp_path, warm_cache):
+    run_dir = tmp_path / "run"
+    overrides = ["trainer.max_steps=6", "trainer.checkpoint_every=1", "trainer.max_bad_steps=2",
+                 "wandb.mode=disabled"]
+    env = environment(PRM_RL_INJECT_NAN_STEPS="2,4,5")
+    proc = subprocess.run(command(warm_cache, run_dir, overrides), cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=900)
+    out = proc.stdout + proc.stderr
+    rows = {r["step"]: r for r in metrics(run_dir)}
+    # Step 2: its policy updates were skipped and counted, then training went on.
+    assert rows[2]["policy/skipped_updates"] == 2 and rows[2]["guard/bad_steps_in_a_row"] == 1
+    assert rows[3]["policy/skipped_updates"] == 0 and rows[3]["guard/bad_steps_in_a_row"] == 0
+    # Steps 4 and 5 in a row reach trainer.max_bad_steps=2: stop, non-zero, nothing saved after step 3.
+    assert proc.returncode != 0 and sorted(rows) == [1, 2, 3, 4, 5]
+    assert "2 steps in a row had NaN/inf" in out and "step_000003" in out, out[-3000:]
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step_*")) == ["step_000001", "step_000003"]
+    # The step-3 checkpoint's weights are finite and equal to... the skipped step 2 changed nothing after 1:
+    # step 2's checkpoint was not written (bad step), so compare step 1 and 3 exports for finiteness.
+    for step in (1, 3):
+        weights = load_file(run_dir / "checkpoints" / f"step_{step:06d}" / "policy" / "hf" / "model.safetensors")
+        assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def _can_mount_tmpfs(path: Path) -> bool:
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs {path}"],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.slow
+def test_full_disk_fails_fast_and_keeps_the_previous_checkpoint(tmp_path, warm_cache):
+    """A real small filesystem (tmpfs in a private mount namespace): room for one checkpoint, not two."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if shutil.which("unshare") is None or not _can_mount_tmpfs(mount):
+        pytest.skip("needs unshare and tmpfs mounts in a user namespace")
+    run_dir = mount / "run"
+    overrides = ["trainer.max_steps=3", "trainer.checkpoint_every=1", "wandb.mode=disabled"]
+    inner = " ".join(f"'{a}'" for a in command(warm_cache, run_dir, overrides))
+    script = f"mount -t tmpfs -o size=60m tmpfs {mount} && {inner}; code=$?; ls {run_dir}/checkpoints; exit $code"
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=REPO, env=environment(),
+                          capture_output=True, text=True, timeout=900)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "checkpoint at step 2 not written: only" in out and "MiB free" in out, out[-3000:]
+    listing = proc.stdout.strip().splitlines()[-2:]  # `ls` of the checkpoints dir, inside the namespace
+    assert "step_000001" in listing and not any(n.startswith("step_000002") for n in listing), listing

@@ -1,0 +1,56 @@
+"""Real multi-rank ``deepspeed`` runs of the trainer on a shrunk task, shared by the integration tests.
+
+The task is shrunk to one- and two-step chains so that a short SFT (the default model size) answers some of
+them, which gives the filter something to keep and the updates a non-zero signal.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+TINY = [
+    "model.tiny.max_positions=64", "task.min_steps=1", "task.max_steps=2", "task.eval_size=32",
+    "task.train_size=200", "warm_start.num_examples=1500", "warm_start.max_steps=250",
+    "warm_start.batch_size=64", "warm_start.learning_rate=2e-3",
+    "rollout.prompts_per_step=8", "rollout.samples_per_prompt=4", "rollout.max_new_tokens=40",
+    "filter.low=0.0", "filter.high=1.0",
+    "policy.learning_rate=1e-3", "policy.weight_decay=0.0", "policy.micro_batch_size=4",
+    "prm.learning_rate=1e-3", "prm.mini_batches=2", "policy.mini_batches=2",
+    "trainer.progress_bar=false", "wandb.mode=offline",
+]
+
+
+def command(warm: Path, run_dir: Path, overrides: list[str], num_ranks: int = 2) -> list[str]:
+    return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(num_ranks),
+            "--master_port", str(29500 + os.getpid() % 1000), "launch/train.py", "+recipe=math_ppo", *TINY,
+            f"warm_start.cache_dir={warm}", f"trainer.output_dir={run_dir}", *overrides]
+
+
+def environment(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_SILENT="true", PYTHONUNBUFFERED="1", **extra)
+    env.pop("WANDB_API_KEY", None)
+    return env
+
+
+def launch(warm: Path, run_dir: Path, overrides: list[str], num_ranks: int = 2,
+           env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run to completion (or failure); returns the finished process with its output."""
+    return subprocess.run(command(warm, run_dir, overrides, num_ranks), cwd=REPO, env=env or environment(),
+                          capture_output=True, text=True, timeout=900)
+
+
+def start(warm: Path, run_dir: Path, overrides: list[str], log: Path, num_ranks: int = 2) -> subprocess.Popen:
+    """Start in the background, in its own process group (so a test can kill every rank at once)."""
+    out = log.open("w")
+    return subprocess.Popen(command(warm, run_dir, overrides, num_ranks), cwd=REPO, env=environment(),
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
