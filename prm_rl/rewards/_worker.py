@@ -73,7 +73,10 @@ def main() -> None:
     os.dup2(2, 1)  # a verifier's print() must never reach the trainer's (or the CLI's) stdout
     _set_pdeathsig()
     signal.signal(signal.SIGALRM, _on_alarm)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
+    # Stopping is the trainer's business: it finishes its step (these workers included) before it exits, and
+    # launchers that terminate a whole process tree must not kill them first. They die with it (PDEATHSIG).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     msg = rx.recv()
     if msg[0] == "init":
         sys.path[:] = msg[1]

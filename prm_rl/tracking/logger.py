@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -57,17 +58,30 @@ class MetricsLogger:
         clean = {k: (float(v) if math.isfinite(float(v)) else None) for k, v in metrics.items()}
         with self.path.open("a") as f:
             f.write(json.dumps({"step": step, **clean}) + "\n")
-        if self.run is not None:
-            self.run.log({k: v for k, v in metrics.items()}, step=step)
+        self._wandb("log", metrics, step=step)
         self.bar.set_postfix({k.split("/")[-1]: f"{metrics[k]:.3g}" for k in _BAR_KEYS if k in metrics},
                              refresh=False)
         self.bar.update(1)
 
     def summary(self, values: dict[str, Any]) -> None:
         if self.run is not None:
-            self.run.summary.update(values)
+            self._wandb("summary", values)
 
     def close(self) -> None:
         self.bar.close()
-        if self.run is not None:
-            self.run.finish()
+        self._wandb("finish")
+
+    def _wandb(self, call: str, *args, **kwargs) -> None:
+        """A W&B call that cannot stop training: on failure (e.g. its service process was killed by the
+        signal that is stopping the job) W&B is switched off and metrics.jsonl carries on."""
+        if self.run is None:
+            return
+        try:
+            if call == "summary":
+                self.run.summary.update(*args)
+            else:
+                getattr(self.run, call)(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - logging must never end a run
+            print(f"[prm_rl] W&B {call} failed ({type(err).__name__}: {err}); metrics go to "
+                  f"{self.path} only from here on", file=sys.stderr, flush=True)
+            self.run = None

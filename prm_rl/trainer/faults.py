@@ -25,7 +25,8 @@ class RunStopped(Exception):
 class StopSignals:
     """Turn the first SIGTERM/SIGINT into a request to stop after the current step (checked by the trainer).
 
-    A second signal restores the default behaviour and re-delivers it, so an impatient Ctrl-C still kills.
+    A repeated SIGTERM changes nothing (launchers forward the one the job got: the deepspeed launcher sends
+    rank 0 its own after the scheduler's), while a second SIGINT, an impatient Ctrl-C, kills at once.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -44,11 +45,11 @@ class StopSignals:
             signal.signal(sig, handler)
 
     def _handle(self, signum, frame) -> None:
-        if self.received is not None:
+        if self.received is None:
+            self.received = signal.Signals(signum).name
+        elif signum == signal.SIGINT:
             self.__exit__()
             os.kill(os.getpid(), signum)
-            return
-        self.received = signal.Signals(signum).name
 
 
 class NonFiniteGuard:

@@ -4,6 +4,7 @@ Read :meth:`PrimeTrainer.step` top to bottom to see one iteration of PRIME (Cui 
 """
 from __future__ import annotations
 
+import json
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -206,6 +207,12 @@ class PrimeTrainer:
     def fit(self) -> dict:
         """Train to ``trainer.max_steps`` (resuming if a checkpoint says so), saving on schedule and on SIGTERM."""
         cfg = self.cfg
+        finished = self.run_dir / "summary.json"
+        if self.resume_from is not None and checkpoint.step_of(Path(self.resume_from)) >= cfg.trainer.max_steps \
+                and finished.exists():
+            log(f"{self.run_dir} already finished {cfg.trainer.max_steps} steps (summary.json): nothing to do; "
+                "raise trainer.max_steps to train on, or set another trainer.output_dir for a new run")
+            return json.loads(finished.read_text())
         with StopSignals() as signals:
             done = self._start()
             for step in range(done + 1, cfg.trainer.max_steps + 1):

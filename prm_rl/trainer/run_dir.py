@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +16,26 @@ from omegaconf import DictConfig, OmegaConf
 
 from prm_rl.engine import dist
 from prm_rl.engine.deepspeed_engine import full_parameters
+from prm_rl.trainer.faults import EXIT_CHECKPOINT, RunStopped
 
 
 def create(output_dir: str | None, name: str) -> Path:
     """Make (rank 0) and agree on (all ranks) the run directory; fail fast if it is not writable."""
-    path = None
+    found = None
     if dist.is_main():
-        path = Path(output_dir) if output_dir else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-        path = str(path.resolve())
-    return Path(dist.broadcast_object(path))
+        path = Path(output_dir) if output_dir else Path("runs") / name
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+            found = ("ok", str(path.resolve()))
+        except OSError as err:
+            found = ("error", f"trainer.output_dir={path}: cannot write there ({err.strerror or err})")
+    kind, value = dist.broadcast_object(found)
+    if kind == "error":
+        raise RunStopped(value, EXIT_CHECKPOINT)
+    return Path(value)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

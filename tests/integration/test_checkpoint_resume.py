@@ -36,6 +36,18 @@ def wait_for(predicate, proc: subprocess.Popen, timeout: float = 600, poll: floa
         time.sleep(poll)
 
 
+def wait_until_gone(pgid: int, timeout: float) -> None:
+    """Wait for every process of a process group to exit."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        assert time.time() < deadline, "ranks still running"
+        time.sleep(0.1)
+
+
 def kill_all(proc: subprocess.Popen) -> None:
     os.killpg(proc.pid, signal.SIGKILL)  # launcher and every rank at once, as a node failure would
     proc.wait()
@@ -99,10 +111,11 @@ def test_sigterm_saves_and_exits_nonzero_with_resume_hint(tmp_path, warm_cache, 
     run_dir = tmp_path / "run"
     proc = start(warm_cache, run_dir, RUN + ["trainer.checkpoint_every=0"], tmp_path / "first.log")
     wait_for(lambda: len(metrics(run_dir)) >= 1, proc)
-    proc.send_signal(signal.SIGTERM)  # to the launcher, as `kill PID` or a scheduler would
+    os.killpg(proc.pid, signal.SIGTERM)  # every process of the job, as Ctrl-C or a scheduler (SLURM) does
     proc.wait(timeout=120)
+    assert proc.returncode != 0  # the deepspeed runner itself dies at once; the ranks save, then exit
+    wait_until_gone(proc.pid, timeout=120)
     out = (tmp_path / "first.log").read_text()
-    assert proc.returncode != 0
     assert "stopped by SIGTERM" in out and "Run the same command again to resume" in out, out[-3000:]
     stopped_at = len(metrics(run_dir))
     assert (run_dir / "checkpoints" / f"step_{stopped_at:06d}").is_dir()

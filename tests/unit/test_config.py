@@ -113,3 +113,10 @@ def test_config_error_exits_before_loading_models():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("config error: filter.low=2")
+
+
+def test_unwritable_output_dir_fails_before_loading_models():
+    proc = subprocess.run([sys.executable, "launch/train.py", "+recipe=math_ppo", "trainer.output_dir=/proc/prm_rl_run"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 5
+    assert proc.stderr.strip().splitlines()[-1].startswith("[prm_rl] trainer.output_dir=/proc/prm_rl_run: cannot write")
