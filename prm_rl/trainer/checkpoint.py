@@ -112,6 +112,9 @@ def save(run_dir: Path, step: int, *, engines: dict[str, Any], tokenizer, traine
         raise RunStopped(f"checkpoint at step {step} failed ({err}); the previous checkpoints are intact",
                          EXIT_CHECKPOINT) from err
     if dist.is_main():
+        if final.exists():  # resumed from an older checkpoint (trainer.resume=PATH): this branch replaces it
+            log(f"replacing {final}, written before the checkpoint this run resumed from")
+            shutil.rmtree(final)
         staging.rename(final)  # the commit
         (root(run_dir) / "latest.tmp").write_text(final.name + "\n")
         (root(run_dir) / "latest.tmp").replace(root(run_dir) / "latest")
@@ -133,7 +136,8 @@ def _prepare(staging: Path, engines: dict[str, Any]) -> str | None:
     if previous:
         needed = sum(f.stat().st_size for f in previous[-1].rglob("*") if f.is_file())
     else:  # weights + Adam's two moments (+ fp32 master copy) + HF export, per trained model
-        needed = sum(5 * 4 * sum(p.numel() for p in e.module.parameters()) for e in engines.values())
+        numel = sum(getattr(p, "ds_numel", p.numel()) for e in engines.values() for p in e.module.parameters())
+        needed = 5 * 4 * numel  # ds_numel: the full size of a ZeRO-3 partitioned parameter
     free = shutil.disk_usage(staging).free
     if free < needed:
         shutil.rmtree(staging, ignore_errors=True)
