@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 from prm_rl.data.sample import Sample
 
@@ -103,14 +104,29 @@ def train_problems(cfg: ArithmeticConfig, n: int, seed: int, exclude: set[str]) 
 
 
 def _distinct(cfg: ArithmeticConfig, n: int, seed: int, exclude: set[str]) -> list[Problem]:
+    return distinct_problems(lambda rng: sample_problem(rng, cfg), n, seed, exclude,
+                             enlarge="task.max_steps/max_operand")
+
+
+P = TypeVar("P")  # a problem type with a ``question`` string
+
+
+def distinct_problems(draw: Callable[[random.Random], P], n: int, seed: int, exclude: set[str],
+                      enlarge: str) -> list[P]:
+    """The first ``n`` problems ``draw(rng)`` yields (``rng`` seeded with ``seed``) whose questions are new.
+
+    Shared by every built-in task so that held-out and training splits are disjoint by question text and
+    reproducible from their seed alone. ``enlarge`` names the knobs that widen the task's problem space,
+    for the error raised when it is (nearly) exhausted.
+    """
     rng, seen, out, misses = random.Random(seed), set(exclude), [], 0
     while len(out) < n:
-        p = sample_problem(rng, cfg)
+        p = draw(rng)
         if p.question in seen:
             misses += 1
             if misses > 100 * n + 10_000:  # the task's problem space is (nearly) exhausted
                 raise ValueError(f"task: only {len(out)} distinct problems found of the {n} requested; "
-                                 "raise task.max_steps/max_operand or lower the split sizes")
+                                 f"raise {enlarge} or lower the split sizes")
             continue
         misses = 0
         seen.add(p.question)

@@ -15,6 +15,10 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 # Every character the arithmetic task and its boxed answer use.
 CHARACTERS = list("0123456789+-*=?\n\\boxed{}")
+# The code task (prm_rl/data/code_task.py) adds its prompts' and programs' characters. Appended, so the
+# arithmetic ids are unchanged; the arithmetic tokenizer itself stays CHARACTERS alone (its cached warm
+# start and the measured results were made with exactly that vocabulary).
+CODE_CHARACTERS = CHARACTERS + list(" ()#/:`afhnprtuy")
 
 
 @dataclass(frozen=True)
@@ -28,9 +32,12 @@ class TinyModelConfig:
     max_positions: int = 256
 
 
-def build_char_tokenizer() -> PreTrainedTokenizerFast:
-    """One token per character; decoding concatenates characters back without separators."""
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + CHARACTERS)}
+def build_char_tokenizer(characters: list[str] = CHARACTERS) -> PreTrainedTokenizerFast:
+    """One token per character of ``characters`` (ids in that order, after the special tokens); decoding
+    concatenates characters back without separators. Any other character encodes as ``<unk>``."""
+    if len(set(characters)) != len(characters):
+        raise ValueError("build_char_tokenizer: characters must be distinct")
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + list(characters))}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     backend.decoder = decoders.Fuse()

@@ -19,18 +19,26 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from prm_rl.data import arithmetic
-from prm_rl.models.tiny import TinyModelConfig, build_char_tokenizer, build_tiny_model
+from prm_rl.data import arithmetic, code_task
+from prm_rl.data.prompts import TaskConfig, make_task_config, task_generator
+from prm_rl.models.tiny import (CHARACTERS, CODE_CHARACTERS, TinyModelConfig, build_char_tokenizer,
+                                build_tiny_model)
 
 # Bump when the warm-start procedure changes, so old caches are not reused.
 _VERSION = 1
+# The tokenizer's characters for each built-in task.
+_TASK_CHARACTERS = {arithmetic.TASK_NAME: CHARACTERS, code_task.TASK_NAME: CODE_CHARACTERS}
 
 
-def _spec(tiny: TinyModelConfig, task: arithmetic.ArithmeticConfig, warm: dict, heldout_seed: int,
-          heldout_size: int) -> dict:
+def _spec(tiny: TinyModelConfig, task: TaskConfig, warm: dict, heldout_seed: int, heldout_size: int) -> dict:
+    """Everything the warm start depends on; its hash names the cache folder."""
     warm = {k: v for k, v in warm.items() if k != "cache_dir"}
-    return {"version": _VERSION, "model": asdict(tiny), "task": asdict(task), "warm_start": warm,
+    spec = {"version": _VERSION, "model": asdict(tiny), "task": asdict(task), "warm_start": warm,
             "heldout_seed": heldout_seed, "heldout_size": heldout_size}
+    name = task_generator(task).TASK_NAME
+    if name != arithmetic.TASK_NAME:  # arithmetic specs predate task names: keep their hash (and cache)
+        spec["task_name"] = name
+    return spec
 
 
 def cache_path(cache_dir: str, spec: dict) -> Path:
@@ -65,12 +73,14 @@ def train(spec: dict, out: Path) -> None:
     from trl import SFTConfig, SFTTrainer
 
     datasets.disable_progress_bars()  # the trainer prints one line for the whole warm start
-    warm, task = spec["warm_start"], arithmetic.ArithmeticConfig(**spec["task"])
-    heldout = arithmetic.heldout_problems(task, spec["heldout_size"], spec["heldout_seed"])
-    problems = arithmetic.train_problems(task, warm["num_examples"], warm["seed"],
-                                         exclude={p.question for p in heldout})
-    data = Dataset.from_list([{"prompt": arithmetic.prompt_text(p), "completion": p.solution} for p in problems])
-    tokenizer = build_char_tokenizer()
+    name = spec.get("task_name", arithmetic.TASK_NAME)
+    warm, task = spec["warm_start"], make_task_config(name, spec["task"])
+    gen = task_generator(task)
+    heldout = gen.heldout_problems(task, spec["heldout_size"], spec["heldout_seed"])
+    problems = gen.train_problems(task, warm["num_examples"], warm["seed"],
+                                  exclude={p.question for p in heldout})
+    data = Dataset.from_list([{"prompt": gen.prompt_text(p), "completion": p.solution} for p in problems])
+    tokenizer = build_char_tokenizer(_TASK_CHARACTERS[name])
     model = build_tiny_model(TinyModelConfig(**spec["model"]), tokenizer, seed=warm["seed"])
     staging = out.with_name(out.name + f".tmp-{os.getpid()}")
     args = SFTConfig(
