@@ -20,6 +20,7 @@ import json
 import random
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -89,6 +90,7 @@ def save(run_dir: Path, step: int, *, engines: dict[str, Any], tokenizer, traine
          buffer_state: dict[str, Any], rng: dict[str, Any], config: DictConfig, keep: int,
          log: Callable[[str], None]) -> Path:
     """Write checkpoint ``step`` (collective), make it the latest, then delete all but the newest ``keep``."""
+    started = time.time()
     final = root(run_dir) / f"step_{step:06d}"
     staging = final.with_name(final.name + ".tmp")
     problem = _prepare(staging, engines) if dist.is_main() else None
@@ -120,7 +122,7 @@ def save(run_dir: Path, step: int, *, engines: dict[str, Any], tokenizer, traine
         (root(run_dir) / "latest.tmp").replace(root(run_dir) / "latest")
         for old in complete(run_dir)[:-keep]:
             shutil.rmtree(old)
-        log(f"checkpoint saved: {final}")
+        log(f"checkpoint saved: {final} ({time.time() - started:.1f} s)")
     dist.barrier()
     return final
 
