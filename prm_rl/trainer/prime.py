@@ -213,26 +213,34 @@ class PrimeTrainer:
             log(f"{self.run_dir} already finished {cfg.trainer.max_steps} steps (summary.json): nothing to do; "
                 "raise trainer.max_steps to train on, or set another trainer.output_dir for a new run")
             return json.loads(finished.read_text())
-        with StopSignals() as signals:
-            done = self._start()
-            for step in range(done + 1, cfg.trainer.max_steps + 1):
-                metrics = self._train_step(step)
-                if self.logger:
-                    self.logger.log(step, metrics)
-                if self.guard.exhausted:
-                    raise RunStopped(self._nonfinite_message(step), EXIT_NONFINITE)
-                stop = bool(dist.all_reduce_max(torch.tensor([signals.received is not None])).item())
-                every = cfg.trainer.checkpoint_every
-                due = step == cfg.trainer.max_steps or (every and step % every == 0)
-                if stop or (due and self.guard.consecutive == 0):  # no scheduled save mid NaN streak
-                    saved = self._save(step)
-                if stop:
-                    raise RunStopped(f"stopped by {signals.received or 'a signal on another rank'} after step "
-                                     f"{step}; saved {saved}. Run the same command again to resume "
-                                     "(trainer.resume=auto)", EXIT_SIGNAL)
+        try:
+            with StopSignals() as signals:
+                self._train_loop(signals)
+        except RunStopped:
+            self._close()  # what was logged reaches W&B; the verifier workers stop
+            raise
         acc_final = self.evaluate()
         log(f"held-out accuracy: start {self.acc_start:.3f} -> final {acc_final:.3f}")
         return self._finish(acc_final)
+
+    def _train_loop(self, signals: StopSignals) -> None:
+        """Steps from the last one done to ``trainer.max_steps``; checkpoints on schedule, stops on a signal."""
+        cfg = self.cfg
+        for step in range(self._start() + 1, cfg.trainer.max_steps + 1):
+            metrics = self._train_step(step)
+            if self.logger:
+                self.logger.log(step, metrics)
+            if self.guard.exhausted:
+                raise RunStopped(self._nonfinite_message(step), EXIT_NONFINITE)
+            stop = bool(dist.all_reduce_max(torch.tensor([signals.received is not None])).item())
+            every = cfg.trainer.checkpoint_every
+            due = step == cfg.trainer.max_steps or (every and step % every == 0)
+            if stop or (due and self.guard.consecutive == 0):  # no scheduled save mid NaN streak
+                saved = self._save(step)
+            if stop:
+                raise RunStopped(f"stopped by {signals.received or 'a signal on another rank'} after step {step}; "
+                                 f"saved {saved}. Run the same command again to resume (trainer.resume=auto)",
+                                 EXIT_SIGNAL)
 
     def _train_step(self, step: int) -> dict[str, float]:
         """``step()`` plus throughput, guard counters and the periodic held-out evaluation."""
@@ -319,10 +327,14 @@ class PrimeTrainer:
         if dist.is_main():
             run_dir.write_json(self.run_dir / "summary.json", summary)
             self.logger.summary(summary)
-            self.logger.close()
-        self.scorer.close()
+        self._close()
         log(f"done: {self.run_dir}")
         return summary
+
+    def _close(self) -> None:
+        if self.logger:
+            self.logger.close()
+        self.scorer.close()
 
 
 def _on_rank0(decide):

@@ -83,6 +83,9 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, warm_cache, uni
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout and "step_000002" in resumed.stdout
     assert_same_run(uninterrupted, run_dir)
+    # The resumed process logged into the killed one's W&B run (offline: two run folders, one run id).
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and len({p.name.rsplit("-", 1)[1] for p in runs}) == 1, runs
     # Only the newest trainer.keep_checkpoints=2 remain, and "latest" names the final one.
     kept = sorted(p.name for p in (run_dir / "checkpoints").glob("step_*"))
     assert kept == ["step_000004", "step_000005"]
