@@ -121,7 +121,9 @@ def save(run_dir: Path, step: int, *, engines: dict[str, Any], tokenizer, traine
         (root(run_dir) / "latest.tmp").write_text(final.name + "\n")
         (root(run_dir) / "latest.tmp").replace(root(run_dir) / "latest")
         for old in complete(run_dir)[:-keep]:
-            shutil.rmtree(old)
+            trash = old.with_name(old.name + ".tmp")  # renamed first: a kill mid-delete leaves only a leftover
+            old.rename(trash)
+            shutil.rmtree(trash)
         log(f"checkpoint saved: {final} ({time.time() - started:.1f} s)")
     dist.barrier()
     return final
