@@ -349,3 +349,12 @@ def test_math_file_recipe_stops_until_model_and_train_file_are_set_then_validate
     assert cfg.data.instruction.endswith("\\boxed{}.")  # a literal backslash: YAML did not read it as an escape
     splits, _ = file_splits(cfg.data, build_char_tokenizer())
     assert splits.train[0].prompt.endswith(cfg.data.instruction + "\n")
+
+
+def test_committed_parquet_and_datasets_fixtures_load_like_their_jsonl():
+    """Files written by pyarrow and by datasets' save_to_disk (committed, a few KB) read as the JSONL rows do."""
+    assert load_prompts(fixture("math.parquet"), mapping="math") == load_prompts(fixture("math.jsonl"), mapping="math")
+    gsm8k = load_prompts(fixture("gsm8k.jsonl"), mapping="gsm8k").samples
+    train = load_prompts(fixture("gsm8k_dataset"), mapping="gsm8k").samples
+    test = load_prompts(fixture("gsm8k_dataset"), mapping="gsm8k", split="test").samples
+    assert train + test == gsm8k
