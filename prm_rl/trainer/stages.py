@@ -7,7 +7,6 @@ PRM update (and token log-ratios) -> process rewards -> advantages -> policy upd
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
