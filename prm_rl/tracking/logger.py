@@ -26,8 +26,14 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     """Drop the lines of steps after ``last_step`` (logged by a run that then died before its next checkpoint)."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines(keepends=True)
-            if line.strip() and json.loads(line)["step"] <= last_step]
+    kept = []
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            step = json.loads(line)["step"]
+        except (ValueError, KeyError):  # a line torn by a kill mid-write
+            continue
+        if step <= last_step:
+            kept.append(line if line.endswith("\n") else line + "\n")
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(kept))
     os.replace(tmp, path)

@@ -59,9 +59,9 @@ def test_config_changes_name_each_differing_key(tmp_path):
     assert changes == ["trainer.max_steps: 10 -> 20"]
 
 
-def test_metrics_are_cut_back_to_the_checkpoint_step(tmp_path):
+def test_metrics_are_cut_back_to_the_checkpoint_step_and_a_torn_line_is_dropped(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    path.write_text("".join(json.dumps({"step": s, "x": s}) + "\n" for s in range(1, 8)))
+    path.write_text("".join(json.dumps({"step": s, "x": s}) + "\n" for s in range(1, 8)) + '{"step": 8, "x"')
     truncate_metrics(path, 4)
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3, 4]
 
