@@ -34,10 +34,35 @@ def init(timeout_minutes: int = 60) -> tuple[int, int]:
             _single_process_env()
 
         backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "gloo":
+            _remove_stale_shm_segment()
         deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(minutes=timeout_minutes))
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     return rank(), world_size()
+
+
+def _remove_stale_shm_segment() -> None:
+    """Remove this rank's DeepSpeed shared-memory allreduce segment left by an earlier run, and this run's at exit.
+
+    On CPU, DeepSpeed maps a 66 MiB /dev/shm segment per rank, named by user, master address, port and rank,
+    and never removes it. A later run on the same port then maps the dead run's segment and can hang or
+    abort ("terminate called without an active exception"). Each rank removes its own before the rendezvous
+    in ``init_process_group``, so when the ranks map each other's segments after it, none is stale.
+    """
+    import atexit
+
+    name = (f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+            f"{os.environ.get('MASTER_PORT', '')}_{os.environ.get('RANK', '0')}")
+
+    def remove() -> None:
+        try:
+            os.unlink(name)
+        except OSError:
+            pass
+
+    remove()
+    atexit.register(remove)  # mappings of still-running ranks stay valid; only the name goes
 
 
 def active() -> bool:

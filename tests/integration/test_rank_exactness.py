@@ -6,12 +6,13 @@ Odd micro-batch sizes make the ranks hold different numbers of rows and run stan
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from tiny_runs import run_retrying_startup_abort
 
 REPO = Path(__file__).resolve().parents[2]
 PROBE = REPO / "tests" / "integration" / "exactness_probe.py"
@@ -30,7 +31,7 @@ def run_probe(tmp_path: Path, ranks: int, overrides: list[str]) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
            "--master_port", str(29600 + ranks + os.getpid() % 500), str(PROBE), str(out), *COMMON, *overrides]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = run_retrying_startup_abort(cmd, env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return torch.load(out)
 

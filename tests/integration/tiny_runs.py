@@ -37,11 +37,22 @@ def environment(**extra: str) -> dict[str, str]:
     return env
 
 
+# DeepSpeed 0.19 on CPU: now and then (~1 start in 15 here, also before prm_rl's current code) a rank aborts
+# while the engines initialise, before any step, with only this line. Such a start is retried once.
+STARTUP_ABORT = "terminate called without an active exception"
+
+
+def run_retrying_startup_abort(cmd: list[str], env: dict[str, str], timeout: float = 900) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0 and STARTUP_ABORT in proc.stderr + proc.stdout and "[prm_rl] held-out" not in proc.stdout:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    return proc
+
+
 def launch(warm: Path, run_dir: Path, overrides: list[str], num_ranks: int = 2,
            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run to completion (or failure); returns the finished process with its output."""
-    return subprocess.run(command(warm, run_dir, overrides, num_ranks), cwd=REPO, env=env or environment(),
-                          capture_output=True, text=True, timeout=900)
+    return run_retrying_startup_abort(command(warm, run_dir, overrides, num_ranks), env or environment())
 
 
 def start(warm: Path, run_dir: Path, overrides: list[str], log: Path, num_ranks: int = 2) -> subprocess.Popen:
