@@ -145,8 +145,7 @@ def test_nan_updates_are_skipped_then_the_run_stops_with_last_good_checkpoint(tm
     assert proc.returncode != 0 and sorted(rows) == [1, 2, 3, 4, 5]
     assert "2 steps in a row had NaN/inf" in out and "step_000003" in out, out[-3000:]
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("step_*")) == ["step_000001", "step_000003"]
-    # The step-3 checkpoint's weights are finite and equal to... the skipped step 2 changed nothing after 1:
-    # step 2's checkpoint was not written (bad step), so compare step 1 and 3 exports for finiteness.
+    # No NaN reached the weights: the checkpoints around the skipped step hold finite values.
     for step in (1, 3):
         weights = load_file(run_dir / "checkpoints" / f"step_{step:06d}" / "policy" / "hf" / "model.safetensors")
         assert all(torch.isfinite(w).all() for w in weights.values())
