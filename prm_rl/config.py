@@ -175,13 +175,34 @@ class PrmSection:
     weight_decay: float = MISSING
     grad_clip: float = MISSING
     mini_batches: int = MISSING
+    epochs: int = MISSING
 
     def check(self) -> None:
         _choice("prm.update", self.update, ("none", "after", "before"))
+        _positive("prm.epochs", self.epochs)
         _choice("prm.loss", self.loss, ("ce", "dpo"))
         _choice("prm.reference", self.reference, ("sft", "policy"))
         _positive("prm.beta", self.beta)
         _positive("prm.mini_batches", self.mini_batches)
+
+
+@dataclass
+class PrmEvalSection:
+    num_prompts: int = MISSING
+    samples_per_prompt: int = MISSING
+    temperature: float = MISSING
+    seed: int = MISSING
+    table_rows: int = MISSING
+
+    def check(self) -> None:
+        if self.num_prompts < 0:
+            raise ConfigError(f"prm_eval.num_prompts={self.num_prompts}: must be >= 0 (0 = no PRM evaluation)")
+        if self.samples_per_prompt < 2:
+            raise ConfigError(f"prm_eval.samples_per_prompt={self.samples_per_prompt}: within-group ranking needs "
+                              "at least 2")
+        _positive("prm_eval.temperature", self.temperature)
+        if self.table_rows < 0:
+            raise ConfigError(f"prm_eval.table_rows={self.table_rows}: must be >= 0")
 
 
 @dataclass
@@ -292,6 +313,7 @@ class Config:
     verifier: VerifierSection = field(default_factory=VerifierSection)
     filter: FilterSection = field(default_factory=FilterSection)
     prm: PrmSection = field(default_factory=PrmSection)
+    prm_eval: PrmEvalSection = field(default_factory=PrmEvalSection)
     reward: RewardSection = field(default_factory=RewardSection)
     algorithm: AlgorithmSection = field(default_factory=AlgorithmSection)
     policy: PolicySection = field(default_factory=PolicySection)

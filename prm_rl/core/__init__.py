@@ -27,6 +27,7 @@ from .implicit import (
 from .logprobs import token_entropy, token_logprobs
 from .masked import masked_mean, masked_sum, masked_var, masked_whiten
 from .policy_loss import aggregate, approx_kl, kl_penalty, ppo_clip_loss
+from .prm_metrics import auroc, constant_guess_ce, first_error_hit_rate, step_auroc, step_rewards
 
 __all__ = [
     "masked_sum",
@@ -58,4 +59,9 @@ __all__ = [
     "accuracy_band",
     "groups_without_truncation",
     "expand_group_mask",
+    "auroc",
+    "constant_guess_ce",
+    "step_rewards",
+    "step_auroc",
+    "first_error_hit_rate",
 ]

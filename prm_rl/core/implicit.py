@@ -94,13 +94,14 @@ def prm_dpo_loss(seq_reward: torch.Tensor, chosen_idx: torch.Tensor, rejected_id
 
 
 def pairwise_ranking_accuracy(
-    seq_reward: torch.Tensor, labels: torch.Tensor, group_size: int
+    seq_reward: torch.Tensor, labels: torch.Tensor, group_size: int, tie_credit: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """How often the PRM orders two responses to the same prompt as their labels do, gap-weighted.
 
     Shapes: ``seq_reward``, ``labels`` [N] -> (weighted_correct, total_weight), two 0-dim tensors.
     Over every unordered pair (i, j) in a group with w = |label_i - label_j| > 0:
-    correct = sign(r_i - r_j) == sign(label_i - label_j) (a reward tie counts as wrong),
+    correct = sign(r_i - r_j) == sign(label_i - label_j), a reward tie counting ``tie_credit`` (0 in training
+    logs; held-out evaluation gives 1/2, so an untrained PRM, whose rewards all tie, scores chance),
     weighted_correct = sum w * correct, total_weight = sum w; accuracy = their ratio, pooled over pairs,
     so sums from several batches or ranks can be added before dividing.
     PRIME (Cui et al. 2025, arXiv 2502.01456) logs this as PRM accuracy. Differences from the veRL
@@ -115,6 +116,7 @@ def pairwise_ranking_accuracy(
     y_diff = (y[:, :, None] - y[:, None, :])[:, upper]
     weight = y_diff.abs()
     correct = (torch.sign(r_diff) == torch.sign(y_diff)).to(r.dtype)
+    correct = torch.where(r_diff == 0, torch.full_like(correct, tie_credit), correct)
     return (correct * weight).sum(), weight.sum()
 
 

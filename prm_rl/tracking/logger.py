@@ -69,6 +69,23 @@ class MetricsLogger:
                              refresh=False)
         self.bar.update(1)
 
+    def log_eval(self, step: int, metrics: dict[str, float]) -> None:
+        """Metrics measured outside a training step (the evaluation before step 1 is logged as step 0)."""
+        clean = {k: (float(v) if math.isfinite(float(v)) else None) for k, v in metrics.items()}
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, **clean}) + "\n")
+        self._wandb("log", metrics, step=step)
+
+    def table(self, step: int, key: str, columns: list[str], rows: list[list[Any]], html_column: str) -> None:
+        """A W&B Table (``html_column`` holds HTML fragments, shown rendered); nothing when W&B is off."""
+        if self.run is None:
+            return
+        import wandb
+
+        where = columns.index(html_column)
+        data = [[wandb.Html(v) if j == where else v for j, v in enumerate(row)] for row in rows]
+        self._wandb("log", {key: wandb.Table(columns=columns, data=data)}, step=step)
+
     def summary(self, values: dict[str, Any]) -> None:
         if self.run is not None:
             self._wandb("summary", values)

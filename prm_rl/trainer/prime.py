@@ -22,10 +22,11 @@ from prm_rl.engine.deepspeed_engine import frozen_model, trainable_engine
 from prm_rl.models.loading import load_causal_lm, load_tokenizer, start_checkpoint, task_config
 from prm_rl.rewards import build_scorer
 from prm_rl.tracking.logger import MetricsLogger
-from prm_rl.trainer import checkpoint, run_dir, stages
+from prm_rl.trainer import checkpoint, prm_eval, run_dir, stages
 from prm_rl.trainer.buffer import GroupBuffer
 from prm_rl.trainer.faults import EXIT_NONFINITE, EXIT_SIGNAL, NonFiniteGuard, RunStopped, StopSignals, injected_nan_steps
 from prm_rl.trainer.evaluate import heldout_accuracy
+from prm_rl.tracking import heatmap
 
 
 transformers.utils.logging.disable_progress_bar()  # no per-load bars between our own progress lines
@@ -34,6 +35,25 @@ transformers.utils.logging.disable_progress_bar()  # no per-load bars between ou
 def log(msg: str) -> None:
     if dist.is_main():
         print(f"[prm_rl] {msg}", flush=True)
+
+
+def load_prompt_splits(cfg: Config, tokenizer, scorer, log=log) -> PromptSplits:
+    """Training and held-out prompts: the user's files (``data.*``) or the built-in task (``task.*``)."""
+    if cfg.data.train is None:
+        t = cfg.task
+        return builtin_splits(task_config(cfg), train_size=t.train_size, eval_size=t.eval_size, seed=t.seed)
+    splits, counts = file_splits(cfg.data, tokenizer)
+    try:
+        scorer.check_tasks({s.task for s in splits.train + splits.eval})
+    except ValueError as err:
+        raise DataError(f"{cfg.data.train}: {err}") from None
+    limit = f"longer than data.max_prompt_tokens={cfg.data.max_prompt_tokens}"
+    log(f"data: {len(splits.train)} training prompts from {cfg.data.train} ({counts['train_rows']} rows, "
+        f"{counts['train_dropped_too_long']} dropped: {limit})")
+    if cfg.data.eval is not None:
+        log(f"data: {len(splits.eval)} held-out prompts from {cfg.data.eval} ({counts['eval_rows']} rows, "
+            f"{counts['eval_dropped_too_long']} dropped: {limit})")
+    return splits
 
 
 class PrimeTrainer:
@@ -55,7 +75,7 @@ class PrimeTrainer:
         tokenizer = load_tokenizer(cfg, sft)
         v = cfg.verifier
         self.scorer = build_scorer(v.tasks, num_workers=v.num_workers, timeout_s=v.timeout_s)
-        splits = self._prompt_splits(tokenizer)  # a bad dataset fails here, before any model loads
+        splits = load_prompt_splits(cfg, tokenizer, self.scorer, log)  # a bad dataset fails here, before any model loads
         self.eval_samples = splits.eval
         self.prompts = PromptStream(splits.train, seed=cfg.trainer.seed)
 
@@ -66,26 +86,9 @@ class PrimeTrainer:
         self.guard = NonFiniteGuard(cfg.trainer.max_bad_steps)
         self.nan_steps = injected_nan_steps()
         self.acc_start = float("nan")
+        self.prm_eval_start: dict[str, float] = {}
+        self.prm_eval_last: dict[str, float] = {}
         self.logger: MetricsLogger | None = None  # opened by fit(), after the starting evaluation
-
-    def _prompt_splits(self, tokenizer) -> PromptSplits:
-        """Training and held-out prompts: the user's files (``data.*``) or the built-in task (``task.*``)."""
-        cfg = self.cfg
-        if cfg.data.train is None:
-            t = cfg.task
-            return builtin_splits(task_config(cfg), train_size=t.train_size, eval_size=t.eval_size, seed=t.seed)
-        splits, counts = file_splits(cfg.data, tokenizer)
-        try:
-            self.scorer.check_tasks({s.task for s in splits.train + splits.eval})
-        except ValueError as err:
-            raise DataError(f"{cfg.data.train}: {err}") from None
-        limit = f"longer than data.max_prompt_tokens={cfg.data.max_prompt_tokens}"
-        log(f"data: {len(splits.train)} training prompts from {cfg.data.train} ({counts['train_rows']} rows, "
-            f"{counts['train_dropped_too_long']} dropped: {limit})")
-        if cfg.data.eval is not None:
-            log(f"data: {len(splits.eval)} held-out prompts from {cfg.data.eval} ({counts['eval_rows']} rows, "
-                f"{counts['eval_dropped_too_long']} dropped: {limit})")
-        return splits
 
     def _build_models(self, checkpoint: str, tokenizer) -> stages.Models:
         """Policy and PRM start from the same SFT checkpoint; the reference is a frozen copy of it."""
@@ -120,6 +123,41 @@ class PrimeTrainer:
         return heldout_accuracy(self.models.policy.module, self.models.tokenizer, self.eval_samples, self.scorer,
                                 batch_size=cfg.rollout.eval_batch_size, max_new_tokens=cfg.rollout.max_new_tokens,
                                 synced_gpus=self.models.synced_generation)
+
+    def evaluate_prm(self, step: int) -> dict[str, float]:
+        """``prm_eval/*`` metrics of the training PRM on fresh held-out samples of the current policy; draws
+        ``prm_eval.table_rows`` of them as token heatmaps (W&B table, and ``prm_eval/step_N.html`` beside it)."""
+        cfg, m = self.cfg, self.models
+        settings = cfg.prm_eval
+        prompts = self.eval_samples[:settings.num_prompts]
+        if m.prm is None or len(prompts) < dist.world_size():
+            return {}
+        groups = prm_eval.sample_heldout(m.policy.module, m.tokenizer, prompts, self.scorer, settings,
+                                         max_new_tokens=cfg.rollout.max_new_tokens,
+                                         synced_gpus=m.synced_generation)
+        ref, ref_temperature = (m.ref, 1.0) if cfg.prm.reference == "sft" else (m.policy, cfg.rollout.temperature)
+        metrics, log_ratio = prm_eval.evaluate_prm(m.prm, ref, groups, beta=cfg.prm.beta,
+                                                   step_end_table=self.step_ends,
+                                                   micro_batch_size=cfg.policy.micro_batch_size,
+                                                   ref_temperature=ref_temperature)
+        if dist.is_main() and settings.table_rows:
+            shown = prm_eval.heatmap_rows(groups, log_ratio, m.tokenizer, self.step_ends, cfg.prm.beta,
+                                          settings.table_rows)
+            self._write_heatmaps(step, shown)
+        return {f"prm_eval/{k}": v for k, v in metrics.items()}
+
+    def _write_heatmaps(self, step: int, shown: list) -> None:
+        folder = self.run_dir / "prm_eval"
+        folder.mkdir(exist_ok=True)
+        pages = [heatmap.to_html(h) for _, h in shown]
+        (folder / f"step_{step:06d}.html").write_text("<html><body>" + "".join(pages) + "</body></html>")
+        with (folder / f"step_{step:06d}.jsonl").open("w") as f:
+            for fields, _ in shown:
+                f.write(json.dumps(fields) + "\n")
+        if self.logger is not None and shown:
+            columns = [*shown[0][0], "heatmap"]
+            rows = [[*fields.values(), page] for (fields, _), page in zip(shown, pages)]
+            self.logger.table(step, "prm_eval/samples", columns, rows, html_column="heatmap")
 
     def step(self, step: int) -> dict[str, float]:
         """One PRIME iteration. Every rank runs every stage; each returns global results."""
@@ -177,7 +215,10 @@ class PrimeTrainer:
         while rounds < cfg.filter.fill_rounds and len(self.buffer) < wanted:
             prompts = self.prompts.take(wanted)
             with self._timed("generate"):
-                rollout = stages.generate_stage(m, prompts, cfg)
+                r = cfg.rollout
+                rollout = stages.generate_stage(m.policy.module, m.tokenizer, prompts, k,
+                                                max_new_tokens=r.max_new_tokens, temperature=r.temperature,
+                                                top_p=r.top_p, synced_gpus=m.synced_generation)
             with self._timed("verify"):
                 scores, n_failed = stages.verify_stage(self.scorer, m.tokenizer, rollout, prompts, k)
             with self._timed("filter"):
@@ -252,8 +293,12 @@ class PrimeTrainer:
         metrics["perf/tokens_per_second"] = metrics["response/length_mean"] * generated / metrics["time/step"]
         skipped = metrics.get("policy/skipped_updates", 0.0) + metrics.get("prm/skipped_updates", 0.0)
         metrics.update(self.guard.update(skipped))
-        if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step < cfg.trainer.max_steps:
+        due = bool(cfg.trainer.eval_every) and step % cfg.trainer.eval_every == 0
+        if due and step < cfg.trainer.max_steps:  # the final accuracy is measured by fit()
             metrics["eval/accuracy"] = self.evaluate()
+        if due or step == cfg.trainer.max_steps:
+            self.prm_eval_last = self.evaluate_prm(step)
+            metrics.update(self.prm_eval_last)
         return metrics
 
     def _nonfinite_message(self, step: int) -> str:
@@ -292,6 +337,12 @@ class PrimeTrainer:
                                         entity=cfg.wandb.entity, name=cfg.wandb.name or self.run_dir.name,
                                         config=OmegaConf.to_container(self.raw_cfg, resolve=True),
                                         progress_bar=cfg.trainer.progress_bar, run_id=state.get("wandb_run_id"))
+        if self.resume_from is None:
+            self.prm_eval_start = self.evaluate_prm(0)
+            if self.logger and self.prm_eval_start:
+                self.logger.log_eval(0, self.prm_eval_start)
+        else:
+            self.prm_eval_start = state.get("prm_eval_start", {})
         return done
 
     def _save(self, step: int) -> Path:
@@ -301,6 +352,7 @@ class PrimeTrainer:
             "bad_steps_in_a_row": self.guard.consecutive,
             "bad_steps_total": self.guard.total,
             "eval_accuracy_start": self.acc_start,
+            "prm_eval_start": self.prm_eval_start,
             "wandb_run_id": self.logger.run_id if self.logger else None,
             "world_size": dist.world_size(),
             "wall_seconds": round(time.time() - self.started, 1),
@@ -321,6 +373,8 @@ class PrimeTrainer:
             "eval_accuracy_start": self.acc_start,
             "eval_accuracy_final": acc_final,
             "eval_size": len(self.eval_samples),
+            "prm_eval_start": self.prm_eval_start,
+            "prm_eval_final": self.prm_eval_last,
             "world_size": dist.world_size(),
             "command": run_dir.command_line(),
         }

@@ -39,19 +39,21 @@ def _sums_to_means(sums: dict[str, float], counts: dict[str, str | None]) -> dic
 
 # --- generate -------------------------------------------------------------------------------------
 
-def generate_stage(models: Models, prompts: list[Sample], cfg: Config) -> Rollout:
-    """K samples for each of this rank's prompts; returns the global rollout (groups contiguous)."""
-    tok = models.tokenizer
-    k = cfg.rollout.samples_per_prompt
+def generate_stage(policy: torch.nn.Module, tok, prompts: list[Sample], k: int, *, max_new_tokens: int,
+                   temperature: float, top_p: float, synced_gpus: bool) -> Rollout:
+    """K samples for each of this rank's prompts; returns the global rollout (groups contiguous).
+
+    ``policy`` is the bare model (an engine's ``.module``); ``synced_gpus`` as in :func:`generate`.
+    """
     # Every rank tokenizes the whole global prompt list so all share one left-padded prompt width.
     ids = [row for row in encode_prompts(tok, [s.prompt for s in prompts]) for _ in range(k)]
     prompt_ids, prompt_mask = left_pad(ids, tok.pad_token_id)
     per_rank = len(ids) // dist.world_size()
     mine = slice(dist.rank() * per_rank, (dist.rank() + 1) * per_rank)
-    local = generate(models.policy.module, prompt_ids[mine], prompt_mask[mine],
-                     max_new_tokens=cfg.rollout.max_new_tokens, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
-                     do_sample=True, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                     synced_gpus=models.synced_generation)
+    local = generate(policy, prompt_ids[mine], prompt_mask[mine],
+                     max_new_tokens=max_new_tokens, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
+                     do_sample=True, temperature=temperature, top_p=top_p,
+                     synced_gpus=synced_gpus)
     return Rollout(prompt_ids, prompt_mask,
                    dist.gather_rows(local.response_ids, tok.pad_token_id),
                    dist.gather_rows(local.response_mask, 0),
@@ -107,16 +109,18 @@ def prm_update_stage(prm, batch: Rollout, scores: torch.Tensor, ref_logp: torch.
                      generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
     """Train the implicit PRM on outcome labels; returns the log-ratios of its forward passes and metrics.
 
-    The batch is split by group into ``prm.mini_batches`` optimiser steps. The returned log-ratios are
-    those each row got in the forward pass of its own update, i.e. before that mini-batch's step: the
-    single-forward (``after``) mode of the authors' code uses them directly as rewards.
+    ``prm.epochs`` passes, each splitting the batch by group into ``prm.mini_batches`` optimiser steps.
+    The returned log-ratios, and the logged loss, are those of each row's first forward pass, before the
+    PRM was updated on that row: the single-forward (``after``) mode of the authors' code uses them
+    directly as rewards, and the loss is measured on data the PRM has not yet trained on.
     """
     k, p = cfg.rollout.samples_per_prompt, cfg.prm
     mask = batch.response_mask
     log_ratio = torch.zeros(mask.shape, dtype=torch.float32)
     sums = {"loss": 0.0, "steps": 0.0, "grad_norm": 0.0, "skipped_updates": 0.0}
-    groups = torch.randperm(len(batch) // k, generator=generator)
-    for part in split_minibatches(groups, p.mini_batches):
+    parts = [(epoch, part) for epoch in range(p.epochs)
+             for part in split_minibatches(torch.randperm(len(batch) // k, generator=generator), p.mini_batches)]
+    for epoch, part in parts:
         rows = (part[:, None] * k + torch.arange(k)).reshape(-1)
         if p.loss == "ce":
             denom = float(rows.numel())
@@ -135,12 +139,12 @@ def prm_update_stage(prm, batch: Rollout, scores: torch.Tensor, ref_logp: torch.
                 loss = core.prm_dpo_loss(seq, chosen, rejected).sum() / denom
             if not backward_and_step(prm, loss * mb.weight * dist.world_size(), mb.is_last):
                 sums["skipped_updates"] += 1.0 / dist.world_size()  # every rank agrees: count it once
-            if mb.weight:
+            if mb.weight and epoch == 0:
                 log_ratio[mb.rows] = lr.detach().float().cpu()
                 sums["loss"] += loss.item()
-        # Every rank sees the same step count and global grad norm: pre-divide so the reduced sum is it.
-        sums["steps"] += 1.0 / dist.world_size()
-        sums["grad_norm"] += grad_norm(prm) / dist.world_size()
+        if epoch == 0:  # every rank sees the same step count and global grad norm: pre-divide by the ranks
+            sums["steps"] += 1.0 / dist.world_size()
+            sums["grad_norm"] += grad_norm(prm) / dist.world_size()
     log_ratio = dist.combine_rows(log_ratio)
     metrics = _sums_to_means(sums, {"loss": "steps", "grad_norm": "steps", "skipped_updates": None})
     return log_ratio, {f"prm/{k_}": v for k_, v in metrics.items()}

@@ -5,18 +5,24 @@ Warm start, rollouts, verification, PRM and policy updates all run for real.
 from __future__ import annotations
 
 import json
+import math
+import subprocess
+import sys
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tiny_runs import launch, metrics
+from tiny_runs import all_rows, environment, launch, metrics
+
+PRM_EVAL_KEYS = ("accuracy", "ce", "ce_constant_guess", "outcome_auroc", "ranking_acc", "ranking_weight",
+                 "step_auroc", "first_error_hit_rate", "first_error_random", "first_error_n")
 
 
 @pytest.mark.slow
 def test_two_rank_prime_run_updates_and_saves(tmp_path, warm_cache):
     run_dir = tmp_path / "run"
-    proc = launch(warm_cache, run_dir, ["trainer.max_steps=3"])
+    proc = launch(warm_cache, run_dir, ["trainer.max_steps=3", "trainer.eval_every=2"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     rows = metrics(run_dir)
@@ -25,12 +31,42 @@ def test_two_rank_prime_run_updates_and_saves(tmp_path, warm_cache):
     assert updated, "no step kept any group: the warm start is too weak for this test"
     assert all("prm/loss" in r and "time/generate" in r for r in updated)
 
+    # The PRM is evaluated before training (a step-0 line), every trainer.eval_every steps and at the end.
+    start = all_rows(run_dir)[0]
+    assert start["step"] == 0 and set(start) == {"step", *(f"prm_eval/{k}" for k in PRM_EVAL_KEYS)}
+    # The PRM starts equal to its reference: every reward ties, so every ranking metric is at chance
+    # (None only if this tiny sample holds no pair to rank).
+    assert start["prm_eval/ranking_acc"] in (0.5, None) and start["prm_eval/step_auroc"] in (0.5, None)
+    assert start["prm_eval/ce"] == pytest.approx(math.log(2), abs=1e-6)
+    assert [r["step"] for r in rows if "prm_eval/ce" in r] == [2, 3]
+    for r in (rows[1], rows[2]):
+        assert 0.0 <= r["prm_eval/accuracy"] <= 1.0 and r["prm_eval/ce_constant_guess"] >= 0.0
+    for step in (0, 2, 3):  # the heatmaps of table_rows held-out responses, also without W&B
+        page = (run_dir / "prm_eval" / f"step_{step:06d}.html").read_text()
+        shown = [json.loads(line) for line in (run_dir / "prm_eval" / f"step_{step:06d}.jsonl").open()]
+        assert len(shown) == 2 and page.count("step 1:") == 2
+        assert {"prompt", "response", "outcome_score", "prm_score", "first_wrong_step"} <= set(shown[0])
+    tables = list((run_dir / "wandb").glob("offline-run-*/files/media/table/prm_eval/samples_*.table.json"))
+    assert len(tables) == 3, tables  # one W&B Table per evaluation
+    assert json.loads(tables[0].read_text())["columns"][-1] == "heatmap"
+
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 3 and summary["world_size"] == 2
+    assert summary["prm_eval_final"] == {k: v for k, v in rows[-1].items() if k.startswith("prm_eval/")}
     assert summary["command"].startswith("deepspeed --num_gpus 2 launch/train.py +recipe=math_ppo")
     assert 0.0 <= summary["eval_accuracy_start"] <= 1.0 and 0.0 <= summary["eval_accuracy_final"] <= 1.0
     assert (run_dir / "config.yaml").exists()
     assert list((run_dir / "wandb").glob("offline-run-*")), "W&B offline run missing"
+
+    # The evaluation command on the finished run: metrics JSON and a heatmap picture.
+    out, png = tmp_path / "prm_eval.json", tmp_path / "heat.png"
+    cli = subprocess.run([sys.executable, "-m", "prm_rl.eval_prm", str(run_dir), "--num-prompts", "4",
+                          "--out", str(out), "--heatmaps", str(png)], capture_output=True, text=True,
+                         env=environment())
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert set(result["metrics"]) == set(PRM_EVAL_KEYS) and result["num_prompts"] == 4
+    assert png.stat().st_size > 1000 and png.with_suffix(".html").exists()
 
     warm = next(warm_cache.iterdir())
     start = AutoModelForCausalLM.from_pretrained(warm)

@@ -21,6 +21,7 @@ TINY = [
     "filter.low=0.0", "filter.high=1.0",
     "policy.learning_rate=1e-3", "policy.weight_decay=0.0", "policy.micro_batch_size=4",
     "prm.learning_rate=1e-3", "prm.mini_batches=2", "policy.mini_batches=2",
+    "prm_eval.num_prompts=8", "prm_eval.samples_per_prompt=4", "prm_eval.table_rows=2",
     "trainer.progress_bar=false", "wandb.mode=offline",
 ]
 
@@ -62,6 +63,12 @@ def start(warm: Path, run_dir: Path, overrides: list[str], log: Path, num_ranks:
                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def metrics(run_dir: Path) -> list[dict]:
+def all_rows(run_dir: Path) -> list[dict]:
+    """Every line of metrics.jsonl, the step-0 line (the PRM evaluation before training) included."""
     path = run_dir / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    """The lines of training steps (1, 2, ...)."""
+    return [r for r in all_rows(run_dir) if r["step"] >= 1]

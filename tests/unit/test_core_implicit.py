@@ -72,6 +72,9 @@ def test_pairwise_ranking_accuracy_weighting():
     correct, weight = pairwise_ranking_accuracy(r, y, group_size=3)
     assert correct.item() == pytest.approx(2.5)
     assert weight.item() == pytest.approx(4.0)
+    # with tie_credit=0.5 (held-out evaluation) group C's tie counts half: 3 of 4
+    correct, _ = pairwise_ranking_accuracy(r, y, group_size=3, tie_credit=0.5)
+    assert correct.item() == pytest.approx(3.0)
     # a batch of only equal-label groups gives (0, 0); the caller decides what an empty ratio means
     c, w = pairwise_ranking_accuracy(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 1.0]), 2)
     assert (c.item(), w.item()) == (0.0, 0.0)

@@ -1,0 +1,155 @@
+"""Sweep PRM settings of the main job and tabulate how well the online PRM learns (docs/prm_learning.md).
+
+One command per sweep, e.g.::
+
+    python bench/prm_sweep.py --grid screen --steps 70 --seeds 0 --parallel 2 --out bench/results/prm_screen
+
+Each variant is ``launch/train.py +recipe=math_ppo`` plus the variant's overrides, run with
+``trainer.eval_every`` so that ``prm_eval/*`` is measured at the start, along the way and at the end. Writes
+``OUT.json`` (every run's evaluations), ``OUT.md`` (a table: mean and min-max over seeds at the last step)
+and ``OUT.png`` (the PRM metrics against steps). Runs are independent processes, ``--parallel`` at a time
+(one thread each); a finished run directory is reused, so an interrupted sweep continues where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# name -> overrides on top of +recipe=math_ppo. "recipe" is the recipe as it stands.
+GRIDS: dict[str, dict[str, list[str]]] = {
+    "screen": {
+        "ce-lr1e-3 (old recipe)": ["prm.loss=ce", "prm.learning_rate=1e-3", "prm.beta=0.05", "prm.mini_batches=1"],
+        "ce-lr1e-4": ["prm.loss=ce", "prm.learning_rate=1e-4", "prm.beta=0.05", "prm.mini_batches=1"],
+        "ce-lr1e-5": ["prm.loss=ce", "prm.learning_rate=1e-5", "prm.beta=0.05", "prm.mini_batches=1"],
+        "ce-lr1e-4-beta0.5": ["prm.loss=ce", "prm.learning_rate=1e-4", "prm.beta=0.5", "prm.mini_batches=1"],
+        "dpo-lr1e-4": ["prm.loss=dpo", "prm.learning_rate=1e-4", "prm.beta=0.05", "prm.mini_batches=1"],
+        "dpo-lr1e-5": ["prm.loss=dpo", "prm.learning_rate=1e-5", "prm.beta=0.05", "prm.mini_batches=1"],
+        "dpo-lr1e-4-beta0.5": ["prm.loss=dpo", "prm.learning_rate=1e-4", "prm.beta=0.5", "prm.mini_batches=1"],
+        "dpo-lr1e-4-mb4": ["prm.loss=dpo", "prm.learning_rate=1e-4", "prm.beta=0.05", "prm.mini_batches=4"],
+        "ce-lr1e-4-ref-policy": ["prm.loss=ce", "prm.learning_rate=1e-4", "prm.beta=0.05", "prm.mini_batches=1",
+                                 "prm.reference=policy"],
+    },
+}
+
+KEYS = ("ce", "ce_constant_guess", "outcome_auroc", "ranking_acc", "step_auroc", "first_error_hit_rate",
+        "first_error_random", "accuracy")
+
+
+def run_one(name: str, overrides: list[str], seed: int, steps: int, eval_every: int, root: Path,
+            common: list[str]) -> dict:
+    out = root / f"{name.split(' ')[0]}-s{seed}"
+    if not (out / "summary.json").exists():
+        cmd = [sys.executable, "launch/train.py", "+recipe=math_ppo", *common, *overrides, f"trainer.seed={seed}",
+               f"trainer.max_steps={steps}", f"trainer.eval_every={eval_every}", f"trainer.output_dir={out}",
+               "trainer.checkpoint_every=0", "trainer.progress_bar=false", "wandb.mode=disabled"]
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+        out.mkdir(parents=True, exist_ok=True)
+        with (out / "sweep.log").open("w") as log:
+            log.write(" ".join(cmd) + "\n")
+            log.flush()
+            done = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        if done.returncode != 0:
+            raise RuntimeError(f"{name} seed {seed} failed (exit {done.returncode}); see {out / 'sweep.log'}")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [{"step": r["step"], **{k: r.get(f"prm_eval/{k}") for k in KEYS}} for r in rows
+             if "prm_eval/ce" in r]
+    summary = json.loads((out / "summary.json").read_text())
+    prm_loss = [r["prm/loss"] for r in rows if r.get("prm/loss") is not None]
+    ranking = [r["prm/ranking_acc"] for r in rows if r.get("prm/ranking_acc") is not None]
+    return {"variant": name, "overrides": overrides, "seed": seed, "run_dir": str(out), "evals": evals,
+            "heldout_start": summary["eval_accuracy_start"], "heldout_final": summary["eval_accuracy_final"],
+            "train_prm_loss_mean": sum(prm_loss) / max(len(prm_loss), 1),
+            "train_ranking_acc_mean": sum(ranking) / max(len(ranking), 1),
+            "wall_seconds": summary["wall_seconds"]}
+
+
+def _cell(values: list[float]) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    mean = sum(values) / len(values)
+    return f"{mean:.3f}" if len(values) == 1 else f"{mean:.3f} ({min(values):.3f}-{max(values):.3f})"
+
+
+def table(results: list[dict]) -> str:
+    head = ("| variant | seeds | CE (const. guess) | outcome AUROC | ranking acc | step AUROC | first-error hit "
+            "(random) | held-out acc start -> end |\n|---|---|---|---|---|---|---|---|\n")
+    lines = []
+    for name in dict.fromkeys(r["variant"] for r in results):
+        runs = [r for r in results if r["variant"] == name]
+        last = [r["evals"][-1] for r in runs]
+        get = lambda key: [e[key] for e in last]  # noqa: E731
+        lines.append(
+            f"| {name} | {', '.join(str(r['seed']) for r in runs)} | {_cell(get('ce'))} "
+            f"({_cell(get('ce_constant_guess'))}) | {_cell(get('outcome_auroc'))} | {_cell(get('ranking_acc'))} "
+            f"| {_cell(get('step_auroc'))} | {_cell(get('first_error_hit_rate'))} "
+            f"({_cell(get('first_error_random'))}) | {_cell([r['heldout_start'] for r in runs])} -> "
+            f"{_cell([r['heldout_final'] for r in runs])} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("ranking_acc", "within-group ranking acc"), ("step_auroc", "step AUROC"),
+              ("first_error_hit_rate", "first-error hit rate"), ("ce_gap", "CE - constant-guess CE")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
+    names = list(dict.fromkeys(r["variant"] for r in results))
+    colors = {n: plt.cm.tab10(i % 10) for i, n in enumerate(names)}
+    for ax, (key, title) in zip(axes, panels):
+        for r in results:
+            xs = [e["step"] for e in r["evals"]]
+            if key == "ce_gap":
+                ys = [e["ce"] - e["ce_constant_guess"] for e in r["evals"]]
+            else:
+                ys = [e[key] for e in r["evals"]]
+            ax.plot(xs, ys, marker="o", color=colors[r["variant"]], alpha=0.8,
+                    label=r["variant"] if r["seed"] == min(x["seed"] for x in results if x["variant"] == r["variant"])
+                    else None)
+        ax.set_title(title)
+        ax.set_xlabel("PRIME step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--grid", default="screen", choices=sorted(GRIDS))
+    parser.add_argument("--only", nargs="*", help="run only these variants of the grid (first word of the name)")
+    parser.add_argument("--steps", type=int, default=70)
+    parser.add_argument("--eval-every", type=int, default=35)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--runs", type=Path, default=REPO / "runs" / "prm_sweep", help="run directories go here")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "prm_sweep")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="overrides for every run, before the variant's own (e.g. a smaller task)")
+    args = parser.parse_args()
+    grid = {n: o for n, o in GRIDS[args.grid].items() if not args.only or n.split(" ")[0] in args.only}
+    jobs = [(n, o, s) for s in args.seeds for n, o in grid.items()]
+    root = args.runs / f"{args.grid}-{args.steps}"
+    with ThreadPoolExecutor(args.parallel) as pool:
+        results = list(pool.map(lambda j: run_one(*j, args.steps, args.eval_every, root, args.set), jobs))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps({"command": " ".join(sys.argv), "results": results},
+                                                        indent=1))
+    args.out.with_suffix(".md").write_text(table(results))
+    plot(results, args.out.with_suffix(".png"))
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Held-out evaluation of an implicit PRM: does it tell right from wrong, and where a response goes wrong?
+
+Sample K responses per held-out prompt from a policy, score them with the verifier, and read the PRM's
+token log-ratios against its reference. Metrics (keys of :func:`prm_metrics`, documented in
+docs/prm_eval.md): held-out CE beside the constant-guess CE, outcome AUROC, within-group ranking
+accuracy, and, where every step can be checked (the built-in arithmetic task), step AUROC and the
+first-error hit rate with their random baselines. Step labels are computed here only; training never
+sees them. Collective: every rank calls these functions (ZeRO gathers parameters in every forward).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from prm_rl import core
+from prm_rl.config import PrmEvalSection
+from prm_rl.data import arithmetic
+from prm_rl.data.sample import Sample
+from prm_rl.engine import dist
+from prm_rl.rollout.generate import Rollout
+from prm_rl.trainer import stages
+from prm_rl.tracking.heatmap import TokenHeatmap
+
+
+@dataclass
+class HeldoutGroups:
+    """K responses to each held-out prompt with their verifier scores (global: the same on every rank)."""
+
+    rollout: Rollout  # [N] rows, groups of K contiguous
+    scores: torch.Tensor  # [N] outcome scores in [0, 1]
+    samples: list[Sample]  # [N] the prompt of each row
+    responses: list[str]  # [N] decoded responses
+    k: int
+
+
+def sample_heldout(policy: torch.nn.Module, tokenizer, prompts: list[Sample], scorer, settings: PrmEvalSection,
+                   *, max_new_tokens: int, synced_gpus: bool = False) -> HeldoutGroups:
+    """Sample ``settings.samples_per_prompt`` responses to each prompt with a fixed seed.
+
+    The seed is fixed and the training random state is set aside meanwhile, so evaluating never changes
+    the training run, and every evaluation of one policy sees the same responses.
+    """
+    k = settings.samples_per_prompt
+    usable = len(prompts) - len(prompts) % dist.world_size()  # generate_stage splits rows evenly over ranks
+    prompts = prompts[:usable]
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(settings.seed * 1000 + dist.rank())
+        rollout = stages.generate_stage(policy, tokenizer, prompts, k, max_new_tokens=max_new_tokens,
+                                        temperature=settings.temperature, top_p=1.0, synced_gpus=synced_gpus)
+    scores, _ = stages.verify_stage(scorer, tokenizer, rollout, prompts, k)
+    responses = stages.decode_responses(tokenizer, rollout, range(len(rollout)))
+    return HeldoutGroups(rollout, scores, [p for p in prompts for _ in range(k)], responses, k)
+
+
+def first_wrong_steps(samples: list[Sample], responses: list[str]) -> torch.Tensor:
+    """``[N]`` long: 1-based first wrong step of each response; 0 when all are right or it can't be checked.
+
+    Only the built-in arithmetic task has checkable steps (one line each, see
+    :func:`prm_rl.data.arithmetic.first_wrong_step`); -1 marks rows of any other task.
+    """
+    out = []
+    for sample, response in zip(samples, responses):
+        if sample.task != arithmetic.TASK_NAME:
+            out.append(-1)
+            continue
+        try:
+            out.append(arithmetic.first_wrong_step(sample.prompt, response) or 0)
+        except ValueError:  # a prompt of the arithmetic verifier that is not a built-in chain
+            out.append(-1)
+    return torch.tensor(out, dtype=torch.long)
+
+
+def prm_metrics(log_ratio: torch.Tensor, mask: torch.Tensor, scores: torch.Tensor, k: int, beta: float,
+                step_end: torch.Tensor, first_wrong: torch.Tensor) -> dict[str, float]:
+    """Every PRM metric of one held-out batch (keys without the ``prm_eval/`` prefix).
+
+    Shapes: ``log_ratio``, ``mask``, ``step_end`` [N, T]; ``scores``, ``first_wrong`` [N].
+    """
+    seq = core.sequence_reward(log_ratio, mask, beta)
+    correct, weight = core.pairwise_ranking_accuracy(seq, scores, k, tie_credit=0.5)
+    out = {
+        "accuracy": float(scores.mean()),
+        "ce": float(core.prm_ce_loss(seq, scores).mean()),
+        "ce_constant_guess": core.constant_guess_ce(scores),
+        "outcome_auroc": core.auroc(seq, scores >= 1.0),
+        "ranking_acc": float(correct / weight) if weight > 0 else float("nan"),
+        "ranking_weight": float(weight),
+    }
+    checkable = first_wrong >= 0
+    if checkable.any():
+        rows = checkable.nonzero().squeeze(1)
+        rewards, valid, _ = core.step_rewards(log_ratio[rows], mask[rows], step_end[rows], beta)
+        hit, random_hit, n = core.first_error_hit_rate(rewards, valid, first_wrong[rows])
+        out |= {"step_auroc": core.step_auroc(rewards, valid, first_wrong[rows]),
+                "first_error_hit_rate": hit, "first_error_random": random_hit, "first_error_n": float(n)}
+    return out
+
+
+@torch.no_grad()
+def evaluate_prm(prm, ref, groups: HeldoutGroups, *, beta: float, step_end_table: torch.Tensor,
+                 micro_batch_size: int, ref_temperature: float = 1.0) -> tuple[dict[str, float], torch.Tensor]:
+    """Metrics of ``prm`` (engine or module) against ``ref`` on ``groups``; also returns the log-ratios [N, T].
+
+    ``ref`` is the PRM's reference model: the frozen SFT model, or the policy (``prm.reference=policy``,
+    read at the sampling temperature as in training).
+    """
+    batch = groups.rollout
+    prm_logp = stages.logprob_stage(prm, batch, micro_batch_size)
+    ref_logp = stages.logprob_stage(ref, batch, micro_batch_size, ref_temperature)
+    log_ratio = core.implicit_log_ratio(prm_logp, ref_logp, batch.response_mask)
+    step_end = step_end_table[batch.response_ids] & batch.response_mask.bool()
+    metrics = prm_metrics(log_ratio, batch.response_mask, groups.scores, groups.k, beta, step_end,
+                          first_wrong_steps(groups.samples, groups.responses))
+    return metrics, log_ratio
+
+
+def heatmap_rows(groups: HeldoutGroups, log_ratio: torch.Tensor, tokenizer, step_end_table: torch.Tensor,
+                 beta: float, n_rows: int) -> list[tuple[dict, TokenHeatmap]]:
+    """Up to ``n_rows`` held-out responses to show: wrong ones with a located first error, alternating
+    with right ones, from the first groups on. Each comes as (table fields, heatmap)."""
+    first_wrong = first_wrong_steps(groups.samples, groups.responses)
+    wrong = [i for i in range(len(groups.samples)) if groups.scores[i] < 1 and first_wrong[i] != 0]
+    right = [i for i in range(len(groups.samples)) if groups.scores[i] >= 1]
+    picked = [i for pair in zip(wrong, right) for i in pair][:n_rows]
+    picked += [i for i in wrong + right if i not in picked][:n_rows - len(picked)]
+    batch, out = groups.rollout, []
+    for i in picked:
+        valid = batch.response_mask[i].bool()
+        ids = batch.response_ids[i][valid]
+        lr = log_ratio[i][valid][None]
+        ends = step_end_table[ids][None]
+        step_r, step_valid, end_pos = core.step_rewards(lr, torch.ones_like(lr), ends, beta)
+        n = int(step_valid.sum())
+        seq = float(beta * lr.sum())
+        fields = {"prompt": groups.samples[i].prompt.strip(), "response": groups.responses[i],
+                  "outcome_score": float(groups.scores[i]), "prm_score": seq,
+                  "first_wrong_step": int(first_wrong[i]) if first_wrong[i] > 0 else None}
+        title = (f"{fields['prompt']}  outcome {fields['outcome_score']:.2f}  PRM score {seq:+.3f}"
+                 + (f"  first wrong step {fields['first_wrong_step']}" if fields["first_wrong_step"] else ""))
+        heat = TokenHeatmap(title=title, tokens=[tokenizer.decode([t]) for t in ids.tolist()],
+                            rewards=(beta * lr[0]).tolist(), step_ends=end_pos[0, :n].tolist(),
+                            step_rewards=step_r[0, :n].tolist(), first_wrong=max(int(first_wrong[i]), 0))
+        out.append((fields, heat))
+    return out
