@@ -36,6 +36,19 @@ GRIDS: dict[str, dict[str, list[str]]] = {
         "ce-lr1e-4-ref-policy": ["prm.loss=ce", "prm.learning_rate=1e-4", "prm.beta=0.05", "prm.mini_batches=1",
                                  "prm.reference=policy"],
     },
+    # Second round: more PRM updates per step (epochs over the kept batch, or more mini-batches).
+    "screen2": {
+        "ce-lr1e-4-ep4": ["prm.loss=ce", "prm.learning_rate=1e-4", "prm.beta=0.05", "prm.mini_batches=1",
+                          "prm.epochs=4"],
+        "ce-lr3e-5-ep4": ["prm.loss=ce", "prm.learning_rate=3e-5", "prm.beta=0.05", "prm.mini_batches=1",
+                          "prm.epochs=4"],
+        "ce-lr3e-4": ["prm.loss=ce", "prm.learning_rate=3e-4", "prm.beta=0.05", "prm.mini_batches=1"],
+        "ce-lr1e-4-mb4": ["prm.loss=ce", "prm.learning_rate=1e-4", "prm.beta=0.05", "prm.mini_batches=4"],
+        "dpo-lr1e-4-ep4": ["prm.loss=dpo", "prm.learning_rate=1e-4", "prm.beta=0.05", "prm.mini_batches=1",
+                           "prm.epochs=4"],
+        "ce-lr1e-4-beta0.5-ep4": ["prm.loss=ce", "prm.learning_rate=1e-4", "prm.beta=0.5", "prm.mini_batches=1",
+                                  "prm.epochs=4"],
+    },
 }
 
 KEYS = ("ce", "ce_constant_guess", "outcome_auroc", "ranking_acc", "step_auroc", "first_error_hit_rate",

@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
     from prm_rl.models.loading import load_causal_lm, load_tokenizer, start_checkpoint
     from prm_rl.rewards import build_scorer
     from prm_rl.tracking import heatmap
+    from prm_rl.tracking.logger import finite_or_none
     from prm_rl.trainer import prm_eval, stages
     from prm_rl.trainer.prime import load_prompt_splits
 
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     metrics, log_ratio = prm_eval.evaluate_prm(prm, ref, groups, beta=cfg.prm.beta, step_end_table=step_end_table,
                                                micro_batch_size=cfg.policy.micro_batch_size,
                                                ref_temperature=ref_temperature)
-    result = {"metrics": metrics, "policy": str(policy_dir), "prm": str(prm_dir), "reference": cfg.prm.reference,
+    result = {"metrics": finite_or_none(metrics), "policy": str(policy_dir), "prm": str(prm_dir), "reference": cfg.prm.reference,
               "num_prompts": len(prompts), "samples_per_prompt": settings.samples_per_prompt,
               "seed": settings.seed}
     if args.heatmaps:

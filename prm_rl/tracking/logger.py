@@ -15,6 +15,11 @@ _BAR_KEYS = ("acc/before_filter", "acc/kept_fraction", "prm/loss", "prm/ranking_
              "policy/clip_frac", "time/step")
 
 
+def finite_or_none(metrics: dict[str, float]) -> dict[str, float | None]:
+    """The metrics as floats, NaN/inf as None: JSON has no NaN (an empty class, no pair to rank, ...)."""
+    return {k: (float(v) if math.isfinite(float(v)) else None) for k, v in metrics.items()}
+
+
 def resolve_wandb_mode(mode: str) -> str:
     """``auto`` means online when an API key is configured, else offline (runs sync later with ``wandb sync``)."""
     if mode != "auto":
@@ -61,19 +66,16 @@ class MetricsLogger:
         self.wandb_mode = mode
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        clean = {k: (float(v) if math.isfinite(float(v)) else None) for k, v in metrics.items()}
-        with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, **clean}) + "\n")
-        self._wandb("log", metrics, step=step)
+        self.record(step, metrics)
         self.bar.set_postfix({k.split("/")[-1]: f"{metrics[k]:.3g}" for k in _BAR_KEYS if k in metrics},
                              refresh=False)
         self.bar.update(1)
 
-    def log_eval(self, step: int, metrics: dict[str, float]) -> None:
-        """Metrics measured outside a training step (the evaluation before step 1 is logged as step 0)."""
-        clean = {k: (float(v) if math.isfinite(float(v)) else None) for k, v in metrics.items()}
+    def record(self, step: int, metrics: dict[str, float]) -> None:
+        """One line of metrics.jsonl and W&B, no progress tick (``log`` of a step, or the evaluation before
+        step 1, recorded as step 0)."""
         with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, **clean}) + "\n")
+            f.write(json.dumps({"step": step, **finite_or_none(metrics)}) + "\n")
         self._wandb("log", metrics, step=step)
 
     def table(self, step: int, key: str, columns: list[str], rows: list[list[Any]], html_column: str) -> None:

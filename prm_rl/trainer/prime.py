@@ -21,7 +21,7 @@ from prm_rl.engine import dist
 from prm_rl.engine.deepspeed_engine import frozen_model, trainable_engine
 from prm_rl.models.loading import load_causal_lm, load_tokenizer, start_checkpoint, task_config
 from prm_rl.rewards import build_scorer
-from prm_rl.tracking.logger import MetricsLogger
+from prm_rl.tracking.logger import MetricsLogger, finite_or_none
 from prm_rl.trainer import checkpoint, prm_eval, run_dir, stages
 from prm_rl.trainer.buffer import GroupBuffer
 from prm_rl.trainer.faults import EXIT_NONFINITE, EXIT_SIGNAL, NonFiniteGuard, RunStopped, StopSignals, injected_nan_steps
@@ -340,7 +340,7 @@ class PrimeTrainer:
         if self.resume_from is None:
             self.prm_eval_start = self.evaluate_prm(0)
             if self.logger and self.prm_eval_start:
-                self.logger.log_eval(0, self.prm_eval_start)
+                self.logger.record(0, self.prm_eval_start)
         else:
             self.prm_eval_start = state.get("prm_eval_start", {})
         return done
@@ -373,8 +373,8 @@ class PrimeTrainer:
             "eval_accuracy_start": self.acc_start,
             "eval_accuracy_final": acc_final,
             "eval_size": len(self.eval_samples),
-            "prm_eval_start": self.prm_eval_start,
-            "prm_eval_final": self.prm_eval_last,
+            "prm_eval_start": finite_or_none(self.prm_eval_start),
+            "prm_eval_final": finite_or_none(self.prm_eval_last),
             "world_size": dist.world_size(),
             "command": run_dir.command_line(),
         }
