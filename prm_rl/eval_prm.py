@@ -5,7 +5,7 @@ policy and PRM from the run's final export (``RUN_DIR/policy``, ``RUN_DIR/prm``)
 (``--checkpoint RUN_DIR/checkpoints/step_000040``), or from any Hugging Face directories (``--policy``,
 ``--prm``). Prints the metrics as JSON (keys: docs/prm_eval.md) and, with ``--out``, writes them there;
 ``--heatmaps FILE.png`` also draws a few held-out responses coloured by their token rewards (and
-``FILE.html`` beside it). One process, no DeepSpeed. Exit 2 with one line on a bad argument.
+``FILE.html``, ``FILE.jsonl`` beside it). One process, no DeepSpeed. Exit 2 with one line on a bad argument.
 """
 from __future__ import annotations
 
@@ -16,12 +16,23 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from prm_rl.config import ConfigError, to_config
+from prm_rl.config import ConfigError, register_schema, to_config
 
 
 def _fail(message: str) -> None:
     print(f"eval_prm: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def _with_current_defaults(saved):
+    """The run's saved config over today's ``recipes/base.yaml``, so that a run saved before an option
+    existed still loads (the option takes its default)."""
+    from hydra import compose, initialize_config_dir
+
+    register_schema()
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "recipes"), version_base=None):
+        base = compose(config_name="base")
+    return OmegaConf.merge(base, saved)
 
 
 def _model_dirs(args) -> tuple[Path, Path]:
@@ -50,13 +61,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--samples", type=int, help="override prm_eval.samples_per_prompt")
     parser.add_argument("--seed", type=int, help="override prm_eval.seed")
     parser.add_argument("--out", type=Path, help="write the metrics JSON here")
-    parser.add_argument("--heatmaps", type=Path, help="draw prm_eval.table_rows responses into this PNG (+ .html)")
+    parser.add_argument("--heatmaps", type=Path,
+                        help="draw prm_eval.table_rows responses into FILE.png (and FILE.html, FILE.jsonl)")
     args = parser.parse_args(argv)
 
     config_file = args.run_dir / "config.yaml"
     if not config_file.exists():
         _fail(f"{config_file}: not found (RUN_DIR must be a prm_rl run directory)")
-    raw = OmegaConf.load(config_file)
+    raw = _with_current_defaults(OmegaConf.load(config_file))
     for key, value in (("num_prompts", args.num_prompts), ("samples_per_prompt", args.samples),
                        ("seed", args.seed)):
         if value is not None:
@@ -71,7 +83,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     from prm_rl.models.loading import load_causal_lm, load_tokenizer, start_checkpoint
     from prm_rl.rewards import build_scorer
-    from prm_rl.tracking import heatmap
     from prm_rl.tracking.logger import finite_or_none
     from prm_rl.trainer import prm_eval, stages
     from prm_rl.trainer.prime import load_prompt_splits
@@ -98,15 +109,14 @@ def main(argv: list[str] | None = None) -> dict:
     metrics, log_ratio = prm_eval.evaluate_prm(prm, ref, groups, beta=cfg.prm.beta, step_end_table=step_end_table,
                                                micro_batch_size=cfg.policy.micro_batch_size,
                                                ref_temperature=ref_temperature)
-    result = {"metrics": finite_or_none(metrics), "policy": str(policy_dir), "prm": str(prm_dir), "reference": cfg.prm.reference,
+    result = {"metrics": finite_or_none(metrics), "policy": str(policy_dir), "prm": str(prm_dir),
+              "reference": cfg.prm.reference,
               "num_prompts": len(prompts), "samples_per_prompt": settings.samples_per_prompt,
               "seed": settings.seed}
     if args.heatmaps:
         shown = prm_eval.heatmap_rows(groups, log_ratio, tokenizer, step_end_table, cfg.prm.beta,
                                       max(settings.table_rows, 1))
-        heatmap.to_png([h for _, h in shown], args.heatmaps)
-        args.heatmaps.with_suffix(".html").write_text(
-            "<html><body>" + "".join(heatmap.to_html(h) for _, h in shown) + "</body></html>")
+        prm_eval.save_heatmaps(shown, args.heatmaps.with_suffix(""), png=True)
     text = json.dumps(result, indent=1)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -65,6 +65,11 @@ def to_html(heatmap: TokenHeatmap) -> str:
     return "".join(parts)
 
 
+def to_page(heatmaps: list[TokenHeatmap]) -> str:
+    """A whole HTML document of several responses."""
+    return "<html><body>" + "".join(to_html(h) for h in heatmaps) + "</body></html>\n"
+
+
 def to_png(heatmaps: list[TokenHeatmap], path: Path) -> Path:
     """Draw the responses one under another into ``path`` (matplotlib, no screen needed)."""
     import matplotlib

@@ -75,7 +75,7 @@ class PrimeTrainer:
         tokenizer = load_tokenizer(cfg, sft)
         v = cfg.verifier
         self.scorer = build_scorer(v.tasks, num_workers=v.num_workers, timeout_s=v.timeout_s)
-        splits = load_prompt_splits(cfg, tokenizer, self.scorer, log)  # a bad dataset fails here, before any model loads
+        splits = load_prompt_splits(cfg, tokenizer, self.scorer)  # a bad dataset fails here, before models load
         self.eval_samples = splits.eval
         self.prompts = PromptStream(splits.train, seed=cfg.trainer.seed)
 
@@ -143,21 +143,12 @@ class PrimeTrainer:
         if dist.is_main() and settings.table_rows:
             shown = prm_eval.heatmap_rows(groups, log_ratio, m.tokenizer, self.step_ends, cfg.prm.beta,
                                           settings.table_rows)
-            self._write_heatmaps(step, shown)
+            prm_eval.save_heatmaps(shown, self.run_dir / "prm_eval" / f"step_{step:06d}")
+            if self.logger is not None and shown:
+                columns = [*shown[0][0], "heatmap"]
+                rows = [[*fields.values(), heatmap.to_html(h)] for fields, h in shown]
+                self.logger.table(step, "prm_eval/samples", columns, rows, html_column="heatmap")
         return {f"prm_eval/{k}": v for k, v in metrics.items()}
-
-    def _write_heatmaps(self, step: int, shown: list) -> None:
-        folder = self.run_dir / "prm_eval"
-        folder.mkdir(exist_ok=True)
-        pages = [heatmap.to_html(h) for _, h in shown]
-        (folder / f"step_{step:06d}.html").write_text("<html><body>" + "".join(pages) + "</body></html>")
-        with (folder / f"step_{step:06d}.jsonl").open("w") as f:
-            for fields, _ in shown:
-                f.write(json.dumps(fields) + "\n")
-        if self.logger is not None and shown:
-            columns = [*shown[0][0], "heatmap"]
-            rows = [[*fields.values(), page] for (fields, _), page in zip(shown, pages)]
-            self.logger.table(step, "prm_eval/samples", columns, rows, html_column="heatmap")
 
     def step(self, step: int) -> dict[str, float]:
         """One PRIME iteration. Every rank runs every stage; each returns global results."""
@@ -198,6 +189,8 @@ class PrimeTrainer:
         else:
             log_ratio, prm_metrics = stages.prm_update_stage(prm, batch, scores, prm_ref, cfg, self.shuffle)
             metrics.update(prm_metrics)
+            if cfg.prm.loss == "ce":  # prm/loss above this = worse than predicting the batch's mean outcome
+                metrics["prm/loss_constant_guess"] = core.constant_guess_ce(scores)
             if cfg.prm.update == "before":  # double forward: re-score with the updated PRM
                 log_ratio = stages.implicit_log_ratio_stage(prm, batch, prm_ref, micro)
         seq = core.sequence_reward(log_ratio, batch.response_mask, cfg.prm.beta)

@@ -9,7 +9,9 @@ sees them. Collective: every rank calls these functions (ZeRO gathers parameters
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -20,6 +22,7 @@ from prm_rl.data.sample import Sample
 from prm_rl.engine import dist
 from prm_rl.rollout.generate import Rollout
 from prm_rl.trainer import stages
+from prm_rl.tracking import heatmap
 from prm_rl.tracking.heatmap import TokenHeatmap
 
 
@@ -118,14 +121,20 @@ def evaluate_prm(prm, ref, groups: HeldoutGroups, *, beta: float, step_end_table
 
 def heatmap_rows(groups: HeldoutGroups, log_ratio: torch.Tensor, tokenizer, step_end_table: torch.Tensor,
                  beta: float, n_rows: int) -> list[tuple[dict, TokenHeatmap]]:
-    """Up to ``n_rows`` held-out responses to show: wrong ones with a located first error, alternating
-    with right ones, from the first groups on. Each comes as (table fields, heatmap)."""
+    """Up to ``n_rows`` held-out responses to show, from the first groups on: from each group its first
+    wrong response (with a located first error) and its first right one, so that each pair answers the
+    same prompt. Each comes as (table fields, heatmap)."""
     first_wrong = first_wrong_steps(groups.samples, groups.responses)
-    wrong = [i for i in range(len(groups.samples)) if groups.scores[i] < 1 and first_wrong[i] != 0]
-    right = [i for i in range(len(groups.samples)) if groups.scores[i] >= 1]
-    picked = [i for pair in zip(wrong, right) for i in pair][:n_rows]
-    picked += [i for i in wrong + right if i not in picked][:n_rows - len(picked)]
+    picked: list[int] = []
+    for start in range(0, len(groups.samples), groups.k):
+        rows = range(start, start + groups.k)
+        wrong = [i for i in rows if groups.scores[i] < 1 and first_wrong[i] != 0]
+        right = [i for i in rows if groups.scores[i] >= 1]
+        picked += [*wrong[:1], *right[:1]]
+        if len(picked) >= n_rows:
+            break
     batch, out = groups.rollout, []
+    picked = picked[:n_rows]
     for i in picked:
         valid = batch.response_mask[i].bool()
         ids = batch.response_ids[i][valid]
@@ -144,3 +153,12 @@ def heatmap_rows(groups: HeldoutGroups, log_ratio: torch.Tensor, tokenizer, step
                             step_rewards=step_r[0, :n].tolist(), first_wrong=max(int(first_wrong[i]), 0))
         out.append((fields, heat))
     return out
+
+
+def save_heatmaps(shown: list[tuple[dict, TokenHeatmap]], stem: Path, png: bool = False) -> None:
+    """``STEM.html`` (the heatmaps) and ``STEM.jsonl`` (their table fields); ``STEM.png`` too if asked."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".html").write_text(heatmap.to_page([h for _, h in shown]))
+    stem.with_suffix(".jsonl").write_text("".join(json.dumps(fields) + "\n" for fields, _ in shown))
+    if png and shown:
+        heatmap.to_png([h for _, h in shown], stem.with_suffix(".png"))
