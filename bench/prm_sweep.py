@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -22,32 +23,38 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-# name -> overrides on top of +recipe=math_ppo. "recipe" is the recipe as it stands.
+def prm(loss: str, lr: str, beta: float = 0.05, mini_batches: int = 1, epochs: int = 1, *extra: str) -> list[str]:
+    """Overrides of the ``prm`` section, every one spelled out so that a variant does not depend on the recipe."""
+    return [f"prm.loss={loss}", f"prm.learning_rate={lr}", f"prm.beta={beta:g}",
+            f"prm.mini_batches={mini_batches}", f"prm.epochs={epochs}", *extra]
+
+
+# name -> overrides on top of +recipe=math_ppo (the policy side of the recipe is the same in every run).
 GRIDS: dict[str, dict[str, list[str]]] = {
+    # First round, 70 steps: loss, learning rate, beta, optimiser steps per step, reference.
     "screen": {
-        "ce-lr1e-3 (old recipe)": ["prm.loss=ce", "prm.learning_rate=1e-3", "prm.beta=0.05", "prm.mini_batches=1"],
-        "ce-lr1e-4": ["prm.loss=ce", "prm.learning_rate=1e-4", "prm.beta=0.05", "prm.mini_batches=1"],
-        "ce-lr1e-5": ["prm.loss=ce", "prm.learning_rate=1e-5", "prm.beta=0.05", "prm.mini_batches=1"],
-        "ce-lr1e-4-beta0.5": ["prm.loss=ce", "prm.learning_rate=1e-4", "prm.beta=0.5", "prm.mini_batches=1"],
-        "dpo-lr1e-4": ["prm.loss=dpo", "prm.learning_rate=1e-4", "prm.beta=0.05", "prm.mini_batches=1"],
-        "dpo-lr1e-5": ["prm.loss=dpo", "prm.learning_rate=1e-5", "prm.beta=0.05", "prm.mini_batches=1"],
-        "dpo-lr1e-4-beta0.5": ["prm.loss=dpo", "prm.learning_rate=1e-4", "prm.beta=0.5", "prm.mini_batches=1"],
-        "dpo-lr1e-4-mb4": ["prm.loss=dpo", "prm.learning_rate=1e-4", "prm.beta=0.05", "prm.mini_batches=4"],
-        "ce-lr1e-4-ref-policy": ["prm.loss=ce", "prm.learning_rate=1e-4", "prm.beta=0.05", "prm.mini_batches=1",
-                                 "prm.reference=policy"],
+        "ce-lr1e-3 (old recipe)": prm("ce", "1e-3"),
+        "ce-lr1e-4": prm("ce", "1e-4"),
+        "ce-lr1e-5": prm("ce", "1e-5"),
+        "ce-lr1e-4-beta0.5": prm("ce", "1e-4", beta=0.5),
+        "dpo-lr1e-4": prm("dpo", "1e-4"),
+        "dpo-lr1e-5": prm("dpo", "1e-5"),
+        "dpo-lr1e-4-beta0.5": prm("dpo", "1e-4", beta=0.5),
+        "dpo-lr1e-4-mb4": prm("dpo", "1e-4", mini_batches=4),
+        "ce-lr1e-4-ref-policy": prm("ce", "1e-4", 0.05, 1, 1, "prm.reference=policy"),
     },
-    # Second round: more PRM updates per step (epochs over the kept batch, or more mini-batches).
+    # Second round, 70 steps: more PRM updates per step (passes over the kept batch, or more mini-batches).
     "screen2": {
-        "ce-lr1e-4-ep4": ["prm.loss=ce", "prm.learning_rate=1e-4", "prm.beta=0.05", "prm.mini_batches=1",
-                          "prm.epochs=4"],
-        "ce-lr3e-5-ep4": ["prm.loss=ce", "prm.learning_rate=3e-5", "prm.beta=0.05", "prm.mini_batches=1",
-                          "prm.epochs=4"],
-        "ce-lr3e-4": ["prm.loss=ce", "prm.learning_rate=3e-4", "prm.beta=0.05", "prm.mini_batches=1"],
-        "ce-lr1e-4-mb4": ["prm.loss=ce", "prm.learning_rate=1e-4", "prm.beta=0.05", "prm.mini_batches=4"],
-        "dpo-lr1e-4-ep4": ["prm.loss=dpo", "prm.learning_rate=1e-4", "prm.beta=0.05", "prm.mini_batches=1",
-                           "prm.epochs=4"],
-        "ce-lr1e-4-beta0.5-ep4": ["prm.loss=ce", "prm.learning_rate=1e-4", "prm.beta=0.5", "prm.mini_batches=1",
-                                  "prm.epochs=4"],
+        "ce-lr1e-4-ep4": prm("ce", "1e-4", epochs=4),
+        "ce-lr3e-5-ep4": prm("ce", "3e-5", epochs=4),
+        "ce-lr3e-4": prm("ce", "3e-4"),
+        "ce-lr1e-4-mb4": prm("ce", "1e-4", mini_batches=4),
+    },
+    # Confirmation at the main job's length, 3 seeds: the old recipe against the two best of the screens.
+    "confirm": {
+        "ce-lr1e-3 (old recipe)": prm("ce", "1e-3"),
+        "ce-lr1e-4": prm("ce", "1e-4"),
+        "ce-lr1e-4-ref-policy": prm("ce", "1e-4", 0.05, 1, 1, "prm.reference=policy"),
     },
 }
 
@@ -71,14 +78,18 @@ def run_one(name: str, overrides: list[str], seed: int, steps: int, eval_every: 
         if done.returncode != 0:
             raise RuntimeError(f"{name} seed {seed} failed (exit {done.returncode}); see {out / 'sweep.log'}")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    evals = [{"step": r["step"], **{k: r.get(f"prm_eval/{k}") for k in KEYS}} for r in rows
-             if "prm_eval/ce" in r]
+    # "prm_eval": samples of the policy at that step; "prm_eval_sft": the starting model's samples, fixed
+    evals = {prefix: [{"step": r["step"], **{k: r.get(f"{prefix}/{k}") for k in KEYS}} for r in rows
+                      if f"{prefix}/ce" in r] for prefix in ("prm_eval", "prm_eval_sft")}
     summary = json.loads((out / "summary.json").read_text())
-    prm_loss = [r["prm/loss"] for r in rows if r.get("prm/loss") is not None]
+    trained = [r for r in rows if r.get("prm/loss") is not None]
+    # the CE of predicting each batch's mean outcome (0/1 labels): what prm/loss must beat
+    constant = [-(p * math.log(p) + (1 - p) * math.log(1 - p)) for p in (r["acc/after_filter"] for r in trained)]
     ranking = [r["prm/ranking_acc"] for r in rows if r.get("prm/ranking_acc") is not None]
     return {"variant": name, "overrides": overrides, "seed": seed, "run_dir": str(out), "evals": evals,
             "heldout_start": summary["eval_accuracy_start"], "heldout_final": summary["eval_accuracy_final"],
-            "train_prm_loss_mean": sum(prm_loss) / max(len(prm_loss), 1),
+            "train_prm_loss_mean": sum(r["prm/loss"] for r in trained) / max(len(trained), 1),
+            "train_constant_guess_mean": sum(constant) / max(len(constant), 1),
             "train_ranking_acc_mean": sum(ranking) / max(len(ranking), 1),
             "wall_seconds": summary["wall_seconds"]}
 
@@ -91,19 +102,26 @@ def _cell(values: list[float]) -> str:
     return f"{mean:.3f}" if len(values) == 1 else f"{mean:.3f} ({min(values):.3f}-{max(values):.3f})"
 
 
-def table(results: list[dict]) -> str:
+def table(results: list[dict], samples: str = "prm_eval") -> str:
+    """Mean (min-max over seeds) of the last evaluation on ``samples`` ("prm_eval" or "prm_eval_sft")."""
     head = ("| variant | seeds | CE (const. guess) | outcome AUROC | ranking acc | step AUROC | first-error hit "
-            "(random) | held-out acc start -> end |\n|---|---|---|---|---|---|---|---|\n")
+            "(random) | online PRM loss (const. guess) | online ranking acc | held-out acc start -> end |\n"
+            "|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for name in dict.fromkeys(r["variant"] for r in results):
-        runs = [r for r in results if r["variant"] == name]
-        last = [r["evals"][-1] for r in runs]
+        runs = [r for r in results if r["variant"] == name and r["evals"][samples]]
+        if not runs:
+            continue
+        last = [r["evals"][samples][-1] for r in runs]
         get = lambda key: [e[key] for e in last]  # noqa: E731
         lines.append(
             f"| {name} | {', '.join(str(r['seed']) for r in runs)} | {_cell(get('ce'))} "
             f"({_cell(get('ce_constant_guess'))}) | {_cell(get('outcome_auroc'))} | {_cell(get('ranking_acc'))} "
             f"| {_cell(get('step_auroc'))} | {_cell(get('first_error_hit_rate'))} "
-            f"({_cell(get('first_error_random'))}) | {_cell([r['heldout_start'] for r in runs])} -> "
+            f"({_cell(get('first_error_random'))}) | {_cell([r['train_prm_loss_mean'] for r in runs])} "
+            f"({_cell([r['train_constant_guess_mean'] for r in runs])}) "
+            f"| {_cell([r['train_ranking_acc_mean'] for r in runs])} "
+            f"| {_cell([r['heldout_start'] for r in runs])} -> "
             f"{_cell([r['heldout_final'] for r in runs])} |")
     return head + "\n".join(lines) + "\n"
 
@@ -116,23 +134,23 @@ def plot(results: list[dict], path: Path) -> None:
 
     panels = [("ranking_acc", "within-group ranking acc"), ("step_auroc", "step AUROC"),
               ("first_error_hit_rate", "first-error hit rate"), ("ce_gap", "CE - constant-guess CE")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
+    sets = [s for s in ("prm_eval", "prm_eval_sft") if any(r["evals"][s] for r in results)]
+    titles = {"prm_eval": "current policy's samples", "prm_eval_sft": "starting model's samples"}
+    fig, axes = plt.subplots(len(sets), len(panels), figsize=(5 * len(panels), 4 * len(sets)), squeeze=False)
     names = list(dict.fromkeys(r["variant"] for r in results))
     colors = {n: plt.cm.tab10(i % 10) for i, n in enumerate(names)}
-    for ax, (key, title) in zip(axes, panels):
-        for r in results:
-            xs = [e["step"] for e in r["evals"]]
-            if key == "ce_gap":
-                ys = [e["ce"] - e["ce_constant_guess"] for e in r["evals"]]
-            else:
-                ys = [e[key] for e in r["evals"]]
-            ax.plot(xs, ys, marker="o", color=colors[r["variant"]], alpha=0.8,
-                    label=r["variant"] if r["seed"] == min(x["seed"] for x in results if x["variant"] == r["variant"])
-                    else None)
-        ax.set_title(title)
-        ax.set_xlabel("PRIME step")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    for row, samples in zip(axes, sets):
+        for ax, (key, title) in zip(row, panels):
+            for r in results:
+                evals = r["evals"][samples]
+                ys = [e["ce"] - e["ce_constant_guess"] if key == "ce_gap" else e[key] for e in evals]
+                first_seed = r["seed"] == min(x["seed"] for x in results if x["variant"] == r["variant"])
+                ax.plot([e["step"] for e in evals], ys, marker="o", color=colors[r["variant"]], alpha=0.8,
+                        label=r["variant"] if first_seed else None)
+            ax.set_title(f"{title}\n({titles[samples]})", fontsize=10)
+            ax.set_xlabel("PRIME step")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -159,9 +177,12 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps({"command": " ".join(sys.argv), "results": results},
                                                         indent=1))
-    args.out.with_suffix(".md").write_text(table(results))
+    text = "Held-out samples of the policy at the last step:\n\n" + table(results)
+    if any(r["evals"]["prm_eval_sft"] for r in results):
+        text += "\nHeld-out samples of the starting (SFT) model:\n\n" + table(results, "prm_eval_sft")
+    args.out.with_suffix(".md").write_text(text)
     plot(results, args.out.with_suffix(".png"))
-    print(table(results))
+    print(text)
 
 
 if __name__ == "__main__":

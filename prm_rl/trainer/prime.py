@@ -88,6 +88,7 @@ class PrimeTrainer:
         self.acc_start = float("nan")
         self.prm_eval_start: dict[str, float] = {}
         self.prm_eval_last: dict[str, float] = {}
+        self.sft_groups: prm_eval.HeldoutGroups | None = None  # held-out samples of the starting model
         self.logger: MetricsLogger | None = None  # opened by fit(), after the starting evaluation
 
     def _build_models(self, checkpoint: str, tokenizer) -> stages.Models:
@@ -125,21 +126,33 @@ class PrimeTrainer:
                                 synced_gpus=self.models.synced_generation)
 
     def evaluate_prm(self, step: int) -> dict[str, float]:
-        """``prm_eval/*`` metrics of the training PRM on fresh held-out samples of the current policy; draws
-        ``prm_eval.table_rows`` of them as token heatmaps (W&B table, and ``prm_eval/step_N.html`` beside it)."""
+        """Held-out metrics of the training PRM (docs/prm_eval.md) on two sample sets:
+
+        - ``prm_eval/*``: fresh samples of the current policy, the responses the PRM has to judge now;
+          ``prm_eval.table_rows`` of them are drawn as token heatmaps (W&B table, ``prm_eval/step_N.html``);
+        - ``prm_eval_sft/*``: samples of the frozen starting (SFT) model, drawn once, so that every change
+          along the run is the PRM's own (only when the reference model is loaded).
+        """
         cfg, m = self.cfg, self.models
         settings = cfg.prm_eval
         prompts = self.eval_samples[:settings.num_prompts]
         if m.prm is None or len(prompts) < dist.world_size():
             return {}
-        groups = prm_eval.sample_heldout(m.policy.module, m.tokenizer, prompts, self.scorer, settings,
-                                         max_new_tokens=cfg.rollout.max_new_tokens,
-                                         synced_gpus=m.synced_generation)
+        sample = lambda model: prm_eval.sample_heldout(  # noqa: E731
+            getattr(model, "module", model), m.tokenizer, prompts, self.scorer, settings,
+            max_new_tokens=cfg.rollout.max_new_tokens, synced_gpus=m.synced_generation)
         ref, ref_temperature = (m.ref, 1.0) if cfg.prm.reference == "sft" else (m.policy, cfg.rollout.temperature)
-        metrics, log_ratio = prm_eval.evaluate_prm(m.prm, ref, groups, beta=cfg.prm.beta,
-                                                   step_end_table=self.step_ends,
-                                                   micro_batch_size=cfg.policy.micro_batch_size,
-                                                   ref_temperature=ref_temperature)
+        score = lambda groups: prm_eval.evaluate_prm(  # noqa: E731
+            m.prm, ref, groups, beta=cfg.prm.beta, step_end_table=self.step_ends,
+            micro_batch_size=cfg.policy.micro_batch_size, ref_temperature=ref_temperature)
+
+        groups = sample(m.policy)
+        metrics, log_ratio = score(groups)
+        out = {f"prm_eval/{k}": v for k, v in metrics.items()}
+        if m.ref is not None:
+            if self.sft_groups is None:
+                self.sft_groups = sample(m.ref)
+            out |= {f"prm_eval_sft/{k}": v for k, v in score(self.sft_groups)[0].items()}
         if dist.is_main() and settings.table_rows:
             shown = prm_eval.heatmap_rows(groups, log_ratio, m.tokenizer, self.step_ends, cfg.prm.beta,
                                           settings.table_rows)
@@ -148,7 +161,7 @@ class PrimeTrainer:
                 columns = [*shown[0][0], "heatmap"]
                 rows = [[*fields.values(), heatmap.to_html(h)] for fields, h in shown]
                 self.logger.table(step, "prm_eval/samples", columns, rows, html_column="heatmap")
-        return {f"prm_eval/{k}": v for k, v in metrics.items()}
+        return out
 
     def step(self, step: int) -> dict[str, float]:
         """One PRIME iteration. Every rank runs every stage; each returns global results."""

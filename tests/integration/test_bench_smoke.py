@@ -21,6 +21,7 @@ def test_prm_sweep_runs_and_tabulates(tmp_path, warm_cache):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.with_suffix(".json").read_text())["results"]
     assert [r["variant"] for r in result] == ["ce-lr1e-4"]
-    assert [e["step"] for e in result[0]["evals"]] == [0, 1]
+    for samples in ("prm_eval", "prm_eval_sft"):  # the current policy's and the starting model's samples
+        assert [e["step"] for e in result[0]["evals"][samples]] == [0, 1]
     assert "| ce-lr1e-4 | 0 |" in out.with_suffix(".md").read_text()
     assert out.with_suffix(".png").stat().st_size > 1000

@@ -33,12 +33,15 @@ def test_two_rank_prime_run_updates_and_saves(tmp_path, warm_cache):
 
     # The PRM is evaluated before training (a step-0 line), every trainer.eval_every steps and at the end.
     start = all_rows(run_dir)[0]
-    assert start["step"] == 0 and set(start) == {"step", *(f"prm_eval/{k}" for k in PRM_EVAL_KEYS)}
+    assert start["step"] == 0
+    assert set(start) == {"step", *(f"{s}/{k}" for s in ("prm_eval", "prm_eval_sft") for k in PRM_EVAL_KEYS)}
     # The PRM starts equal to its reference: every reward ties, so every ranking metric is at chance
     # (None only if this tiny sample holds no pair to rank).
     assert start["prm_eval/ranking_acc"] in (0.5, None) and start["prm_eval/step_auroc"] in (0.5, None)
     assert start["prm_eval/ce"] == pytest.approx(math.log(2), abs=1e-6)
     assert [r["step"] for r in rows if "prm_eval/ce" in r] == [2, 3]
+    # the starting model's samples are drawn once: the same responses, so the same accuracy, every time
+    assert start["prm_eval_sft/accuracy"] == rows[1]["prm_eval_sft/accuracy"] == rows[2]["prm_eval_sft/accuracy"]
     for r in (rows[1], rows[2]):
         assert 0.0 <= r["prm_eval/accuracy"] <= 1.0 and r["prm_eval/ce_constant_guess"] >= 0.0
     for step in (0, 2, 3):  # the heatmaps of table_rows held-out responses, also without W&B
@@ -52,7 +55,7 @@ def test_two_rank_prime_run_updates_and_saves(tmp_path, warm_cache):
 
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 3 and summary["world_size"] == 2
-    assert summary["prm_eval_final"] == {k: v for k, v in rows[-1].items() if k.startswith("prm_eval/")}
+    assert summary["prm_eval_final"] == {k: v for k, v in rows[-1].items() if k.startswith("prm_eval")}
     assert summary["command"].startswith("deepspeed --num_gpus 2 launch/train.py +recipe=math_ppo")
     assert 0.0 <= summary["eval_accuracy_start"] <= 1.0 and 0.0 <= summary["eval_accuracy_final"] <= 1.0
     assert (run_dir / "config.yaml").exists()
