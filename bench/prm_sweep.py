@@ -2,7 +2,7 @@
 
 One command per sweep, e.g.::
 
-    python bench/prm_sweep.py --grid screen --steps 70 --seeds 0 --parallel 2 --out bench/results/prm_screen
+    python bench/prm_sweep.py --grid screen --steps 70 --seeds 0 --parallel 2 --out docs/prm_learning/screen
 
 Each variant is ``launch/train.py +recipe=math_ppo`` plus the variant's overrides, run with
 ``trainer.eval_every`` so that ``prm_eval/*`` is measured at the start, along the way and at the end. Writes
@@ -165,13 +165,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "prm_sweep", help="run directories go here")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "prm_sweep")
+    parser.add_argument("--out", type=Path, help="OUT.json/.md/.png (default: the runs folder's results.*)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="overrides for every run, before the variant's own (e.g. a smaller task)")
     args = parser.parse_args()
     grid = {n: o for n, o in GRIDS[args.grid].items() if not args.only or n.split(" ")[0] in args.only}
     jobs = [(n, o, s) for s in args.seeds for n, o in grid.items()]
     root = args.runs / f"{args.grid}-{args.steps}"
+    args.out = args.out or root / "results"
     with ThreadPoolExecutor(args.parallel) as pool:
         results = list(pool.map(lambda j: run_one(*j, args.steps, args.eval_every, root, args.set), jobs))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -145,7 +145,8 @@ def heatmap_rows(groups: HeldoutGroups, log_ratio: torch.Tensor, tokenizer, step
         seq = float(beta * lr.sum())
         fields = {"prompt": groups.samples[i].prompt.strip(), "response": groups.responses[i],
                   "outcome_score": float(groups.scores[i]), "prm_score": seq,
-                  "first_wrong_step": int(first_wrong[i]) if first_wrong[i] > 0 else None}
+                  "first_wrong_step": int(first_wrong[i]) if first_wrong[i] > 0 else None,
+                  "lowest_reward_step": int(step_r[0, :n].argmin()) + 1}
         title = (f"{fields['prompt']}  outcome {fields['outcome_score']:.2f}  PRM score {seq:+.3f}"
                  + (f"  first wrong step {fields['first_wrong_step']}" if fields["first_wrong_step"] else ""))
         heat = TokenHeatmap(title=title, tokens=[tokenizer.decode([t]) for t in ids.tolist()],

@@ -48,7 +48,8 @@ def test_two_rank_prime_run_updates_and_saves(tmp_path, warm_cache):
         page = (run_dir / "prm_eval" / f"step_{step:06d}.html").read_text()
         shown = [json.loads(line) for line in (run_dir / "prm_eval" / f"step_{step:06d}.jsonl").open()]
         assert len(shown) == 2 and page.count("step 1:") == 2
-        assert {"prompt", "response", "outcome_score", "prm_score", "first_wrong_step"} <= set(shown[0])
+        assert {"prompt", "response", "outcome_score", "prm_score", "first_wrong_step",
+                "lowest_reward_step"} <= set(shown[0])
     tables = list((run_dir / "wandb").glob("offline-run-*/files/media/table/prm_eval/samples_*.table.json"))
     assert len(tables) == 3, tables  # one W&B Table per evaluation
     assert json.loads(tables[0].read_text())["columns"][-1] == "heatmap"
