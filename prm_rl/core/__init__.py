@@ -27,7 +27,7 @@ from .implicit import (
 from .logprobs import token_entropy, token_logprobs
 from .masked import masked_mean, masked_sum, masked_var, masked_whiten
 from .policy_loss import aggregate, approx_kl, kl_penalty, ppo_clip_loss
-from .prm_metrics import auroc, constant_guess_ce, first_error_hit_rate, step_auroc, step_rewards
+from .prm_metrics import auroc, constant_guess_ce, first_error_hit_rate, first_error_hits, step_auroc, step_rewards
 
 __all__ = [
     "masked_sum",
@@ -63,5 +63,6 @@ __all__ = [
     "constant_guess_ce",
     "step_rewards",
     "step_auroc",
+    "first_error_hits",
     "first_error_hit_rate",
 ]

@@ -15,7 +15,7 @@ import torch
 from .implicit import _step_sums
 from .masked import _last_token_mask, _valid
 
-__all__ = ["auroc", "constant_guess_ce", "step_rewards", "step_auroc", "first_error_hit_rate"]
+__all__ = ["auroc", "constant_guess_ce", "step_rewards", "step_auroc", "first_error_hits", "first_error_hit_rate"]
 
 
 def auroc(scores: torch.Tensor, positive: torch.Tensor) -> float:
@@ -98,23 +98,32 @@ def step_auroc(rewards: torch.Tensor, valid: torch.Tensor, first_wrong: torch.Te
     return auroc(rewards[judged], correct[judged])
 
 
-def first_error_hit_rate(rewards: torch.Tensor, valid: torch.Tensor,
-                         first_wrong: torch.Tensor) -> tuple[float, float, int]:
-    """How often a wrong response's lowest step reward sits on its first wrong step.
+def first_error_hits(rewards: torch.Tensor, valid: torch.Tensor,
+                     first_wrong: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per wrong response: did its lowest step reward sit on its first wrong step?
 
-    Shapes: ``rewards``, ``valid`` [N, S], ``first_wrong`` [N] long -> (hit_rate, random_baseline, n).
-    Over the n responses whose first wrong step is one of their steps. When several steps share the
-    lowest reward, the hit counts 1/(number tied) if the first wrong step is among them. The baseline is
-    the hit rate of a uniformly random pick, the mean of 1/(steps in the response). NaNs when n = 0.
+    Shapes: ``rewards``, ``valid`` [N, S], ``first_wrong`` [N] long -> (``hits`` [n] float, ``chance`` [n]
+    float, ``rows`` [N] bool), over the n responses whose first wrong step is one of their steps (``rows``).
+    When several steps share the lowest reward, the hit is 1/(number tied) if the first wrong step is among
+    them; ``chance`` is a uniformly random step's hit, 1/(steps in the response).
     """
     _, wrong = _judged_steps(valid, first_wrong)
     rows = wrong.any(dim=1)
-    n = int(rows.sum())
-    if n == 0:
-        return float("nan"), float("nan"), 0
     r, v, w = rewards[rows].double(), valid[rows], wrong[rows]
     masked = torch.where(v, r, torch.full_like(r, float("inf")))
     lowest = v & (masked == masked.min(dim=1, keepdim=True).values)
     hits = (lowest & w).sum(dim=1).double() / lowest.sum(dim=1).double()
-    baseline = (1.0 / v.sum(dim=1).double()).mean()
-    return float(hits.mean()), float(baseline), n
+    return hits, 1.0 / v.sum(dim=1).double(), rows
+
+
+def first_error_hit_rate(rewards: torch.Tensor, valid: torch.Tensor,
+                         first_wrong: torch.Tensor) -> tuple[float, float, int]:
+    """How often a wrong response's lowest step reward sits on its first wrong step.
+
+    Shapes: ``rewards``, ``valid`` [N, S], ``first_wrong`` [N] long -> (hit_rate, random_baseline, n): the
+    means of :func:`first_error_hits` over its n responses. NaNs when n = 0.
+    """
+    hits, chance, _ = first_error_hits(rewards, valid, first_wrong)
+    if hits.numel() == 0:
+        return float("nan"), float("nan"), 0
+    return float(hits.mean()), float(chance.mean()), hits.numel()

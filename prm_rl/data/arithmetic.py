@@ -134,6 +134,13 @@ def distinct_problems(draw: Callable[[random.Random], P], n: int, seed: int, exc
     return out
 
 
+def step_operation(question: str, step: int) -> str:
+    """The operator (``+``, ``-``, ``*``) the 1-based ``step`` of a solution applies, or ``answer`` for the
+    boxed line after the last operation."""
+    ops = re.findall(r"[+\-*](?=\d)", question.strip().split("=", 1)[0])
+    return ops[step - 1] if 1 <= step <= len(ops) else "answer"
+
+
 def first_wrong_step(question: str, response: str) -> int | None:
     """1-based index of the first response line that is not a correct next step, or None if all are.
 

@@ -10,9 +10,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-# Shown in the progress bar's postfix, in this order, when present.
-_BAR_KEYS = ("acc/before_filter", "acc/kept_fraction", "prm/loss", "prm/ranking_acc", "policy/loss",
-             "policy/clip_frac", "time/step")
+# Shown in the progress bar's postfix, in this order, when present, under these short names.
+_BAR_KEYS = {"acc/before_filter": "acc", "acc/kept_fraction": "kept", "prm/loss": "prm_loss",
+             "prm/ranking_acc": "prm_rank", "policy/loss": "pg_loss", "policy/clip_frac": "clip",
+             "time/step": "s/step"}
 
 
 def finite_or_none(metrics: dict[str, float]) -> dict[str, float | None]:
@@ -67,7 +68,7 @@ class MetricsLogger:
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         self.record(step, metrics)
-        self.bar.set_postfix({k.split("/")[-1]: f"{metrics[k]:.3g}" for k in _BAR_KEYS if k in metrics},
+        self.bar.set_postfix({short: f"{metrics[k]:.3g}" for k, short in _BAR_KEYS.items() if k in metrics},
                              refresh=False)
         self.bar.update(1)
 

@@ -101,6 +101,24 @@ def prm_metrics(log_ratio: torch.Tensor, mask: torch.Tensor, scores: torch.Tenso
     return out
 
 
+def first_error_by_operation(groups: HeldoutGroups, log_ratio: torch.Tensor, step_end: torch.Tensor,
+                             beta: float) -> dict[str, dict[str, float]]:
+    """Arithmetic only: the first-error hit rate split by what the first wrong step does (``+``, ``-``,
+    ``*``, or ``answer``: the boxed line), with the count and random baseline of each."""
+    first_wrong = first_wrong_steps(groups.samples, groups.responses)
+    mask = groups.rollout.response_mask
+    rewards, valid, _ = core.step_rewards(log_ratio, mask, step_end, beta)
+    hits, chance, rows = core.first_error_hits(rewards, valid, first_wrong.clamp(min=0))
+    kinds = [arithmetic.step_operation(groups.samples[i].prompt, int(first_wrong[i]))
+             for i in rows.nonzero().squeeze(1).tolist()]
+    out = {}
+    for kind in sorted(set(kinds)):
+        picked = torch.tensor([k == kind for k in kinds])
+        out[kind] = {"n": int(picked.sum()), "hit_rate": float(hits[picked].mean()),
+                     "random": float(chance[picked].mean())}
+    return out
+
+
 @torch.no_grad()
 def evaluate_prm(prm, ref, groups: HeldoutGroups, *, beta: float, step_end_table: torch.Tensor,
                  micro_batch_size: int, ref_temperature: float = 1.0) -> tuple[dict[str, float], torch.Tensor]:

@@ -70,6 +70,7 @@ def test_two_rank_prime_run_updates_and_saves(tmp_path, warm_cache):
     assert cli.returncode == 0, cli.stderr[-3000:]
     result = json.loads(out.read_text())
     assert set(result["metrics"]) == set(PRM_EVAL_KEYS) and result["num_prompts"] == 4
+    assert all(set(v) == {"n", "hit_rate", "random"} for v in result["first_error_by_operation"].values())
     assert png.stat().st_size > 1000 and png.with_suffix(".html").exists()
 
     warm = next(warm_cache.iterdir())
@@ -87,11 +88,13 @@ def test_two_rank_prime_run_updates_and_saves(tmp_path, warm_cache):
 
 @pytest.mark.slow
 def test_authors_filter_and_double_forward_options_run(tmp_path, warm_cache):
-    """Keep-sampling with carry-over, truncated-group drop, re-scoring PRM, policy as PRM reference."""
+    """Keep-sampling with carry-over, truncated-group drop, re-scoring PRM, policy as PRM reference, two PRM
+    passes per step."""
     run_dir = tmp_path / "run"
     proc = launch(warm_cache, run_dir, ["trainer.max_steps=2", "filter.low=0.2", "filter.high=0.8",
                                         "filter.fill_rounds=3", "filter.drop_truncated=true", "prm.update=before",
-                                        "prm.reference=policy", "prm.loss=dpo", "reward.granularity=step"])
+                                        "prm.reference=policy", "prm.loss=dpo", "reward.granularity=step",
+                                        "prm.epochs=2"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = metrics(run_dir)
     assert [r["step"] for r in rows] == [1, 2]

@@ -119,3 +119,18 @@ def test_eval_command_rejects_a_directory_that_is_not_a_run(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"eval_prm: {tmp_path / 'config.yaml'}: not found "
                                                 "(RUN_DIR must be a prm_rl run directory)"]
+
+
+def test_step_operation_names_what_a_step_does():
+    from prm_rl.data.arithmetic import step_operation
+
+    q = "14+9*9-10=?\n"
+    assert [step_operation(q, k) for k in (1, 2, 3, 4, 5)] == ["+", "*", "-", "answer", "answer"]
+
+
+def test_first_error_hits_per_response():
+    rewards = torch.tensor([[0.3, -0.5, 0.2], [-0.1, 0.4, -0.1], [0.0, 0.0, 0.0]])
+    valid = torch.ones(3, 3, dtype=torch.bool)
+    hits, chance, rows = core.first_error_hits(rewards, valid, torch.tensor([2, 3, 0]))
+    assert hits.tolist() == [1.0, 0.5] and rows.tolist() == [True, True, False]
+    assert torch.allclose(chance, torch.tensor([1 / 3, 1 / 3], dtype=torch.float64))
