@@ -58,11 +58,9 @@ def sample_heldout(policy: torch.nn.Module, tokenizer, prompts: list[Sample], sc
 
 
 def first_wrong_steps(samples: list[Sample], responses: list[str]) -> torch.Tensor:
-    """``[N]`` long: 1-based first wrong step of each response; 0 when all are right or it can't be checked.
-
-    Only the built-in arithmetic task has checkable steps (one line each, see
-    :func:`prm_rl.data.arithmetic.first_wrong_step`); -1 marks rows of any other task.
-    """
+    """``[N]`` long: 1-based first wrong step of each response, 0 when every step is right, -1 when its
+    steps cannot be checked. Only the built-in arithmetic task has checkable steps (one line each, see
+    :func:`prm_rl.data.arithmetic.first_wrong_step`)."""
     out = []
     for sample, response in zip(samples, responses):
         if sample.task != arithmetic.TASK_NAME:
