@@ -45,9 +45,9 @@ def _model_dirs(args) -> tuple[Path, Path]:
     policy, prm = Path(args.policy or policy), Path(args.prm or prm)
     for name, path in (("policy", policy), ("prm", prm)):
         if not (path / "config.json").exists():
-            _fail(f"--{name}: no Hugging Face model at {path} (config.json missing); a run without a PRM "
-                  "(algorithm.advantage=rloo/grpo) has none, pass --prm DIR" if name == "prm"
-                  else f"--{name}: no Hugging Face model at {path} (config.json missing)")
+            hint = "; a run without a PRM (algorithm.advantage=rloo/grpo) has none: pass --prm DIR" \
+                if name == "prm" else ""
+            _fail(f"--{name}: no Hugging Face model at {path} (config.json missing){hint}")
     return policy, prm
 
 
@@ -68,7 +68,10 @@ def main(argv: list[str] | None = None) -> dict:
     config_file = args.run_dir / "config.yaml"
     if not config_file.exists():
         _fail(f"{config_file}: not found (RUN_DIR must be a prm_rl run directory)")
-    raw = _with_current_defaults(OmegaConf.load(config_file))
+    try:
+        raw = _with_current_defaults(OmegaConf.load(config_file))
+    except Exception as err:  # noqa: BLE001 - an unknown or mistyped key, unreadable YAML: one line, exit 2
+        _fail(f"{config_file}: {type(err).__name__}: {str(err).splitlines()[0]}")
     for key, value in (("num_prompts", args.num_prompts), ("samples_per_prompt", args.samples),
                        ("seed", args.seed)):
         if value is not None:
