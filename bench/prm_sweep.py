@@ -55,6 +55,11 @@ GRIDS: dict[str, dict[str, list[str]]] = {
         "ce-lr1e-3 (old recipe)": prm("ce", "1e-3"),
         "ce-lr1e-4": prm("ce", "1e-4"),
     },
+    # Follow-up, 140 steps: the PRM (and policy) trained on every sampled group, not only those the
+    # accuracy filter keeps: about twice the PRM's data per step.
+    "unfiltered": {
+        "ce-lr1e-4-no-filter": prm("ce", "1e-4", 0.05, 1, 1, "filter.enabled=false"),
+    },
 }
 
 KEYS = ("ce", "ce_constant_guess", "outcome_auroc", "ranking_acc", "step_auroc", "first_error_hit_rate",

@@ -135,24 +135,15 @@ class PrimeTrainer:
         """
         cfg, m = self.cfg, self.models
         settings = cfg.prm_eval
-        prompts = self.eval_samples[:settings.num_prompts]
-        if m.prm is None or len(prompts) < dist.world_size():
+        if m.prm is None or min(len(self.eval_samples), settings.num_prompts) < dist.world_size():
             return {}
-        sample = lambda model: prm_eval.sample_heldout(  # noqa: E731
-            getattr(model, "module", model), m.tokenizer, prompts, self.scorer, settings,
-            max_new_tokens=cfg.rollout.max_new_tokens, synced_gpus=m.synced_generation)
-        ref, ref_temperature = (m.ref, 1.0) if cfg.prm.reference == "sft" else (m.policy, cfg.rollout.temperature)
-        score = lambda groups: prm_eval.evaluate_prm(  # noqa: E731
-            m.prm, ref, groups, beta=cfg.prm.beta, step_end_table=self.step_ends,
-            micro_batch_size=cfg.policy.micro_batch_size, ref_temperature=ref_temperature)
-
-        groups = sample(m.policy)
-        metrics, log_ratio = score(groups)
+        groups = self._sample_heldout(m.policy)
+        metrics, log_ratio = self._score_prm(groups)
         out = {f"prm_eval/{k}": v for k, v in metrics.items()}
         if m.ref is not None:
             if self.sft_groups is None:
-                self.sft_groups = sample(m.ref)
-            out |= {f"prm_eval_sft/{k}": v for k, v in score(self.sft_groups)[0].items()}
+                self.sft_groups = self._sample_heldout(m.ref)
+            out |= {f"prm_eval_sft/{k}": v for k, v in self._score_prm(self.sft_groups)[0].items()}
         if dist.is_main() and settings.table_rows:
             shown = prm_eval.heatmap_rows(groups, log_ratio, m.tokenizer, self.step_ends, cfg.prm.beta,
                                           settings.table_rows)
@@ -162,6 +153,20 @@ class PrimeTrainer:
                 rows = [[*fields.values(), heatmap.to_html(h)] for fields, h in shown]
                 self.logger.table(step, "prm_eval/samples", columns, rows, html_column="heatmap")
         return out
+
+    def _sample_heldout(self, model) -> prm_eval.HeldoutGroups:
+        """``prm_eval.samples_per_prompt`` responses of ``model`` (engine or module) to each evaluation prompt."""
+        cfg, m = self.cfg, self.models
+        return prm_eval.sample_heldout(getattr(model, "module", model), m.tokenizer,
+                                       self.eval_samples[:cfg.prm_eval.num_prompts], self.scorer, cfg.prm_eval,
+                                       max_new_tokens=cfg.rollout.max_new_tokens, synced_gpus=m.synced_generation)
+
+    def _score_prm(self, groups: prm_eval.HeldoutGroups) -> tuple[dict[str, float], torch.Tensor]:
+        """The PRM's metrics on ``groups``, read against its own reference (as in training)."""
+        cfg, m = self.cfg, self.models
+        ref, ref_temperature = (m.ref, 1.0) if cfg.prm.reference == "sft" else (m.policy, cfg.rollout.temperature)
+        return prm_eval.evaluate_prm(m.prm, ref, groups, beta=cfg.prm.beta, step_end_table=self.step_ends,
+                                     micro_batch_size=cfg.policy.micro_batch_size, ref_temperature=ref_temperature)
 
     def step(self, step: int) -> dict[str, float]:
         """One PRIME iteration. Every rank runs every stage; each returns global results."""
