@@ -29,6 +29,11 @@ def _positive(name: str, value: float) -> None:
         raise ConfigError(f"{name}={value}: must be > 0")
 
 
+def _non_negative(name: str, value: float) -> None:
+    if not value >= 0:
+        raise ConfigError(f"{name}={value}: must be >= 0")
+
+
 @dataclass
 class TinyModelSection:
     hidden_size: int = MISSING
@@ -183,6 +188,9 @@ class PrmSection:
         _choice("prm.loss", self.loss, ("ce", "dpo"))
         _choice("prm.reference", self.reference, ("sft", "policy"))
         _positive("prm.beta", self.beta)
+        _positive("prm.learning_rate", self.learning_rate)
+        _non_negative("prm.weight_decay", self.weight_decay)
+        _positive("prm.grad_clip", self.grad_clip)
         _positive("prm.mini_batches", self.mini_batches)
 
 
@@ -251,6 +259,8 @@ class PolicySection:
 
     def check(self) -> None:
         _positive("policy.learning_rate", self.learning_rate)
+        _non_negative("policy.weight_decay", self.weight_decay)
+        _positive("policy.grad_clip", self.grad_clip)
         _positive("policy.clip_eps", self.clip_eps)
         if self.dual_clip is not None and not self.dual_clip > 1:
             raise ConfigError(f"policy.dual_clip={self.dual_clip}: must be > 1 (or null to disable)")
@@ -326,8 +336,13 @@ class Config:
         for section in vars(self).values():
             section.check()
         k = self.rollout.samples_per_prompt
-        if self.algorithm.advantage in ("prime", "rloo") and k < 2:
-            raise ConfigError(f"rollout.samples_per_prompt={k}: leave-one-out baselines need at least 2")
+        if k < 2:  # every estimator's baseline is the rest of the group: with one response nothing trains
+            raise ConfigError(f"rollout.samples_per_prompt={k}: the group baselines ({self.algorithm.advantage}) "
+                              "need at least 2 responses per prompt")
+        f = self.filter
+        if f.enabled and not any(f.low <= j / k <= f.high for j in range(k + 1)):
+            raise ConfigError(f"filter.low={f.low}, filter.high={f.high}: no group of {k} responses can have an "
+                              "accuracy in this band, so every group would be dropped and nothing would train")
         b = self.rollout.prompts_per_step
         if b % self.prm.mini_batches:
             raise ConfigError(f"prm.mini_batches={self.prm.mini_batches}: must divide rollout.prompts_per_step={b} "

@@ -90,6 +90,13 @@ def test_wrong_type_is_rejected():
     ("data.train=/no/such/train.jsonl", "data.train"),
     ("data.mapping=csv", "data.mapping"),
     ("task.name=poetry", "task.name"),
+    ("algorithm.advantage=grpo rollout.samples_per_prompt=1", "rollout.samples_per_prompt"),
+    ("rollout.samples_per_prompt=2 filter.low=0.6 filter.high=0.9", "filter.low"),  # only 0, 0.5, 1 possible
+    ("prm.learning_rate=-1e-3", "prm.learning_rate"),
+    ("prm.weight_decay=-1", "prm.weight_decay"),
+    ("prm.grad_clip=0", "prm.grad_clip"),
+    ("policy.weight_decay=-5", "policy.weight_decay"),
+    ("policy.grad_clip=-1", "policy.grad_clip"),
 ])
 def test_rule_violations_name_the_field(override, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
