@@ -68,7 +68,6 @@ class PrimeTrainer:
         log(f"run directory: {self.run_dir}")
         # Decided before any model loads, so a bad trainer.resume fails in seconds.
         self.resume_from = _on_rank0(lambda: checkpoint.find_resume_point(self.run_dir, cfg.trainer.resume, log))
-        run_dir.save_config(self.run_dir, raw_cfg)
 
         sft = start_checkpoint(cfg, log=log) if dist.is_main() else None
         sft = dist.broadcast_object(sft)  # rank 0 may have just trained the warm start
@@ -76,6 +75,7 @@ class PrimeTrainer:
         v = cfg.verifier
         self.scorer = build_scorer(v.tasks, num_workers=v.num_workers, timeout_s=v.timeout_s)
         splits = load_prompt_splits(cfg, tokenizer, self.scorer)  # a bad dataset fails here, before models load
+        run_dir.save_config(self.run_dir, raw_cfg)  # only once the inputs passed: a rejected start overwrites nothing
         self.eval_samples = splits.eval
         self.prompts = PromptStream(splits.train, seed=cfg.trainer.seed)
 

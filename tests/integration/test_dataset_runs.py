@@ -50,6 +50,9 @@ def test_a_malformed_row_stops_the_launch_before_models_load(tmp_path):
     tokenizer.save_pretrained(model_dir)
     bad = tmp_path / "train.jsonl"
     bad.write_text('{"question": "1+2=?", "final": "3"}\n{"question": "   ", "final": "4"}\n')
+    (tmp_path / "run").mkdir()
+    mine = tmp_path / "run" / "config.yaml"  # e.g. a finished run's, or the user's own
+    mine.write_text("mine: 1\n")
     proc = subprocess.run(
         [sys.executable, "launch/train.py", "+recipe=math_ppo", f"model.path={model_dir}", f"data.train={bad}",
          "data.mapping=fields", "+data.fields.prompt=question", "+data.fields.answer=final", "data.task=math",
@@ -59,3 +62,4 @@ def test_a_malformed_row_stops_the_launch_before_models_load(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"data error: {bad}: row 2: field 'question'"), last
     assert "evaluating the starting policy" not in proc.stdout
+    assert mine.read_text() == "mine: 1\n", "a rejected start overwrote the directory's config.yaml"
