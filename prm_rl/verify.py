@@ -124,6 +124,8 @@ def read_rows(path: str, scorer: Any) -> list[tuple[int, Sample, str]]:
         except ValueError as e:
             raise BadInput(f"{where}: {' '.join(str(e).split())}") from None
         rows.append((lineno, Sample(prompt=prompt, task=obj["task"], fields=fields), obj["response"]))
+    if not rows:  # as the trainer's loader says: an empty file is a mistake, not a score of nothing
+        raise BadInput(f"{path}: no rows")
     return rows
 
 

@@ -108,3 +108,12 @@ def test_cli_sandbox_selftest(capsys):
         assert attacks["tcp_connect_to_host"] == "contained"
     if layers["landlock"]:
         assert all(v == "contained" for v in attacks.values()), attacks
+
+
+def test_cli_empty_file_exits_2_like_the_trainer(tmp_path, capsys):
+    for text in ("", "\n\n"):  # nothing, or only blank lines
+        path = tmp_path / "rows.jsonl"
+        path.write_text(text)
+        assert main([str(path)]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.strip() == f"prm_rl.verify: error: {path}: no rows"
