@@ -17,6 +17,7 @@ from omegaconf import DictConfig  # noqa: E402
 from prm_rl.config import ConfigError, register_schema, to_config  # noqa: E402
 from prm_rl.data.files import DataError  # noqa: E402
 from prm_rl.engine import dist  # noqa: E402
+from prm_rl.rewards import VerifierConfigError  # noqa: E402
 from prm_rl.trainer.faults import RunStopped  # noqa: E402
 from prm_rl.trainer.prime import PrimeTrainer  # noqa: E402
 
@@ -37,6 +38,10 @@ def main(cfg: DictConfig) -> None:
     except DataError as err:  # raised while loading prompts, before any model is built
         if dist.is_main():
             print(f"data error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except VerifierConfigError as err:  # verifier.tasks options, checked before any model is built
+        if dist.is_main():
+            print(f"config error: {' '.join(str(err).split())}", file=sys.stderr, flush=True)
         sys.exit(2)
     except RunStopped as stop:  # signal, NaN/inf guard, failed save: state on disk is consistent
         if dist.is_main():

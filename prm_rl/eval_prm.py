@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> dict:
     sft = start_checkpoint(cfg, log=quiet)
     tokenizer = load_tokenizer(cfg, sft)
     settings = cfg.prm_eval
-    with build_scorer(cfg.verifier.tasks, num_workers=cfg.verifier.num_workers,
-                      timeout_s=cfg.verifier.timeout_s) as scorer:
+    with build_scorer(cfg.verifier.tasks, num_workers=cfg.verifier.num_workers, timeout_s=cfg.verifier.timeout_s,
+                      root="verifier.tasks") as scorer:
         prompts = load_prompt_splits(cfg, tokenizer, scorer, quiet).eval[:settings.num_prompts]
         if not prompts:
             _fail("no held-out prompts (data.eval is not set, or prm_eval.num_prompts is 0)")

@@ -173,8 +173,7 @@ def _resolve_in_parent(where: str, target: str) -> Callable[..., Any]:
     return fn
 
 
-def _custom_spec(task: str, opts: dict, default_timeout: float) -> _TaskSpec:
-    where = f"verifiers.{task}"
+def _custom_spec(task: str, opts: dict, default_timeout: float, where: str) -> _TaskSpec:
     target = _str(f"{where}._target_", opts.pop("_target_"))
     timeout_s = float(_num(f"{where}.timeout_s", opts.pop("timeout_s", default_timeout)))
     in_process = _bool(f"{where}.in_process", opts.pop("in_process", False))
@@ -185,16 +184,16 @@ def _custom_spec(task: str, opts: dict, default_timeout: float) -> _TaskSpec:
     return _TaskSpec(task, fn if in_process else None, target, call, dict(opts), timeout_s)
 
 
-def _specs(verifiers: Mapping | None, timeout_s: float) -> dict[str, _TaskSpec]:
+def _specs(verifiers: Mapping | None, timeout_s: float, root: str) -> dict[str, _TaskSpec]:
     specs = {name: _builtin_spec(name, name, {}, timeout_s) for name in BUILTIN_TASKS}
     if verifiers is None:
         return specs
     if not isinstance(verifiers, Mapping):
-        raise VerifierConfigError(f"verifiers: expected a mapping of task name -> options, got {type(verifiers).__name__}")
+        raise VerifierConfigError(f"{root}: expected a mapping of task name -> options, got {type(verifiers).__name__}")
     for task, opts in _plain(verifiers).items():
-        where = f"verifiers.{task}"
+        where = f"{root}.{task}"
         if not task:
-            raise VerifierConfigError("verifiers: empty task name")
+            raise VerifierConfigError(f"{root}: empty task name")
         opts = {} if opts is None else opts
         if not isinstance(opts, dict):
             raise VerifierConfigError(f"{where}: expected a mapping of options, got {type(opts).__name__}")
@@ -202,7 +201,7 @@ def _specs(verifiers: Mapping | None, timeout_s: float) -> dict[str, _TaskSpec]:
         if "_target_" in opts:
             if "verifier" in opts:
                 raise VerifierConfigError(f"{where}: give either '_target_' or 'verifier', not both")
-            specs[task] = _custom_spec(task, opts, timeout_s)
+            specs[task] = _custom_spec(task, opts, timeout_s, where)
             continue
         base = opts.pop("verifier", task)
         if base not in BUILTIN_TASKS:
@@ -337,15 +336,16 @@ class Scorer:
         self.close()
 
 
-def build_scorer(verifiers: Mapping[str, Mapping] | None = None, num_workers: int = 2, timeout_s: float = 10.0) -> Scorer:
+def build_scorer(verifiers: Mapping[str, Mapping] | None = None, num_workers: int = 2, timeout_s: float = 10.0,
+                 root: str = "verifiers") -> Scorer:
     """Validate the verifier configuration and return a :class:`Scorer` (its worker pool starts lazily).
 
     ``verifiers`` maps task name -> options; the built-ins (arithmetic, math, code) are always available and
     can be tuned under their own name; a new name needs ``_target_`` (custom function) or ``verifier``
     (a built-in under another task name). ``timeout_s`` is the default per-sample time limit (per program
-    run for ``code``).
+    run for ``code``). ``root`` is what errors call the mapping, e.g. ``verifier.tasks`` in the training config.
     """
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
         raise VerifierConfigError(f"num_workers={num_workers!r}: must be an integer >= 1")
     _num("timeout_s", timeout_s)
-    return Scorer(_specs(verifiers, float(timeout_s)), num_workers)
+    return Scorer(_specs(verifiers, float(timeout_s), root), num_workers)

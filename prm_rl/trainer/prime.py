@@ -69,11 +69,11 @@ class PrimeTrainer:
         # Decided before any model loads, so a bad trainer.resume fails in seconds.
         self.resume_from = _on_rank0(lambda: checkpoint.find_resume_point(self.run_dir, cfg.trainer.resume, log))
 
+        v = cfg.verifier  # checked before the warm start, which may take minutes
+        self.scorer = build_scorer(v.tasks, num_workers=v.num_workers, timeout_s=v.timeout_s, root="verifier.tasks")
         sft = start_checkpoint(cfg, log=log) if dist.is_main() else None
         sft = dist.broadcast_object(sft)  # rank 0 may have just trained the warm start
         tokenizer = load_tokenizer(cfg, sft)
-        v = cfg.verifier
-        self.scorer = build_scorer(v.tasks, num_workers=v.num_workers, timeout_s=v.timeout_s)
         splits = load_prompt_splits(cfg, tokenizer, self.scorer)  # a bad dataset fails here, before models load
         run_dir.save_config(self.run_dir, raw_cfg)  # only once the inputs passed: a rejected start overwrites nothing
         self.eval_samples = splits.eval
