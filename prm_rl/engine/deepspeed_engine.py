@@ -53,6 +53,17 @@ def trainable_engine(model: torch.nn.Module, ds: DeepSpeedSection, *, dtype: str
     return engine
 
 
+def set_optimizer_hyperparameters(engine, *, lr: float, weight_decay: float) -> None:
+    """Put the config's learning rate and weight decay into every parameter group.
+
+    Loading a checkpoint restores the optimiser's saved groups, hyper-parameters included; a resume that changed
+    them in the config would otherwise train on at the old values. (Gradient clipping is read from the DeepSpeed
+    config at engine start, so it follows the config already.)
+    """
+    for group in engine.optimizer.param_groups:
+        group["lr"], group["weight_decay"] = lr, weight_decay
+
+
 def frozen_model(model: torch.nn.Module, ds: DeepSpeedSection, *, dtype: str) -> torch.nn.Module:
     """A reference model that is never trained: sharded by ZeRO-3 when the run uses stage 3, else replicated."""
     model.requires_grad_(False)

@@ -18,7 +18,7 @@ from prm_rl.config import Config
 from prm_rl.data.files import DataError, file_splits
 from prm_rl.data.prompts import PromptSplits, PromptStream, builtin_splits
 from prm_rl.engine import dist
-from prm_rl.engine.deepspeed_engine import frozen_model, trainable_engine
+from prm_rl.engine.deepspeed_engine import frozen_model, set_optimizer_hyperparameters, trainable_engine
 from prm_rl.models.loading import load_causal_lm, load_tokenizer, start_checkpoint, task_config
 from prm_rl.rewards import build_scorer
 from prm_rl.tracking.logger import MetricsLogger, finite_or_none
@@ -334,6 +334,11 @@ class PrimeTrainer:
             for change in checkpoint.config_changes(path, self.raw_cfg) if dist.is_main() else []:
                 log(f"config differs from the checkpoint's: {change}")
             state, buffer_state, rng = checkpoint.load(path, self._engines())
+            for name, engine in self._engines().items():  # the config's optimiser settings win over the saved ones
+                section = getattr(cfg, name)
+                set_optimizer_hyperparameters(engine, lr=section.learning_rate, weight_decay=section.weight_decay)
+                log(f"{name} optimiser after resume: learning_rate={section.learning_rate:g}, "
+                    f"weight_decay={section.weight_decay:g} (from the config)")
             self.buffer.load_state_dict(buffer_state)
             self.prompts.position = state["prompt_position"]
             self.guard.consecutive, self.guard.total = state["bad_steps_in_a_row"], state["bad_steps_total"]

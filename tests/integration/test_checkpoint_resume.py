@@ -178,3 +178,25 @@ def test_full_disk_fails_fast_and_keeps_the_previous_checkpoint(tmp_path, warm_c
     assert "checkpoint at step 2 not written: only" in out and "MiB free" in out, out[-3000:]
     listing = proc.stdout.strip().splitlines()[-2:]  # `ls` of the checkpoints dir, inside the namespace
     assert "step_000001" in listing and not any(n.startswith("step_000002") for n in listing), listing
+
+
+@pytest.mark.slow
+def test_resume_applies_a_changed_learning_rate(tmp_path, warm_cache):
+    """A resume with new learning rates trains at them (the optimiser state load used to restore the old ones)."""
+    first = tmp_path / "first"
+    one_rank = ["trainer.checkpoint_every=1", "wandb.mode=disabled"]
+    proc = launch(warm_cache, first, ["trainer.max_steps=1", *one_rank], num_ranks=1)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    finals = {}
+    for name, change in (("same", []), ("changed", ["policy.learning_rate=1e-2", "prm.learning_rate=1e-1"])):
+        run_dir = tmp_path / name
+        shutil.copytree(first, run_dir)
+        proc = launch(warm_cache, run_dir, ["trainer.max_steps=2", *one_rank, *change], num_ranks=1)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert "resumed from" in proc.stdout
+        finals[name] = load_file(run_dir / "policy" / "model.safetensors")
+        if change:
+            assert "policy optimiser after resume: learning_rate=0.01" in proc.stdout
+            assert "prm optimiser after resume: learning_rate=0.1" in proc.stdout
+    assert any(not torch.equal(finals["same"][k], finals["changed"][k]) for k in finals["same"]), \
+        "the changed learning rate was not used"
