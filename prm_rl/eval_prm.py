@@ -112,8 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
     metrics, log_ratio = prm_eval.evaluate_prm(prm, ref, groups, beta=cfg.prm.beta, step_end_table=step_end_table,
                                                micro_batch_size=cfg.policy.micro_batch_size,
                                                ref_temperature=ref_temperature)
-    step_end = step_end_table[groups.rollout.response_ids] & groups.rollout.response_mask.bool()
-    by_operation = prm_eval.first_error_by_operation(groups, log_ratio, step_end, cfg.prm.beta)
+    by_operation = prm_eval.first_error_by_operation(groups, log_ratio, step_end_table, cfg.prm.beta)
     result = {"metrics": finite_or_none(metrics), "first_error_by_operation": by_operation,
               "policy": str(policy_dir), "prm": str(prm_dir),
               "reference": cfg.prm.reference,

@@ -99,13 +99,13 @@ def prm_metrics(log_ratio: torch.Tensor, mask: torch.Tensor, scores: torch.Tenso
     return out
 
 
-def first_error_by_operation(groups: HeldoutGroups, log_ratio: torch.Tensor, step_end: torch.Tensor,
+def first_error_by_operation(groups: HeldoutGroups, log_ratio: torch.Tensor, step_end_table: torch.Tensor,
                              beta: float) -> dict[str, dict[str, float]]:
     """Arithmetic only: the first-error hit rate split by what the first wrong step does (``+``, ``-``,
     ``*``, or ``answer``: the boxed line), with the count and random baseline of each."""
     first_wrong = first_wrong_steps(groups.samples, groups.responses)
     mask = groups.rollout.response_mask
-    rewards, valid, _ = core.step_rewards(log_ratio, mask, step_end, beta)
+    rewards, valid, _ = core.step_rewards(log_ratio, mask, stages.step_end_mask(step_end_table, groups.rollout), beta)
     hits, chance, rows = core.first_error_hits(rewards, valid, first_wrong.clamp(min=0))
     kinds = [arithmetic.step_operation(groups.samples[i].prompt, int(first_wrong[i]))
              for i in rows.nonzero().squeeze(1).tolist()]
@@ -129,8 +129,8 @@ def evaluate_prm(prm, ref, groups: HeldoutGroups, *, beta: float, step_end_table
     prm_logp = stages.logprob_stage(prm, batch, micro_batch_size)
     ref_logp = stages.logprob_stage(ref, batch, micro_batch_size, ref_temperature)
     log_ratio = core.implicit_log_ratio(prm_logp, ref_logp, batch.response_mask)
-    step_end = step_end_table[batch.response_ids] & batch.response_mask.bool()
-    metrics = prm_metrics(log_ratio, batch.response_mask, groups.scores, groups.k, beta, step_end,
+    metrics = prm_metrics(log_ratio, batch.response_mask, groups.scores, groups.k, beta,
+                          stages.step_end_mask(step_end_table, batch),
                           first_wrong_steps(groups.samples, groups.responses))
     return metrics, log_ratio
 

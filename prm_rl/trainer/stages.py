@@ -165,11 +165,16 @@ def step_end_table(tokenizer, delimiter: str) -> torch.Tensor:
     return torch.tensor([delimiter in tokenizer.decode([i]) for i in range(vocab)], dtype=torch.bool)
 
 
+def step_end_mask(step_end_table: torch.Tensor, batch: Rollout) -> torch.Tensor:
+    """``[N, T]`` bool: the response tokens that close a step (a table lookup of :func:`step_end_table`)."""
+    return step_end_table[batch.response_ids] & batch.response_mask.bool()
+
+
 def process_reward_stage(log_ratio: torch.Tensor, batch: Rollout, step_ends: torch.Tensor, cfg: Config) -> torch.Tensor:
     r = cfg.reward
     mask = batch.response_mask
     rewards = core.process_rewards(log_ratio, mask, cfg.prm.beta, scale_by_beta=r.scale_by_beta,
-                                   granularity=r.granularity, step_end=step_ends[batch.response_ids] & mask.bool(),
+                                   granularity=r.granularity, step_end=step_end_mask(step_ends, batch),
                                    reward_eos=r.reward_eos)
     if r.normalize == "batch_max_return":
         rewards = core.normalize_by_max_return(rewards, mask)
