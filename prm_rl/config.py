@@ -14,9 +14,13 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from prm_rl.errors import UsageError
 
-class ConfigError(ValueError):
+
+class ConfigError(UsageError):
     """A config value breaks a rule; the message names the field."""
+
+    label = "config error"
 
 
 def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
@@ -53,11 +57,7 @@ class ModelSection:
 
     def check(self) -> None:
         _choice("model.dtype", self.dtype, ("float32", "bfloat16"))
-        for name in ("path", "tokenizer_path"):
-            value = getattr(self, name)
-            # A local path must exist; anything else may be a hub id, resolved by from_pretrained.
-            if value and value.startswith(("/", ".", "~")) and not os.path.isdir(os.path.expanduser(value)):
-                raise ConfigError(f"model.{name}={value}: no such directory")
+        # What model.path and model.tokenizer_path name is checked by models.loading.check_model_source.
 
 
 @dataclass

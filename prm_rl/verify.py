@@ -28,6 +28,7 @@ import os
 import sys
 from typing import Any
 
+from prm_rl import json_text
 from prm_rl.data.sample import Sample
 
 EXIT_BAD_INPUT = 2
@@ -75,12 +76,12 @@ def _load_verifiers(spec: str | None) -> dict | None:
                 raise BadInput(f"{spec}: invalid YAML ({' '.join(str(e).split())})") from None
         else:
             try:
-                data = json.loads(text)
+                data = json_text.loads(text)
             except ValueError as e:
                 raise BadInput(f"{spec}: invalid JSON ({e})") from None
     else:
         try:
-            data = json.loads(spec)
+            data = json_text.loads(spec)
         except ValueError as e:
             raise BadInput(f"--verifiers: neither a file nor valid JSON ({e})") from None
     if data is not None and not isinstance(data, dict):
@@ -103,7 +104,7 @@ def read_rows(path: str, scorer: Any) -> list[tuple[int, Sample, str]]:
             continue
         where = f"{path}:{lineno}"
         try:
-            obj = json.loads(line)
+            obj = json_text.loads(line)
         except ValueError as e:
             raise BadInput(f"{where}: invalid JSON ({e})") from None
         if not isinstance(obj, dict):

@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+from prm_rl import json_text
 from prm_rl.data import mappings
 from prm_rl.data.mappings import Mapped, RowError
 from prm_rl.data.prompts import PromptSplits
 from prm_rl.data.sample import Sample, encode_prompts
+from prm_rl.errors import UsageError
 
 if TYPE_CHECKING:
     from prm_rl.config import DataSection
@@ -33,11 +34,16 @@ __all__ = ["DataError", "LoadedPrompts", "load_prompts", "file_splits", "FORMATS
 FORMATS = ("auto", "jsonl", "parquet", "hf_disk")
 _BY_EXTENSION = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 _BATCH = 1024  # rows per Parquet read, prompts per tokenizer call (a fast tokenizer batches in Rust)
+# A few prompts with a character the tokenizer lacks are warned about; more than this share of them means the
+# tokenizer does not fit the data (e.g. the built-in character tokenizer on word problems): refused.
+_MAX_UNKNOWN_SHARE = 0.1
 _VERIFIER_FIELD = {"arithmetic": "answer", "math": "answer", "code": "tests"}  # what each built-in reads
 
 
-class DataError(ValueError):
+class DataError(UsageError):
     """A dataset file cannot be used; the one-line message names the file, and the row and field if any."""
+
+    label = "data error"
 
 
 @dataclass
@@ -45,6 +51,7 @@ class LoadedPrompts:
     samples: list[Sample]
     rows: int  # rows read (at most max_rows)
     dropped_too_long: int  # prompts over max_prompt_tokens, dropped (not truncated)
+    with_unknown_tokens: int  # prompts holding the tokenizer's unk token (kept; refused above _MAX_UNKNOWN_SHARE)
 
 
 def load_prompts(path: str, *, format: str = "auto", split: str = "train", mapping: str = "prime",
@@ -58,16 +65,33 @@ def load_prompts(path: str, *, format: str = "auto", split: str = "train", mappi
     if max_prompt_tokens is not None and tokenizer is None:
         raise ValueError("max_prompt_tokens needs a tokenizer to count prompt tokens")
     template = tokenizer if chat_template and getattr(tokenizer, "chat_template", None) else None
-    samples = []
+    samples, rows = [], []
     for where, row in itertools.islice(_rows(path, format, split), max_rows):
         try:
             samples.append(_sample(read_row(row), task, instruction, template))
         except RowError as e:
             raise DataError(f"{where}: {e}") from None
+        rows.append(where)
     if not samples:
         raise DataError(f"{path}: no rows")
-    kept = samples if max_prompt_tokens is None else _short_enough(path, samples, tokenizer, max_prompt_tokens)
-    return LoadedPrompts(kept, rows=len(samples), dropped_too_long=len(samples) - len(kept))
+    if tokenizer is None:
+        return LoadedPrompts(samples, rows=len(samples), dropped_too_long=0, with_unknown_tokens=0)
+    lengths, unknown = _token_counts(samples, tokenizer)
+    with_unknown = [i for i, n in enumerate(unknown) if n]
+    if len(with_unknown) > _MAX_UNKNOWN_SHARE * len(samples):
+        i = with_unknown[0]
+        raise DataError(f"{path}: {len(with_unknown)} of {len(samples)} prompts hold characters the tokenizer "
+                        f"cannot encode ({tokenizer.unk_token}), e.g. {rows[i].rsplit(': ', 1)[-1]} "
+                        f"({unknown[i]} of {lengths[i]} tokens); use the tokenizer these prompts are written for "
+                        "(model.path or model.tokenizer_path)")
+    kept = samples
+    if max_prompt_tokens is not None:
+        kept = [s for s, n in zip(samples, lengths) if n <= max_prompt_tokens]
+        if not kept:
+            raise DataError(f"{path}: all {len(samples)} prompts are longer than max_prompt_tokens="
+                            f"{max_prompt_tokens} (the shortest has {min(lengths)} tokens)")
+    return LoadedPrompts(kept, rows=len(samples), dropped_too_long=len(samples) - len(kept),
+                         with_unknown_tokens=len(with_unknown))
 
 
 def file_splits(data: DataSection, tokenizer) -> tuple[PromptSplits, dict[str, int]]:
@@ -79,13 +103,14 @@ def file_splits(data: DataSection, tokenizer) -> tuple[PromptSplits, dict[str, i
     loaded, counts = {}, {}
     for name in ("train", "eval"):
         path = getattr(data, name)
-        result = LoadedPrompts([], 0, 0) if path is None else load_prompts(
+        result = LoadedPrompts([], 0, 0, 0) if path is None else load_prompts(
             path, format=data.format, split=data.split, mapping=data.mapping, fields=dict(data.fields),
             task=data.task, instruction=data.instruction, tokenizer=tokenizer, chat_template=data.chat_template,
             max_prompt_tokens=data.max_prompt_tokens, max_rows=data.max_rows)
         loaded[name] = result.samples
         counts[f"{name}_rows"] = result.rows
         counts[f"{name}_dropped_too_long"] = result.dropped_too_long
+        counts[f"{name}_with_unknown_tokens"] = result.with_unknown_tokens
     return PromptSplits(train=loaded["train"], eval=loaded["eval"]), counts
 
 
@@ -130,9 +155,9 @@ def _jsonl_rows(path: str, split: str) -> Iterator[tuple[str, dict]]:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json_text.loads(line)
             except ValueError as e:
-                raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+                raise DataError(f"{where}: not valid JSON ({json_text.problem(e)})") from None
             if not isinstance(row, dict):
                 raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
             yield where, row
@@ -221,14 +246,13 @@ def _render_prompt(messages: list[dict[str, str]], instruction: str, template=No
     return text if text[-1:].isspace() else text + "\n"
 
 
-def _short_enough(path: str, samples: list[Sample], tokenizer: Any, limit: int) -> list[Sample]:
-    """Samples whose prompt has at most ``limit`` tokens, counted as the trainer tokenizes prompts."""
+def _token_counts(samples: list[Sample], tokenizer: Any) -> tuple[list[int], list[int]]:
+    """Per prompt: its token count as the trainer tokenizes prompts, and how many of them are ``unk``."""
+    unk = tokenizer.unk_token_id
     lengths: list[int] = []
+    unknown: list[int] = []
     for start in range(0, len(samples), _BATCH):
-        chunk = [s.prompt for s in samples[start:start + _BATCH]]
-        lengths.extend(len(ids) for ids in encode_prompts(tokenizer, chunk))
-    kept = [s for s, n in zip(samples, lengths) if n <= limit]
-    if not kept:
-        raise DataError(f"{path}: all {len(samples)} prompts are longer than max_prompt_tokens={limit} "
-                        f"(the shortest has {min(lengths)} tokens)")
-    return kept
+        for ids in encode_prompts(tokenizer, [s.prompt for s in samples[start:start + _BATCH]]):
+            lengths.append(len(ids))
+            unknown.append(0 if unk is None else ids.count(unk))
+    return lengths, unknown

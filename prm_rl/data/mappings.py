@@ -6,10 +6,10 @@ reshape them; whether the fields satisfy the verifier is checked once, by the lo
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from prm_rl import json_text
 from prm_rl.rewards import last_boxed
 
 MAPPINGS = ("prime", "gsm8k", "math", "code", "fields")
@@ -100,7 +100,7 @@ def tests(value: Any, key: str) -> Any:
     """
     if isinstance(value, str):
         try:
-            value = json.loads(value)
+            value = json_text.loads(value)
         except ValueError as e:
             raise RowError(key, f"a string but not JSON ({e})") from None
     if isinstance(value, dict) and value.get("fn_name"):

@@ -5,12 +5,15 @@ Hugging Face checkpoint directory loaded as is. Both go through the same ``from_
 """
 from __future__ import annotations
 
+import glob
+import os
 from dataclasses import asdict
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from prm_rl.config import Config
+from prm_rl.config import Config, ModelSection
+from prm_rl.errors import UsageError
 from prm_rl.data import arithmetic, code_task
 from prm_rl.data.prompts import TaskConfig
 from prm_rl.models.tiny import TinyModelConfig
@@ -31,8 +34,77 @@ def task_config(cfg: Config) -> TaskConfig:
     raise ValueError(f"task.name={t.name!r}: no built-in task of that name")
 
 
+class ModelSourceError(UsageError):
+    """``model.path`` or ``model.tokenizer_path`` names nothing loadable."""
+
+    label = "model error"
+
+
+_WEIGHTS = ("*.safetensors", "pytorch_model*.bin")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+def check_model_source(model: ModelSection) -> None:
+    """Fail in seconds, naming the field, when ``model.path``/``model.tokenizer_path`` cannot be loaded.
+
+    A directory must hold a config, weights and (unless ``tokenizer_path`` is set) tokenizer files. Anything
+    that is not a directory here is taken for a Hub model id only if it could be one (``name`` or
+    ``org/name``, not starting with ``/ . ~``): it must be in the local Hub cache or on a reachable Hub,
+    asked once (``from_pretrained`` would retry for a minute and then print a traceback).
+    """
+    if model.path is not None:
+        _check_source("model.path", model.path, "config.json", tokenizer=model.tokenizer_path is None)
+    if model.tokenizer_path is not None:
+        _check_source("model.tokenizer_path", model.tokenizer_path, "tokenizer_config.json", tokenizer=True)
+
+
+def _check_source(field: str, value: str, key_file: str, tokenizer: bool) -> None:
+    local = os.path.expanduser(value)
+    if os.path.isdir(local):
+        def has(*patterns: str) -> bool:
+            return any(glob.glob(os.path.join(glob.escape(local), p)) for p in patterns)
+
+        if key_file == "config.json" and not has("config.json"):
+            raise ModelSourceError(f"{field}={value}: not a Hugging Face checkpoint (no config.json)")
+        if key_file == "config.json" and not has(*_WEIGHTS):
+            raise ModelSourceError(f"{field}={value}: no weights ({' or '.join(_WEIGHTS)})")
+        if tokenizer and not has(*_TOKENIZER_FILES):
+            hint = "" if field == "model.tokenizer_path" else "; set model.tokenizer_path if it is elsewhere"
+            raise ModelSourceError(f"{field}={value}: no tokenizer ({', '.join(_TOKENIZER_FILES)}){hint}")
+        return
+    missing = f"{field}={value}: no such directory"
+    if os.path.exists(local):
+        raise ModelSourceError(f"{field}={value}: a file; expected a checkpoint directory or a Hub model id")
+    if value.startswith(("/", ".", "~")) or value.count("/") > 1:
+        raise ModelSourceError(missing)
+    _check_hub_id(field, value, key_file, f"{missing} (relative to {os.getcwd()})")
+
+
+def _check_hub_id(field: str, value: str, key_file: str, missing: str) -> None:
+    import huggingface_hub
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+
+    try:
+        if isinstance(huggingface_hub.try_to_load_from_cache(value, key_file), str):
+            return  # downloaded before: loads offline too
+    except HFValidationError:
+        raise ModelSourceError(f"{missing}, nor a valid Hub model id") from None
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        raise ModelSourceError(f"{missing}, nor a Hub model in the local cache (offline mode is on)")
+    try:
+        huggingface_hub.HfApi().model_info(value, timeout=10)
+    except GatedRepoError:
+        return  # it exists; from_pretrained explains how to get access
+    except RepositoryNotFoundError:
+        raise ModelSourceError(f"{missing}, nor a model id on the Hugging Face Hub") from None
+    except Exception as e:  # noqa: BLE001 - any network failure means the same to the user
+        raise ModelSourceError(f"{missing}, and the Hugging Face Hub cannot be reached to look it up as a "
+                               f"model id ({type(e).__name__}: {' '.join(str(e).split())})") from None
+
+
 def start_checkpoint(cfg: Config, log=print) -> str:
     """Directory of the SFT model every model of the run starts from (training the warm start if needed)."""
+    check_model_source(cfg.model)
     if cfg.model.path is not None:
         return cfg.model.path
     spec = _spec(TinyModelConfig(**asdict(cfg.model.tiny)), task_config(cfg), asdict(cfg.warm_start),

@@ -119,7 +119,10 @@ def main() -> None:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--spec", required=True, help="JSON spec as built by prm_rl.models.warm_start._spec")
     args = parser.parse_args()
-    train(json.loads(args.spec), args.out)
+    try:
+        train(json.loads(args.spec), args.out)
+    except KeyboardInterrupt:  # a terminal's Ctrl-C reaches this child too; the trainer reports it, once
+        sys.exit(130)
 
 
 if __name__ == "__main__":

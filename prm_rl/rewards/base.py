@@ -5,6 +5,8 @@ import math
 import numbers
 from typing import Any
 
+from prm_rl.errors import UsageError
+
 __all__ = ["Verdict", "VerifierConfigError", "SandboxError", "one_line", "as_score"]
 
 
@@ -29,8 +31,10 @@ class Verdict(float):
         return f"Verdict({float(self)!r}, {self.reason!r})"
 
 
-class VerifierConfigError(ValueError):
+class VerifierConfigError(UsageError):
     """Bad verifier configuration (unknown task, bad option, unimportable ``_target_``)."""
+
+    label = "config error"
 
 
 class SandboxError(RuntimeError):

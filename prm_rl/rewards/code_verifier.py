@@ -22,12 +22,12 @@ caps the whole sample (tests not run in time fail). See :mod:`prm_rl.rewards.san
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
 from typing import Any
 
+from prm_rl import json_text
 from prm_rl.rewards.base import Verdict, one_line
 from prm_rl.rewards.sandbox import Limits, RunResult, Sandbox
 
@@ -50,7 +50,7 @@ def parse_tests(fields: dict[str, Any]) -> tuple[str, list]:
     tests = fields["tests"]
     if isinstance(tests, str):
         try:
-            tests = json.loads(tests)
+            tests = json_text.loads(tests)
         except ValueError as e:
             raise ValueError(f"code: fields['tests'] is a string but not JSON ({one_line(e, 80)})") from None
     if isinstance(tests, dict) and "inputs" in tests and "outputs" in tests:

@@ -18,6 +18,7 @@ from prm_rl.config import Config
 from prm_rl.data.files import DataError, file_splits
 from prm_rl.data.prompts import PromptSplits, PromptStream, builtin_splits
 from prm_rl.engine import dist
+from prm_rl.errors import UsageError
 from prm_rl.engine.deepspeed_engine import frozen_model, set_optimizer_hyperparameters, trainable_engine
 from prm_rl.models.loading import load_causal_lm, load_tokenizer, start_checkpoint, task_config
 from prm_rl.rewards import build_scorer
@@ -53,6 +54,10 @@ def load_prompt_splits(cfg: Config, tokenizer, scorer, log=log) -> PromptSplits:
     if cfg.data.eval is not None:
         log(f"data: {len(splits.eval)} held-out prompts from {cfg.data.eval} ({counts['eval_rows']} rows, "
             f"{counts['eval_dropped_too_long']} dropped: {limit})")
+    for name in ("train", "eval"):
+        if counts[f"{name}_with_unknown_tokens"]:
+            log(f"warning: {counts[f'{name}_with_unknown_tokens']} prompts of data.{name} hold characters the "
+                "tokenizer cannot encode (kept, with its unknown token in their place)")
     return splits
 
 
@@ -64,15 +69,14 @@ class PrimeTrainer:
         # Shuffles and prompt order must agree on every rank: they use their own generator.
         self.shuffle = torch.Generator().manual_seed(cfg.trainer.seed)
 
-        self.run_dir = run_dir.create(cfg.trainer.output_dir, name)
+        self.run_dir = run_dir.create(cfg.trainer.output_dir, name, log)
         log(f"run directory: {self.run_dir}")
         # Decided before any model loads, so a bad trainer.resume fails in seconds.
         self.resume_from = _on_rank0(lambda: checkpoint.find_resume_point(self.run_dir, cfg.trainer.resume, log))
 
         v = cfg.verifier  # checked before the warm start, which may take minutes
         self.scorer = build_scorer(v.tasks, num_workers=v.num_workers, timeout_s=v.timeout_s, root="verifier.tasks")
-        sft = start_checkpoint(cfg, log=log) if dist.is_main() else None
-        sft = dist.broadcast_object(sft)  # rank 0 may have just trained the warm start
+        sft = _on_rank0(lambda: start_checkpoint(cfg, log=log))  # may train the warm start
         tokenizer = load_tokenizer(cfg, sft)
         splits = load_prompt_splits(cfg, tokenizer, self.scorer)  # a bad dataset fails here, before models load
         run_dir.save_config(self.run_dir, raw_cfg)  # only once the inputs passed: a rejected start overwrites nothing
@@ -408,14 +412,18 @@ class PrimeTrainer:
 
 
 def _on_rank0(decide):
-    """Run ``decide`` on rank 0 and hand its result (or its RunStopped) to every rank."""
+    """Run ``decide`` on rank 0 and hand its result (or its RunStopped or UsageError) to every rank."""
     result = None
     if dist.is_main():
         try:
             result = ("ok", decide())
         except RunStopped as err:
             result = ("stop", (str(err), err.exit_code))
+        except UsageError as err:
+            result = ("usage", err)
     kind, value = dist.broadcast_object(result)
     if kind == "stop":
         raise RunStopped(*value)
+    if kind == "usage":
+        raise value
     return value

@@ -1,8 +1,9 @@
 """The run directory: what a run leaves behind for people and tools.
 
-``config.yaml`` (resolved config), ``metrics.jsonl`` (one JSON object per step), ``policy/`` and ``prm/``
-(Hugging Face format) and ``summary.json`` (``steps``, ``wall_seconds``, ``eval_accuracy_start``,
-``eval_accuracy_final``, ``command``, ...). Written by rank 0 only.
+``.lock`` (the live run's owner, :mod:`prm_rl.trainer.run_lock`), ``config.yaml`` (resolved config),
+``metrics.jsonl`` (one JSON object per step), ``policy/`` and ``prm/`` (Hugging Face format) and
+``summary.json`` (``steps``, ``wall_seconds``, ``eval_accuracy_start``, ``eval_accuracy_final``, ``command``,
+...). Written by rank 0 only.
 """
 from __future__ import annotations
 
@@ -10,29 +11,36 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
 from prm_rl.engine import dist
 from prm_rl.engine.deepspeed_engine import full_parameters
+from prm_rl.trainer import run_lock
 from prm_rl.trainer.faults import EXIT_CHECKPOINT, RunStopped
 
 
-def create(output_dir: str | None, name: str) -> Path:
-    """Make (rank 0) and agree on (all ranks) the run directory; fail fast if it is not writable."""
+def create(output_dir: str | None, name: str, log: Callable[[str], None]) -> Path:
+    """Make (rank 0) and agree on (all ranks) the run directory, owned by this run (:mod:`run_lock`).
+
+    Fails fast, with nothing in the directory changed, if it is not writable (:class:`RunStopped`, exit 5)
+    or another run owns it (:class:`run_lock.RunDirInUse`, exit 2).
+    """
     found = None
     if dist.is_main():
         path = Path(output_dir) if output_dir else Path("runs") / name
         try:
             path.mkdir(parents=True, exist_ok=True)
-            probe = path / ".write-test"
-            probe.write_text("ok")
-            probe.unlink()
+            run_lock.acquire(path, log)  # held until this process exits
             found = ("ok", str(path.resolve()))
+        except run_lock.RunDirInUse as err:
+            found = ("in use", str(err))
         except OSError as err:
             found = ("error", f"trainer.output_dir={path}: cannot write there ({err.strerror or err})")
     kind, value = dist.broadcast_object(found)
+    if kind == "in use":
+        raise run_lock.RunDirInUse(value)
     if kind == "error":
         raise RunStopped(value, EXIT_CHECKPOINT)
     return Path(value)

@@ -57,6 +57,11 @@ def test_cli_malformed_row_exits_2_with_one_line():
         ('{"task": "code", "response": "x", "tests": [1, 2]}', ":1: code: fields['tests'][0]"),
         ('{"task": "arithmetic", "response": "x", "answer": 1.5}', ":1: arithmetic: fields['answer'] must be an int"),
         ('{"task": "chess", "response": "x"}', ":1: unknown task(s) 'chess'"),
+        # Deeper than Python's recursion limit: json raises RecursionError, which used to crash the CLI.
+        ('{"task": "math", "response": "x", "answer": ' + "[" * 5000 + "]" * 5000 + "}",
+         ":1: invalid JSON (nested too deeply to read)"),
+        ('{"task": "code", "response": "x", "tests": "' + "[" * 5000 + "]" * 5000 + '"}',
+         ":1: code: fields['tests'] is a string but not JSON (nested too deeply to read)"),
     ],
 )
 def test_cli_malformed_rows(tmp_path, capsys, row, message):

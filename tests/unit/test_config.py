@@ -23,9 +23,8 @@ def composed(*overrides: str):
         return compose(config_name="base", overrides=list(overrides))
 
 
-# What a recipe needs on top of itself to validate (paper_7b needs an existing checkpoint directory).
-REQUIRED = {"paper_7b": [f"model.path={REPO}"],
-            "math_file": [f"model.path={REPO}", f"data.train={REPO}/tests/data/fixtures/math.jsonl"]}
+# What a recipe needs on top of itself to validate (model.path is checked later, by check_model_source).
+REQUIRED = {"math_file": [f"data.train={REPO}/tests/data/fixtures/math.jsonl"]}
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -44,16 +43,11 @@ def test_baseline_recipes_differ_from_math_ppo_only_in_the_estimator():
 
 
 def test_paper_recipe_holds_the_paper_values():
-    cfg = to_config(composed("+recipe=paper_7b", *REQUIRED["paper_7b"]), world_size=8)
+    cfg = to_config(composed("+recipe=paper_7b"), world_size=8)
     assert (cfg.rollout.prompts_per_step, cfg.rollout.samples_per_prompt, cfg.rollout.max_new_tokens) == (256, 4, 3072)
     assert (cfg.policy.learning_rate, cfg.prm.learning_rate, cfg.prm.beta) == (5e-7, 1e-6, 0.05)
     assert (cfg.deepspeed.zero_stage, cfg.deepspeed.offload, cfg.model.dtype) == (3, True, "bfloat16")
     assert cfg.model.gradient_checkpointing
-
-
-def test_missing_local_checkpoint_is_rejected():
-    with pytest.raises(ConfigError, match="model.path=/checkpoints/Eurus-2-7B-SFT: no such directory"):
-        to_config(composed("+recipe=paper_7b"))
 
 
 def test_recipe_overrides_base():

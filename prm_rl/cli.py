@@ -1,0 +1,101 @@
+"""What ``launch/train.py`` does around the trainer: turn every way a start can fail into one line and an exit code.
+
+Exit codes (also in docs/checkpoints.md, "Exit codes"):
+  0    the run finished
+  2    a start-up check refused the run (override syntax, config value, verifier option, data file, model
+       path, run directory in use); nothing in the run directory was changed
+  3    stopped by SIGTERM/SIGINT during training, after saving a checkpoint
+  4    stopped by the NaN/inf guard
+  5    a checkpoint or the run directory could not be written
+  130  Ctrl-C while the run was starting, or a second Ctrl-C during training: nothing more was saved
+  1    anything else: a bug or an environment failure, with its traceback
+Messages are printed by the first rank only, so a multi-rank start says each thing once.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from prm_rl.errors import EXIT_USAGE, UsageError
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
+
+
+def strip_launcher_args(argv: list[str]) -> list[str]:
+    """The deepspeed launcher appends ``--local_rank=N``, which Hydra would reject (LOCAL_RANK is in the env)."""
+    return [a for a in argv if not a.startswith("--local_rank")]
+
+
+def first_rank() -> bool:
+    """Rank 0, known from the launcher's environment before the process group exists."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def fail(line: str, code: int) -> None:
+    if first_rank():
+        print(line, file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def check_overrides(config_dir: Path, config_name: str, overrides: list[str]) -> None:
+    """Compose once with the command line's overrides, so that a typo, an unknown key or recipe, or a value of
+    the wrong type is one line and exit 2 (Hydra's own handler prints several lines and exits 1).
+
+    Skipped when Hydra's own flags are given (``--cfg``, ``-m``, ...): Hydra then reports as it does.
+    """
+    if any(a.startswith("-") for a in overrides):
+        return
+    from hydra import compose, initialize_config_dir
+
+    from prm_rl.config import register_schema
+
+    register_schema()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base=None):
+            compose(config_name=config_name, overrides=overrides)
+    except Exception as err:  # noqa: BLE001 - Hydra raises several unrelated classes for bad overrides
+        fail(f"config error: {hydra_error_line(err)}", EXIT_USAGE)
+
+
+def hydra_error_line(err: BaseException) -> str:
+    """Hydra's multi-line message (and its cause's first line) as one line, without links and search paths."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if err.__cause__ is not None and str(err.__cause__).strip():
+        lines.insert(1, str(err.__cause__).strip().splitlines()[0])
+    parts: list[str] = []
+    options: list[str] = []
+    for line in lines:
+        if line.startswith(("See https://", "full_key:", "object_type=", "reference_type=")):
+            continue
+        if line.startswith(("Config search path", "provider=")):
+            break
+        if parts and parts[-1].startswith("Available options"):
+            options.append(line)
+            continue
+        parts.append(line)
+    if options:
+        parts[-1] = f"{parts[-1]} {', '.join(options)}"
+    return "; ".join(p.rstrip(".") for p in parts)
+
+
+def train(cfg: DictConfig, recipe: str) -> None:
+    """Validate ``cfg``, build the trainer, run it; every known failure ends as one line and its exit code."""
+    from prm_rl.config import to_config
+    from prm_rl.engine import dist
+    from prm_rl.trainer.faults import RunStopped
+
+    try:
+        typed = to_config(cfg, world_size=int(os.environ.get("WORLD_SIZE", 1)))
+        dist.init()
+        from prm_rl.trainer.prime import PrimeTrainer
+
+        PrimeTrainer(typed, cfg, name=recipe).fit()
+    except UsageError as err:
+        fail(err.one_line(), EXIT_USAGE)
+    except RunStopped as stop:  # signal, NaN/inf guard, failed save: state on disk is consistent
+        fail(f"[prm_rl] {stop}", stop.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C while starting (training turns the first one into a graceful stop)
+        fail("[prm_rl] interrupted (Ctrl-C); nothing saved since the last checkpoint", EXIT_INTERRUPTED)
