@@ -1,7 +1,7 @@
 """Entry point: ``deepspeed launch/train.py +recipe=math_ppo [key=value ...]`` (or plain ``python``).
 
 Composes the Hydra config from recipes/ and hands it to :func:`prm_rl.cli.train`, which validates it, runs
-the PRIME trainer and turns every known failure into one line and an exit code (listed in prm_rl/cli.py).
+the PRIME trainer and turns every known failure into one line and an exit code (docs/checkpoints.md, "Exit codes").
 """
 import os
 import sys

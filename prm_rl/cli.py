@@ -1,14 +1,7 @@
 """What ``launch/train.py`` does around the trainer: turn every way a start can fail into one line and an exit code.
 
-Exit codes (also in docs/checkpoints.md, "Exit codes"):
-  0    the run finished
-  2    a start-up check refused the run (override syntax, config value, verifier option, data file, model
-       path, run directory in use); nothing in the run directory was changed
-  3    stopped by SIGTERM/SIGINT during training, after saving a checkpoint
-  4    stopped by the NaN/inf guard
-  5    a checkpoint or the run directory could not be written
-  130  Ctrl-C while the run was starting, or a second Ctrl-C during training: nothing more was saved
-  1    anything else: a bug or an environment failure, with its traceback
+Exit codes and what each means: docs/checkpoints.md, "Exit codes" (2: :data:`EXIT_USAGE`, a start-up check
+refused the run; 130: Ctrl-C while starting; the early stops of training come from :mod:`prm_rl.trainer.faults`).
 Messages are printed by the first rank only, so a multi-rank start says each thing once.
 """
 from __future__ import annotations

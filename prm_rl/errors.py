@@ -2,7 +2,7 @@
 
 ``launch/train.py`` prints such an error as one line ``<label>: <message>`` (rank 0 only) and exits with
 :data:`EXIT_USAGE`, before any model loads where the check allows. The exit codes of every outcome are
-listed in docs/checkpoints.md ("Exit codes").
+listed in docs/checkpoints.md, "Exit codes".
 """
 from __future__ import annotations
 

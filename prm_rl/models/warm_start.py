@@ -83,7 +83,11 @@ def train(spec: dict, out: Path) -> None:
     tokenizer = build_char_tokenizer(_TASK_CHARACTERS[name])
     model = build_tiny_model(TinyModelConfig(**spec["model"]), tokenizer, seed=warm["seed"])
     staging = out.with_name(out.name + f".tmp-{os.getpid()}")
+    # Off (SFTConfig turns it on); transformers >= 5.x renamed the option and warns about the old name.
+    no_checkpointing = {("activation_checkpointing" if "activation_checkpointing" in SFTConfig.__dataclass_fields__
+                         else "gradient_checkpointing"): False}
     args = SFTConfig(
+        **no_checkpointing,
         output_dir=str(staging / "trainer"),
         max_steps=warm["max_steps"],
         per_device_train_batch_size=warm["batch_size"],
@@ -92,7 +96,6 @@ def train(spec: dict, out: Path) -> None:
         warmup_steps=max(1, warm["max_steps"] // 20),
         weight_decay=0.0,
         bf16=False,
-        gradient_checkpointing=False,
         use_cpu=not torch.cuda.is_available(),
         logging_steps=max(1, warm["max_steps"] // 10),
         save_strategy="no",

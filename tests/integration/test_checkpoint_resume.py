@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tiny_runs import REPO, all_rows, command, environment, launch, metrics, start
+from tiny_runs import REPO, all_rows, command, environment, launch, metrics, start, wait_for
 
 # Band filter with two fill rounds: the carry-over buffer holds groups across steps (and checkpoints).
 RUN = ["trainer.max_steps=5", "trainer.checkpoint_every=2", "filter.low=0.2", "filter.high=0.8",
@@ -26,14 +26,6 @@ def uninterrupted(tmp_path_factory, warm_cache) -> Path:
     proc = launch(warm_cache, run_dir, RUN)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return run_dir
-
-
-def wait_for(predicate, proc: subprocess.Popen, timeout: float = 600, poll: float = 0.005) -> None:
-    deadline = time.time() + timeout
-    while not predicate():
-        assert proc.poll() is None, f"run exited early with {proc.returncode}"
-        assert time.time() < deadline, "timed out waiting for the run"
-        time.sleep(poll)
 
 
 def wait_until_gone(pgid: int, timeout: float) -> None:
@@ -85,6 +77,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, warm_cache, uni
     resumed = launch(warm_cache, run_dir, RUN)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout and "step_000002" in resumed.stdout
+    assert "took over the lock of a run that is gone" in resumed.stdout  # the killed run could not release it
     assert_same_run(uninterrupted, run_dir)
     # The resumed process logged into the killed one's W&B run (offline: two run folders, one run id).
     runs = list((run_dir / "wandb").glob("offline-run-*"))
@@ -128,6 +121,7 @@ def test_sigterm_saves_and_exits_nonzero_with_resume_hint(tmp_path, warm_cache, 
 
     resumed = launch(warm_cache, run_dir, RUN + ["trainer.checkpoint_every=0"])
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "took over the lock" not in resumed.stdout  # a graceful stop released it
     assert_same_run(uninterrupted, run_dir)
 
 

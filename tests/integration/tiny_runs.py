@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,9 +27,11 @@ TINY = [
 ]
 
 
-def command(warm: Path, run_dir: Path, overrides: list[str], num_ranks: int = 2) -> list[str]:
+def command(warm: Path, run_dir: Path, overrides: list[str], num_ranks: int = 2, port_offset: int = 0) -> list[str]:
+    """``port_offset``: for a second job running at the same time (a fixed port per test process otherwise, so a
+    killed run's DeepSpeed shared-memory segment is the next run's to remove, see engine/dist.py)."""
     return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(num_ranks),
-            "--master_port", str(29500 + os.getpid() % 1000), "launch/train.py", "+recipe=math_ppo", *TINY,
+            "--master_port", str(29500 + os.getpid() % 1000 + 1000 * port_offset), "launch/train.py", "+recipe=math_ppo", *TINY,
             f"warm_start.cache_dir={warm}", f"trainer.output_dir={run_dir}", *overrides]
 
 
@@ -51,9 +54,9 @@ def run_retrying_startup_abort(cmd: list[str], env: dict[str, str], timeout: flo
 
 
 def launch(warm: Path, run_dir: Path, overrides: list[str], num_ranks: int = 2,
-           env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+           env: dict[str, str] | None = None, port_offset: int = 0) -> subprocess.CompletedProcess:
     """Run to completion (or failure); returns the finished process with its output."""
-    return run_retrying_startup_abort(command(warm, run_dir, overrides, num_ranks), env or environment())
+    return run_retrying_startup_abort(command(warm, run_dir, overrides, num_ranks, port_offset), env or environment())
 
 
 def start(warm: Path, run_dir: Path, overrides: list[str], log: Path, num_ranks: int = 2) -> subprocess.Popen:
@@ -72,3 +75,11 @@ def all_rows(run_dir: Path) -> list[dict]:
 def metrics(run_dir: Path) -> list[dict]:
     """The lines of training steps (1, 2, ...)."""
     return [r for r in all_rows(run_dir) if r["step"] >= 1]
+
+
+def wait_for(predicate, proc: subprocess.Popen, timeout: float = 600, poll: float = 0.005) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        assert proc.poll() is None, f"run exited early with {proc.returncode}"
+        assert time.time() < deadline, "timed out waiting for the run"
+        time.sleep(poll)
