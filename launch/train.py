@@ -13,6 +13,7 @@ from prm_rl import cli  # noqa: E402
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 sys.argv = cli.strip_launcher_args(sys.argv)
+sys.argv[1:] = cli.with_default_recipe(sys.argv[1:])
 cli.check_overrides(RECIPES, "base", sys.argv[1:])  # a bad override: one line, exit 2 (not Hydra's exit 1)
 
 import hydra  # noqa: E402

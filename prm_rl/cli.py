@@ -22,6 +22,19 @@ def strip_launcher_args(argv: list[str]) -> list[str]:
     return [a for a in argv if not a.startswith("--local_rank")]
 
 
+DEFAULT_RECIPE = "math_ppo"
+
+
+def with_default_recipe(overrides: list[str]) -> list[str]:
+    """No ``+recipe=`` given: the built-in job. base.yaml alone holds the paper's 7B values (learning rates,
+    batch), which are no job for the built-in ~1M-parameter model."""
+    if any(a.lstrip("+").startswith("recipe=") or a.startswith("-") for a in overrides):
+        return overrides
+    if first_rank():
+        print(f"[prm_rl] no recipe given: using +recipe={DEFAULT_RECIPE} (the built-in job)", flush=True)
+    return [f"+recipe={DEFAULT_RECIPE}", *overrides]
+
+
 def first_rank() -> bool:
     """Rank 0, known from the launcher's environment before the process group exists."""
     return int(os.environ.get("RANK", "0")) == 0

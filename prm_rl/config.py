@@ -180,18 +180,22 @@ class PrmSection:
     weight_decay: float = MISSING
     grad_clip: float = MISSING
     mini_batches: int = MISSING
+    micro_batch_size: int = MISSING
     epochs: int = MISSING
 
     def check(self) -> None:
+        from prm_rl.core import PRM_LOSSES  # torch: imported only when a config is validated
+
         _choice("prm.update", self.update, ("none", "after", "before"))
         _positive("prm.epochs", self.epochs)
-        _choice("prm.loss", self.loss, ("ce", "dpo"))
+        _choice("prm.loss", self.loss, tuple(PRM_LOSSES))
         _choice("prm.reference", self.reference, ("sft", "policy"))
         _positive("prm.beta", self.beta)
         _positive("prm.learning_rate", self.learning_rate)
         _non_negative("prm.weight_decay", self.weight_decay)
         _positive("prm.grad_clip", self.grad_clip)
         _positive("prm.mini_batches", self.mini_batches)
+        _positive("prm.micro_batch_size", self.micro_batch_size)
 
 
 @dataclass
@@ -235,11 +239,16 @@ class AlgorithmSection:
     whiten: bool = MISSING
 
     def check(self) -> None:
-        _choice("algorithm.advantage", self.advantage, ("prime", "rloo", "grpo"))
+        from prm_rl.core import ADVANTAGE_ESTIMATORS
+
+        _choice("algorithm.advantage", self.advantage, tuple(ADVANTAGE_ESTIMATORS))
 
     @property
     def uses_prm(self) -> bool:
-        return self.advantage == "prime"
+        """The estimator takes the PRM's dense rewards: the run builds and trains a PRM."""
+        from prm_rl.core import ADVANTAGE_ESTIMATORS
+
+        return ADVANTAGE_ESTIMATORS[self.advantage].uses_prm
 
 
 @dataclass
@@ -350,6 +359,9 @@ class Config:
         if (b * k) % self.policy.mini_batches:
             raise ConfigError(f"policy.mini_batches={self.policy.mini_batches}: must divide the {b * k} responses "
                               f"of a step (rollout.prompts_per_step x rollout.samples_per_prompt)")
+        if self.model.path is not None and self.data.train is None:
+            raise ConfigError(f"data.train: required with model.path={self.model.path} (the built-in arithmetic "
+                              "prompts are for the built-in model); point it at your training prompts")
         if self.rollout.prompts_per_step % world_size:
             raise ConfigError(
                 f"rollout.prompts_per_step={self.rollout.prompts_per_step}: must divide evenly over "

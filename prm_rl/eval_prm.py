@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
         ref, ref_temperature = policy, cfg.rollout.temperature
     step_end_table = stages.step_end_table(tokenizer, cfg.reward.step_delimiter)
     metrics, log_ratio = prm_eval.evaluate_prm(prm, ref, groups, beta=cfg.prm.beta, step_end_table=step_end_table,
-                                               micro_batch_size=cfg.policy.micro_batch_size,
+                                               micro_batch_size=cfg.prm.micro_batch_size,
                                                ref_temperature=ref_temperature)
     by_operation = prm_eval.first_error_by_operation(groups, log_ratio, step_end_table, cfg.prm.beta)
     result = {"metrics": finite_or_none(metrics), "first_error_by_operation": by_operation,

@@ -5,16 +5,21 @@ the global batch (gathered over ranks) wherever a statistic is taken, and global
 :func:`aggregate`.
 """
 from .advantages import (
+    ADVANTAGE_ESTIMATORS,
+    AdvantageEstimator,
     discounted_returns,
     grpo_advantages,
     grpo_outcome,
     place_on_last_token,
     prime_advantages,
+    register_advantage,
     rloo_outcome,
     rloo_process,
 )
 from .filters import accuracy_band, expand_group_mask, group_mean_scores, groups_without_truncation
 from .implicit import (
+    PRM_LOSSES,
+    PrmLoss,
     dpo_pairs,
     implicit_log_ratio,
     normalize_by_max_return,
@@ -65,4 +70,9 @@ __all__ = [
     "step_auroc",
     "first_error_hits",
     "first_error_hit_rate",
+    "ADVANTAGE_ESTIMATORS",
+    "AdvantageEstimator",
+    "register_advantage",
+    "PRM_LOSSES",
+    "PrmLoss",
 ]

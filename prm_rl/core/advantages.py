@@ -6,6 +6,9 @@ and the group baselines must see every response.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 
 from .filters import _as_groups
@@ -19,6 +22,9 @@ __all__ = [
     "discounted_returns",
     "prime_advantages",
     "grpo_advantages",
+    "AdvantageEstimator",
+    "ADVANTAGE_ESTIMATORS",
+    "register_advantage",
 ]
 
 
@@ -153,3 +159,50 @@ def grpo_advantages(
     """
     adv = grpo_outcome(outcome_scores, group_size, eps=eps)
     return torch.where(_valid(mask), adv[:, None], _zero(adv))
+
+
+# ----------------------------------------------------------------------------------------- the registry
+@dataclass(frozen=True)
+class AdvantageEstimator:
+    """``fn(scores [N], process_rewards [N, T] | None, mask [N, T], group_size, *, outcome_coef,
+    process_coef, gamma, whiten) -> advantages [N, T]``; ``uses_prm``: the trainer builds and trains a PRM
+    and passes its dense rewards (None otherwise)."""
+
+    fn: Callable[..., torch.Tensor]
+    uses_prm: bool
+
+
+# ``algorithm.advantage`` names a key here; the config's allowed values are these keys.
+ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {}
+
+
+def register_advantage(name: str, *, uses_prm: bool):
+    """Decorator: make ``fn`` selectable as ``algorithm.advantage=name`` (docs/contributing.md)."""
+
+    def add(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        if name in ADVANTAGE_ESTIMATORS:
+            raise ValueError(f"advantage estimator {name!r} is already registered")
+        ADVANTAGE_ESTIMATORS[name] = AdvantageEstimator(fn, uses_prm)
+        return fn
+
+    return add
+
+
+@register_advantage("prime", uses_prm=True)
+def _prime(scores, process_rewards, mask, group_size, *, outcome_coef, process_coef, gamma, whiten):
+    """PRIME: outcome RLOO plus the PRM's dense rewards under their own RLOO baseline."""
+    return prime_advantages(scores, process_rewards, mask, group_size, outcome_coef=outcome_coef,
+                            process_coef=process_coef, gamma=gamma, whiten=whiten)[0]
+
+
+@register_advantage("rloo", uses_prm=False)
+def _rloo(scores, process_rewards, mask, group_size, *, outcome_coef, process_coef, gamma, whiten):
+    """Outcome-only RLOO: PRIME's estimator without process rewards (the ablation baseline)."""
+    return prime_advantages(scores, None, mask, group_size, outcome_coef=outcome_coef, gamma=gamma,
+                            whiten=whiten)[0]
+
+
+@register_advantage("grpo", uses_prm=False)
+def _grpo(scores, process_rewards, mask, group_size, *, outcome_coef, process_coef, gamma, whiten):
+    """GRPO: the group-normalised outcome on every token (the coefficients, gamma and whitening do not apply)."""
+    return grpo_advantages(scores, mask, group_size)

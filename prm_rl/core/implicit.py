@@ -7,6 +7,9 @@ the PRM online on outcome labels and feeds those token rewards to the policy.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -14,6 +17,8 @@ from .filters import _as_groups
 from .masked import _last_token_mask, _valid, masked_sum
 
 __all__ = [
+    "PrmLoss",
+    "PRM_LOSSES",
     "implicit_log_ratio",
     "sequence_reward",
     "prm_ce_loss",
@@ -194,3 +199,23 @@ def normalize_by_max_return(rewards: torch.Tensor, mask: torch.Tensor, eps: floa
     # no host sync: choose the divisor on the device
     divisor = torch.where(peak > 0, peak + eps, torch.ones_like(peak))
     return r / divisor
+
+
+# ----------------------------------------------------------------------------------------- the registry
+@dataclass(frozen=True)
+class PrmLoss:
+    """A PRM loss as the update needs it: ``summed(seq_reward [n], labels [n], group_size)`` is the loss summed
+    over a group-aligned micro-batch, and ``terms(labels [m], group_size)`` how many terms a whole mini-batch
+    has (the global denominator, so micro-batching and ranks do not change the mean)."""
+
+    summed: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+    terms: Callable[[torch.Tensor, int], int]
+
+
+# ``prm.loss`` names a key here; the config's allowed values are these keys.
+PRM_LOSSES: dict[str, PrmLoss] = {
+    "ce": PrmLoss(summed=lambda seq, labels, k: prm_ce_loss(seq, labels).sum(),
+                  terms=lambda labels, k: labels.numel()),
+    "dpo": PrmLoss(summed=lambda seq, labels, k: prm_dpo_loss(seq, *dpo_pairs(labels, k)).sum(),
+                   terms=lambda labels, k: dpo_pairs(labels, k)[0].numel()),
+}

@@ -1,33 +1,37 @@
 """The PRIME trainer: set up models and data, then run steps made of named stages.
 
-Read :meth:`PrimeTrainer.step` top to bottom to see one iteration of PRIME (Cui et al. 2025, Algorithm 1).
+Read :meth:`PrimeTrainer.step` top to bottom to see one iteration of PRIME (Cui et al. 2025, Algorithm 1):
+generate -> verify -> filter here, then :func:`prm_rl.trainer.step.learn` (PRM update, rewards, advantages,
+policy update).
 """
 from __future__ import annotations
 
 import json
 import time
-from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import transformers
 from omegaconf import DictConfig, OmegaConf
 
-from prm_rl import core
 from prm_rl.config import Config
 from prm_rl.data.files import DataError, file_splits
 from prm_rl.data.prompts import PromptSplits, PromptStream, builtin_splits
 from prm_rl.engine import dist
-from prm_rl.errors import UsageError
 from prm_rl.engine.deepspeed_engine import frozen_model, set_optimizer_hyperparameters, trainable_engine
+from prm_rl.errors import UsageError
 from prm_rl.models.loading import load_causal_lm, load_tokenizer, start_checkpoint, task_config
 from prm_rl.rewards import build_scorer
+from prm_rl.rollout.generate import Rollout
+from prm_rl.tracking import heatmap
 from prm_rl.tracking.logger import MetricsLogger, finite_or_none
 from prm_rl.trainer import checkpoint, prm_eval, run_dir, stages
 from prm_rl.trainer.buffer import GroupBuffer
-from prm_rl.trainer.faults import EXIT_NONFINITE, EXIT_SIGNAL, NonFiniteGuard, RunStopped, StopSignals, injected_nan_steps
 from prm_rl.trainer.evaluate import heldout_accuracy
-from prm_rl.tracking import heatmap
+from prm_rl.trainer.faults import (EXIT_NONFINITE, EXIT_SIGNAL, NonFiniteGuard, RunStopped, StopSignals,
+                                   injected_nan_steps)
+from prm_rl.trainer.step import LearnSections, learn
 
 
 transformers.utils.logging.disable_progress_bar()  # no per-load bars between our own progress lines
@@ -61,10 +65,31 @@ def load_prompt_splits(cfg: Config, tokenizer, scorer, log=log) -> PromptSplits:
     return splits
 
 
+@dataclass
+class Collected:
+    """What generate -> verify -> filter produced for one step."""
+
+    batch: Rollout | None  # the kept groups (None: no group passed the filter)
+    scores: torch.Tensor | None  # [N] their outcome scores
+    metrics: dict[str, float]  # acc/*, filter/*, verify/*, response/*
+    generated_tokens: float  # response tokens sampled in every round (kept or not): the throughput numerator
+
+
+@dataclass
+class StepOutcome:
+    metrics: dict[str, float]
+    generated_tokens: float
+    skipped_updates: float  # optimiser updates skipped for NaN/inf this step: what the guard counts
+
+
+def _poison(advantages: torch.Tensor) -> torch.Tensor:
+    """Fault injection: NaN advantages make every loss and gradient of the policy update non-finite."""
+    return advantages * float("nan")
+
+
 class PrimeTrainer:
     def __init__(self, cfg: Config, raw_cfg: DictConfig, name: str = "run"):
         self.cfg, self.started = cfg, time.time()
-        self.timings: dict[str, float] = {}
         torch.manual_seed(cfg.trainer.seed * 1000 + dist.rank())  # sampling differs per rank, reproducibly
         # Shuffles and prompt order must agree on every rank: they use their own generator.
         self.shuffle = torch.Generator().manual_seed(cfg.trainer.seed)
@@ -89,6 +114,7 @@ class PrimeTrainer:
         self.raw_cfg = raw_cfg
         self.guard = NonFiniteGuard(cfg.trainer.max_bad_steps)
         self.nan_steps = injected_nan_steps()
+        self.sections = LearnSections.of(cfg)
         self.acc_start = float("nan")
         self.prm_eval_start: dict[str, float] = {}
         self.prm_eval_last: dict[str, float] = {}
@@ -111,14 +137,6 @@ class PrimeTrainer:
             ref = frozen_model(load_causal_lm(checkpoint, mc.dtype), ds, dtype=mc.dtype)
         synced = ds.zero_stage == 3 and dist.world_size() > 1
         return stages.Models(policy, prm, ref, tokenizer, synced)
-
-    @contextmanager
-    def _timed(self, stage: str):
-        """Add the block's wall time to this step's ``time/<stage>`` (a stage may run in several rounds)."""
-        start = time.time()
-        yield
-        key = f"time/{stage}"
-        self.timings[key] = self.timings.get(key, 0.0) + time.time() - start
 
     def evaluate(self) -> float:
         """Greedy held-out accuracy; NaN when there is no held-out set (data.train without data.eval)."""
@@ -170,81 +188,44 @@ class PrimeTrainer:
         cfg, m = self.cfg, self.models
         ref, ref_temperature = (m.ref, 1.0) if cfg.prm.reference == "sft" else (m.policy, cfg.rollout.temperature)
         return prm_eval.evaluate_prm(m.prm, ref, groups, beta=cfg.prm.beta, step_end_table=self.step_ends,
-                                     micro_batch_size=cfg.policy.micro_batch_size, ref_temperature=ref_temperature)
+                                     micro_batch_size=cfg.prm.micro_batch_size, ref_temperature=ref_temperature)
 
-    def step(self, step: int) -> dict[str, float]:
+    def step(self, step: int) -> StepOutcome:
         """One PRIME iteration. Every rank runs every stage; each returns global results."""
-        cfg, m = self.cfg, self.models
-        self.timings = {}
-        metrics: dict[str, float] = {}
-        batch, scores = self._collect_groups(metrics)  # generate -> verify -> filter, maybe several rounds
-        if batch is None:  # no group passed the filter: nothing to learn from this step
-            return metrics | self.timings
-        micro = cfg.policy.micro_batch_size
+        timings = stages.Timings()
+        collected = self._collect_groups(timings)  # generate -> verify -> filter, maybe several rounds
+        metrics, skipped = collected.metrics, 0.0
+        if collected.batch is not None:  # else no group passed the filter: nothing to learn from this step
+            hook = _poison if step in self.nan_steps else None  # fault injection (PRM_RL_INJECT_NAN_STEPS)
+            learned = learn(self.models, collected.batch, collected.scores, self.sections, self.step_ends,
+                            self.shuffle, advantage_hook=hook)
+            metrics, skipped = metrics | learned.metrics, learned.skipped_updates
+        return StepOutcome(metrics | timings.metrics(), collected.generated_tokens, skipped)
 
-        with self._timed("old_logprobs"):
-            old_logp = stages.logprob_stage(m.policy, batch, micro, cfg.rollout.temperature)
-            ref_logp = stages.logprob_stage(m.ref, batch, micro) if m.ref is not None else None
-
-        process_rewards = None
-        if cfg.algorithm.uses_prm:
-            prm_ref = ref_logp if cfg.prm.reference == "sft" else old_logp
-            with self._timed("prm"):
-                log_ratio = self._prm_log_ratios(batch, scores, prm_ref, metrics)
-                process_rewards = stages.process_reward_stage(log_ratio, batch, self.step_ends, cfg)
-
-        with self._timed("advantages"):
-            advantages = stages.advantage_stage(scores, process_rewards, batch.response_mask, cfg)
-            if step in self.nan_steps:  # fault injection (PRM_RL_INJECT_NAN_STEPS): exercises the guard
-                advantages = advantages * float("nan")
-        with self._timed("policy"):
-            metrics.update(stages.policy_update_stage(m.policy, batch, old_logp, advantages, ref_logp, cfg,
-                                                      self.shuffle))
-        return metrics | self.timings
-
-    def _prm_log_ratios(self, batch, scores, prm_ref, metrics) -> torch.Tensor:
-        """Update the PRM per ``prm.update`` and return the token log-ratios the rewards come from."""
-        cfg, prm = self.cfg, self.models.prm
-        micro = cfg.policy.micro_batch_size
-        if cfg.prm.update == "none":
-            log_ratio = stages.implicit_log_ratio_stage(prm, batch, prm_ref, micro)
-        else:
-            log_ratio, prm_metrics = stages.prm_update_stage(prm, batch, scores, prm_ref, cfg, self.shuffle)
-            metrics.update(prm_metrics)
-            if cfg.prm.loss == "ce":  # prm/loss above this = worse than predicting the batch's mean outcome
-                metrics["prm/loss_constant_guess"] = core.constant_guess_ce(scores)
-            if cfg.prm.update == "before":  # double forward: re-score with the updated PRM
-                log_ratio = stages.implicit_log_ratio_stage(prm, batch, prm_ref, micro)
-        seq = core.sequence_reward(log_ratio, batch.response_mask, cfg.prm.beta)
-        correct, weight = core.pairwise_ranking_accuracy(seq, scores, cfg.rollout.samples_per_prompt)
-        if weight > 0:
-            metrics["prm/ranking_acc"] = float(correct / weight)
-        return log_ratio
-
-    def _collect_groups(self, metrics: dict[str, float]):
+    def _collect_groups(self, timed: stages.Timings) -> Collected:
         """Sample, verify and filter rounds of prompts until ``prompts_per_step`` groups are kept or
-        ``filter.fill_rounds`` is reached; returns that many buffered groups (or fewer, or None)."""
+        ``filter.fill_rounds`` is reached; returns that many buffered groups (or fewer, or none)."""
         cfg, m = self.cfg, self.models
         k, wanted = cfg.rollout.samples_per_prompt, cfg.rollout.prompts_per_step
         scores_all, lengths, truncated, kept_rows, failures, rounds = [], [], [], 0, 0, 0
         while rounds < cfg.filter.fill_rounds and len(self.buffer) < wanted:
             prompts = self.prompts.take(wanted)
-            with self._timed("generate"):
+            with timed("generate"):
                 r = cfg.rollout
                 rollout = stages.generate_stage(m.policy.module, m.tokenizer, prompts, k,
                                                 max_new_tokens=r.max_new_tokens, temperature=r.temperature,
                                                 top_p=r.top_p, synced_gpus=m.synced_generation)
-            with self._timed("verify"):
+            with timed("verify"):
                 scores, n_failed = stages.verify_stage(self.scorer, m.tokenizer, rollout, prompts, k)
-            with self._timed("filter"):
-                kept = stages.filter_stage(scores, rollout.truncated, cfg)
+            with timed("filter"):
+                kept = stages.filter_stage(scores, rollout.truncated, k, cfg.filter)
                 self.buffer.add(rollout.select(kept), scores[kept])
             scores_all.append(scores)
             lengths.append(rollout.response_mask.sum(dim=1).float())
             truncated.append(rollout.truncated.float())
             kept_rows, failures, rounds = kept_rows + kept.numel(), failures + n_failed, rounds + 1
         scores, lengths, truncated = torch.cat(scores_all), torch.cat(lengths), torch.cat(truncated)
-        metrics.update({
+        metrics = {
             "acc/before_filter": scores.mean().item(),
             "acc/kept_fraction": kept_rows / scores.numel(),
             "filter/rounds": float(rounds),
@@ -252,13 +233,14 @@ class PrimeTrainer:
             "response/length_mean": lengths.mean().item(),
             "response/length_max": lengths.max().item(),
             "response/truncated_frac": truncated.mean().item(),
-        })
+        }
+        generated_tokens = lengths.sum().item()
         if len(self.buffer) == 0:
-            return None, None
+            return Collected(None, None, metrics, generated_tokens)
         batch, batch_scores = self.buffer.take(wanted)
         metrics.update({"acc/after_filter": batch_scores.mean().item(), "filter/groups": len(batch) / k,
                         "filter/carried_over_groups": float(len(self.buffer))})
-        return batch, batch_scores
+        return Collected(batch, batch_scores, metrics, generated_tokens)
 
     def fit(self) -> dict:
         """Train to ``trainer.max_steps`` (resuming if a checkpoint says so), saving on schedule and on SIGTERM."""
@@ -302,12 +284,11 @@ class PrimeTrainer:
         """``step()`` plus throughput, guard counters and the periodic held-out evaluation."""
         cfg = self.cfg
         t0 = time.time()
-        metrics = self.step(step)
+        outcome = self.step(step)
+        metrics = outcome.metrics
         metrics["time/step"] = time.time() - t0
-        generated = metrics["filter/rounds"] * cfg.rollout.prompts_per_step * cfg.rollout.samples_per_prompt
-        metrics["perf/tokens_per_second"] = metrics["response/length_mean"] * generated / metrics["time/step"]
-        skipped = metrics.get("policy/skipped_updates", 0.0) + metrics.get("prm/skipped_updates", 0.0)
-        metrics.update(self.guard.update(skipped))
+        metrics["perf/tokens_per_second"] = outcome.generated_tokens / metrics["time/step"]
+        metrics.update(self.guard.update(outcome.skipped_updates))
         due = bool(cfg.trainer.eval_every) and step % cfg.trainer.eval_every == 0
         if due and step < cfg.trainer.max_steps:  # the final accuracy is measured by fit()
             metrics["eval/accuracy"] = self.evaluate()

@@ -6,12 +6,14 @@ PRM update (and token log-ratios) -> process rewards -> advantages -> policy upd
 """
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
 from prm_rl import core
-from prm_rl.config import Config
+from prm_rl.config import AlgorithmSection, FilterSection, PolicySection, PrmSection, RewardSection
 from prm_rl.data.sample import Sample, encode_prompts
 from prm_rl.engine import dist
 from prm_rl.engine.deepspeed_engine import backward_and_step, grad_norm
@@ -27,6 +29,22 @@ class Models:
     ref: torch.nn.Module | None  # frozen reference, None when nothing needs it
     tokenizer: object
     synced_generation: bool  # ZeRO-3 over several ranks: every rank steps generate() until all finish
+
+
+class Timings:
+    """Wall seconds per stage of one step, logged as ``time/<stage>`` (a stage may run in several rounds)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str):
+        start = time.time()
+        yield
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.time() - start
+
+    def metrics(self) -> dict[str, float]:
+        return {f"time/{stage}": s for stage, s in self.seconds.items()}
 
 
 def _sums_to_means(sums: dict[str, float], counts: dict[str, str | None]) -> dict[str, float]:
@@ -79,13 +97,12 @@ def verify_stage(scorer, tokenizer, rollout: Rollout, prompts: list[Sample], k: 
 
 # --- filter ---------------------------------------------------------------------------------------
 
-def filter_stage(scores: torch.Tensor, truncated: torch.Tensor, cfg: Config) -> torch.Tensor:
+def filter_stage(scores: torch.Tensor, truncated: torch.Tensor, k: int, f: FilterSection) -> torch.Tensor:
     """Row indices of the groups that pass the accuracy band (and, optionally, have no truncated response)."""
-    k = cfg.rollout.samples_per_prompt
     keep = torch.ones(scores.numel() // k, dtype=torch.bool)
-    if cfg.filter.enabled:
-        keep &= core.accuracy_band(scores, k, cfg.filter.low, cfg.filter.high)
-        if cfg.filter.drop_truncated:
+    if f.enabled:
+        keep &= core.accuracy_band(scores, k, f.low, f.high)
+        if f.drop_truncated:
             keep &= core.groups_without_truncation(truncated, k)
     return core.expand_group_mask(keep, k).nonzero().squeeze(1)
 
@@ -105,38 +122,31 @@ def logprob_stage(model, batch: Rollout, micro_batch_size: int, temperature: flo
 
 # --- PRM update -----------------------------------------------------------------------------------
 
-def prm_update_stage(prm, batch: Rollout, scores: torch.Tensor, ref_logp: torch.Tensor, cfg: Config,
-                     generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-    """Train the implicit PRM on outcome labels; returns the log-ratios of its forward passes and metrics.
+def prm_update_stage(prm, batch: Rollout, scores: torch.Tensor, ref_logp: torch.Tensor, k: int, p: PrmSection,
+                     generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float], float]:
+    """Train the implicit PRM on outcome labels; returns the log-ratios of its forward passes, metrics and the
+    number of optimiser updates skipped for NaN/inf.
 
     ``prm.epochs`` passes, each splitting the batch by group into ``prm.mini_batches`` optimiser steps.
     The returned log-ratios, and the logged loss, are those of each row's first forward pass, before the
     PRM was updated on that row: the single-forward (``after``) mode of the authors' code uses them
     directly as rewards, and the loss is measured on data the PRM has not yet trained on.
     """
-    k, p = cfg.rollout.samples_per_prompt, cfg.prm
     mask = batch.response_mask
+    prm_loss = core.PRM_LOSSES[p.loss]
     log_ratio = torch.zeros(mask.shape, dtype=torch.float32)
     sums = {"loss": 0.0, "steps": 0.0, "grad_norm": 0.0, "skipped_updates": 0.0}
     parts = [(epoch, part) for epoch in range(p.epochs)
              for part in split_minibatches(torch.randperm(len(batch) // k, generator=generator), p.mini_batches)]
     for epoch, part in parts:
         rows = (part[:, None] * k + torch.arange(k)).reshape(-1)
-        if p.loss == "ce":
-            denom = float(rows.numel())
-        else:
-            denom = float(max(1, core.dpo_pairs(scores[rows], k)[0].numel()))
-        for mb in micro_batches(rows, cfg.policy.micro_batch_size, group_size=k):
+        denom = float(max(1, prm_loss.terms(scores[rows], k)))  # the loss is a mean over the whole mini-batch
+        for mb in micro_batches(rows, p.micro_batch_size, group_size=k):
             sub = batch.select(mb.rows)
             logp, _ = response_logprobs(prm, sub)
             lr = core.implicit_log_ratio(logp, ref_logp[mb.rows].to(logp.device), sub.response_mask)
             seq = core.sequence_reward(lr, sub.response_mask, p.beta)
-            labels = scores[mb.rows].to(seq.device)
-            if p.loss == "ce":
-                loss = core.prm_ce_loss(seq, labels).sum() / denom
-            else:
-                chosen, rejected = core.dpo_pairs(labels, k)
-                loss = core.prm_dpo_loss(seq, chosen, rejected).sum() / denom
+            loss = prm_loss.summed(seq, scores[mb.rows].to(seq.device), k) / denom
             if not backward_and_step(prm, loss * mb.weight * dist.world_size(), mb.is_last):
                 sums["skipped_updates"] += 1.0 / dist.world_size()  # every rank agrees: count it once
             if mb.weight and epoch == 0:
@@ -147,7 +157,7 @@ def prm_update_stage(prm, batch: Rollout, scores: torch.Tensor, ref_logp: torch.
             sums["grad_norm"] += grad_norm(prm) / dist.world_size()
     log_ratio = dist.combine_rows(log_ratio)
     metrics = _sums_to_means(sums, {"loss": "steps", "grad_norm": "steps", "skipped_updates": None})
-    return log_ratio, {f"prm/{k_}": v for k_, v in metrics.items()}
+    return log_ratio, {f"prm/{k_}": v for k_, v in metrics.items()}, metrics["skipped_updates"]
 
 
 @torch.no_grad()
@@ -170,10 +180,11 @@ def step_end_mask(step_end_table: torch.Tensor, batch: Rollout) -> torch.Tensor:
     return step_end_table[batch.response_ids] & batch.response_mask.bool()
 
 
-def process_reward_stage(log_ratio: torch.Tensor, batch: Rollout, step_ends: torch.Tensor, cfg: Config) -> torch.Tensor:
-    r = cfg.reward
+def process_reward_stage(log_ratio: torch.Tensor, batch: Rollout, step_ends: torch.Tensor, r: RewardSection,
+                         beta: float) -> torch.Tensor:
+    """Dense rewards ``[N, T]`` from the token log-ratios, per ``reward.*`` (``beta``: ``prm.beta``)."""
     mask = batch.response_mask
-    rewards = core.process_rewards(log_ratio, mask, cfg.prm.beta, scale_by_beta=r.scale_by_beta,
+    rewards = core.process_rewards(log_ratio, mask, beta, scale_by_beta=r.scale_by_beta,
                                    granularity=r.granularity, step_end=step_end_mask(step_ends, batch),
                                    reward_eos=r.reward_eos)
     if r.normalize == "batch_max_return":
@@ -181,22 +192,24 @@ def process_reward_stage(log_ratio: torch.Tensor, batch: Rollout, step_ends: tor
     return rewards
 
 
-def advantage_stage(scores: torch.Tensor, process_rewards: torch.Tensor | None, mask: torch.Tensor,
-                    cfg: Config) -> torch.Tensor:
-    k, a = cfg.rollout.samples_per_prompt, cfg.algorithm
-    if a.advantage == "grpo":
-        return core.grpo_advantages(scores, mask, k)
-    advantages, _ = core.prime_advantages(scores, process_rewards, mask, k, outcome_coef=cfg.reward.outcome_coef,
-                                          process_coef=cfg.reward.process_coef, gamma=a.gamma, whiten=a.whiten)
-    return advantages
+def advantage_stage(scores: torch.Tensor, process_rewards: torch.Tensor | None, mask: torch.Tensor, k: int,
+                    a: AlgorithmSection, r: RewardSection) -> torch.Tensor:
+    """``[N, T]`` advantages from the estimator registered as ``algorithm.advantage``."""
+    estimator = core.ADVANTAGE_ESTIMATORS[a.advantage]
+    return estimator.fn(scores, process_rewards, mask, k, outcome_coef=r.outcome_coef,
+                        process_coef=r.process_coef, gamma=a.gamma, whiten=a.whiten)
 
 
 # --- policy update --------------------------------------------------------------------------------
 
 def policy_update_stage(policy, batch: Rollout, old_logp: torch.Tensor, advantages: torch.Tensor,
-                        ref_logp: torch.Tensor | None, cfg: Config, generator: torch.Generator) -> dict[str, float]:
-    """PPO-clip epochs over shuffled mini-batches of sequences; returns globally averaged metrics."""
-    pc = cfg.policy
+                        ref_logp: torch.Tensor | None, pc: PolicySection, temperature: float,
+                        generator: torch.Generator) -> tuple[dict[str, float], float]:
+    """PPO-clip epochs over shuffled mini-batches of sequences; returns globally averaged metrics and the
+    number of optimiser updates skipped for NaN/inf.
+
+    ``temperature``: the sampling temperature (``rollout.temperature``), so log-probs match the sampler's.
+    """
     mask = batch.response_mask
     sums = {k: 0.0 for k in ("loss", "steps", "grad_norm", "clip_frac", "approx_kl", "entropy", "tokens",
                              "skipped_updates")}
@@ -206,7 +219,7 @@ def policy_update_stage(policy, batch: Rollout, old_logp: torch.Tensor, advantag
             for mb in micro_batches(part, pc.micro_batch_size):
                 sub = batch.select(mb.rows)
                 m = sub.response_mask
-                logp, entropy = response_logprobs(policy, sub, cfg.rollout.temperature, with_entropy=True,
+                logp, entropy = response_logprobs(policy, sub, temperature, with_entropy=True,
                                                   entropy_grad=pc.entropy_coef != 0)
                 adv, old = advantages[mb.rows].to(logp.device), old_logp[mb.rows].to(logp.device)
                 token_loss, clipped = core.ppo_clip_loss(logp, old, adv, m, pc.clip_eps, pc.dual_clip)
@@ -229,4 +242,4 @@ def policy_update_stage(policy, batch: Rollout, old_logp: torch.Tensor, advantag
             sums["grad_norm"] += grad_norm(policy) / dist.world_size()
     per_token = {k: "tokens" for k in ("clip_frac", "approx_kl", "entropy")}
     metrics = _sums_to_means(sums, {"loss": "steps", "grad_norm": "steps", "skipped_updates": None, **per_token})
-    return {f"policy/{k}": v for k, v in metrics.items()}
+    return {f"policy/{k}": v for k, v in metrics.items()}, metrics["skipped_updates"]

@@ -1,4 +1,5 @@
-"""Run the learning stages of one PRIME step on a fixed batch and save what they computed.
+"""Run the learning half of one PRIME step (:func:`prm_rl.trainer.step.learn`, the function the trainer calls)
+on a fixed batch and save what it computed.
 
 Launched by tests/integration/test_rank_exactness.py as ``deepspeed --num_gpus R exactness_probe.py OUT
 key=value ...``; the same batch and the same initial weights on 1 and on 2 ranks must give the same
@@ -19,6 +20,7 @@ from prm_rl.engine.deepspeed_engine import frozen_model, full_parameters, traina
 from prm_rl.models.tiny import TinyModelConfig, build_char_tokenizer, build_tiny_model  # noqa: E402
 from prm_rl.rollout.generate import Rollout, response_mask_from_ids  # noqa: E402
 from prm_rl.trainer import stages  # noqa: E402
+from prm_rl.trainer.step import LearnSections, learn  # noqa: E402
 
 REPO = __file__.rsplit("/tests/", 1)[0]
 
@@ -62,21 +64,20 @@ def main() -> None:
     prm = trainable_engine(build_tiny_model(tiny, tok, seed=0), ds, dtype=dtype, lr=cfg.prm.learning_rate,
                            weight_decay=cfg.prm.weight_decay, grad_clip=cfg.prm.grad_clip)
     ref = frozen_model(build_tiny_model(tiny, tok, seed=1), ds, dtype=dtype)
-    shuffle = torch.Generator().manual_seed(0)
     initial = flat_weights(policy)
-    micro = cfg.policy.micro_batch_size
 
-    old_logp = stages.logprob_stage(policy, batch, micro)
-    ref_logp = stages.logprob_stage(ref, batch, micro)
-    log_ratio, prm_metrics = stages.prm_update_stage(prm, batch, scores, ref_logp, cfg, shuffle)
-    rewards = stages.process_reward_stage(log_ratio, batch, stages.step_end_table(tok, "\n"), cfg)
-    advantages = stages.advantage_stage(scores, rewards, batch.response_mask, cfg)
-    policy_metrics = stages.policy_update_stage(policy, batch, old_logp, advantages, ref_logp, cfg, shuffle)
+    models = stages.Models(policy, prm, ref, tok, synced_generation=False)
+    result = learn(models, batch, scores, LearnSections.of(cfg), stages.step_end_table(tok, "\n"),
+                   torch.Generator().manual_seed(0))
 
+    # The log-ratios of the PRM as it is after the step: prm.update=before must have rewarded with exactly these.
+    ref_logp = stages.logprob_stage(ref, batch, cfg.policy.micro_batch_size)
+    rescored = stages.implicit_log_ratio_stage(prm, batch, ref_logp, cfg.prm.micro_batch_size)
     weights = {name: flat_weights(engine) for name, engine in (("policy", policy), ("prm", prm))}
     if dist.is_main():
-        torch.save({"old_logp": old_logp, "log_ratio": log_ratio, "advantages": advantages,
-                    "metrics": prm_metrics | policy_metrics, "initial": initial, **weights}, out)
+        metrics = {k: v for k, v in result.metrics.items() if not k.startswith("time/")}
+        torch.save({"old_logp": result.old_logp, "log_ratio": result.log_ratio, "advantages": result.advantages,
+                    "rescored": rescored, "metrics": metrics, "initial": initial, **weights}, out)
 
 
 if __name__ == "__main__":

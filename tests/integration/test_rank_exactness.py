@@ -17,6 +17,7 @@ from tiny_runs import run_retrying_startup_abort
 REPO = Path(__file__).resolve().parents[2]
 PROBE = REPO / "tests" / "integration" / "exactness_probe.py"
 COMMON = ["rollout.prompts_per_step=4", "rollout.samples_per_prompt=4", "policy.micro_batch_size=3",
+          "prm.micro_batch_size=3",
           "policy.mini_batches=2", "prm.mini_batches=2", "policy.learning_rate=1e-3", "prm.learning_rate=1e-3"]
 CASES = {
     "ce-after-seqmean-zero2": ["deepspeed.zero_stage=2"],
@@ -46,6 +47,10 @@ def test_two_ranks_match_one_rank(tmp_path, case):
     for key in ("policy", "prm"):
         assert not torch.equal(one[key], one["initial"]), f"{key} weights did not change"
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-6, msg=key)
+    # The step ran the prm.update path it was given: "before" rewards with the updated PRM, "after" with its
+    # first forward, before the update.
+    rescored_by_updated_prm = torch.allclose(one["log_ratio"], one["rescored"], rtol=1e-5, atol=1e-6)
+    assert rescored_by_updated_prm == ("prm.update=before" in CASES[case])
     assert one["metrics"].keys() == two["metrics"].keys()
     for key, value in one["metrics"].items():
         assert two["metrics"][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key

@@ -65,7 +65,8 @@ def test_a_model_path_that_cannot_load_is_one_line_before_any_model_loads(tmp_pa
         (tmp_path / "sft").mkdir()
         if make == "config only":
             (tmp_path / "sft" / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    proc = train_py(f"model.path={value}", f"trainer.output_dir={tmp_path / 'run'}", cwd=tmp_path)
+    proc = train_py(f"model.path={value}", f"data.train={FIXTURES / 'math.jsonl'}", "data.mapping=math",
+                    f"trainer.output_dir={tmp_path / 'run'}", cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr[-3000:]
     lines = stderr_lines(proc)
     assert len(lines) == 1 and lines[0].startswith(f"model error: model.path={value}: {message}"), lines

@@ -21,6 +21,7 @@ TINY = [
     "rollout.prompts_per_step=8", "rollout.samples_per_prompt=4", "rollout.max_new_tokens=40",
     "filter.low=0.0", "filter.high=1.0",
     "policy.learning_rate=1e-3", "policy.weight_decay=0.0", "policy.micro_batch_size=4",
+    "prm.micro_batch_size=4",
     "prm.learning_rate=1e-3", "prm.mini_batches=2", "policy.mini_batches=2",
     "prm_eval.num_prompts=8", "prm_eval.samples_per_prompt=4", "prm_eval.table_rows=2",
     "trainer.progress_bar=false", "wandb.mode=offline",

@@ -1,7 +1,9 @@
 """The code verifier and its sandbox: real subprocesses, hostile programs, both test formats."""
+import ctypes
 import os
 import shutil
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -43,17 +45,45 @@ def tmp_root():
     assert left_procs == [], f"sandbox processes left running: {left_procs}"
 
 
-def _need(layers, *names):
-    """Skip unless at least one of the named layers is active here (docs/verifiers.md: what holds where)."""
-    def active(name):
-        if name == "landlock_net":
-            return bool(layers.get("landlock") and layers["landlock"].get("net"))
-        if name == "landlock_scoped":
-            return bool(layers.get("landlock") and layers["landlock"].get("scoped"))
-        return bool(layers.get(name))
+# Landlock ABI versions that added what a layer name needs (network rules: 4; signal and socket scoping: 6).
+_LANDLOCK_ABI = {"landlock": 1, "landlock_net": 4, "landlock_scoped": 6}
 
-    if not any(active(n) for n in names):
+
+def _kernel_offers(name: str) -> bool:
+    """Evidence, independent of the sandbox's own probe, that this machine offers a layer: if it does, a
+    containment test must run, not skip (a skip would hide a sandbox that failed to use what is there)."""
+    if name == "namespaces":
+        return shutil.which("unshare") is not None and subprocess.run(
+            ["unshare", "-rnp", "--fork", "true"], capture_output=True).returncode == 0
+    if name in _LANDLOCK_ABI:
+        # landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION): syscall 444 on x86_64 and aarch64.
+        abi = ctypes.CDLL(None, use_errno=True).syscall(444, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
+        return abi >= _LANDLOCK_ABI[name]
+    return False  # uid, seccomp: no second probe here
+
+
+def _active(layers, name: str) -> bool:
+    """Does the sandbox report ``name`` active (``landlock_net``/``landlock_scoped``: Landlock with that part)?"""
+    if name in ("landlock_net", "landlock_scoped"):
+        return bool(layers.get("landlock") and layers["landlock"].get(name.split("_")[1]))
+    return bool(layers.get(name))
+
+
+def _need(layers, *names):
+    """Skip unless at least one of the named layers is active here (docs/verifiers.md: what holds where); fail
+    instead where the kernel offers one of them but the sandbox did not take it."""
+    if not any(_active(layers, n) for n in names):
+        offered = [n for n in names if _kernel_offers(n)]
+        if offered:
+            pytest.fail(f"the kernel offers {offered} but the sandbox reports none of {names} active: {layers}")
         pytest.skip(f"none of the sandbox layers {names} is available on this machine")
+
+
+@pytest.mark.parametrize("name", ["namespaces", "landlock", "landlock_net", "landlock_scoped"])
+def test_the_second_probe_agrees_with_the_sandbox(layers, name):
+    """Where the kernel offers a layer the sandbox uses it (so the containment tests below cannot skip)."""
+    if _kernel_offers(name):
+        assert _active(layers, name), f"the kernel offers {name}, the sandbox does not use it: {layers}"
 
 
 # --------------------------------------------------------------------------------------- passing / partial

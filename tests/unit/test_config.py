@@ -24,7 +24,8 @@ def composed(*overrides: str):
 
 
 # What a recipe needs on top of itself to validate (model.path is checked later, by check_model_source).
-REQUIRED = {"math_file": [f"data.train={REPO}/tests/data/fixtures/math.jsonl"]}
+REQUIRED = {"math_file": [f"data.train={REPO}/tests/data/fixtures/math.jsonl"],
+            "paper_7b": [f"data.train={REPO}/tests/data/fixtures/math.jsonl"]}
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -43,7 +44,7 @@ def test_baseline_recipes_differ_from_math_ppo_only_in_the_estimator():
 
 
 def test_paper_recipe_holds_the_paper_values():
-    cfg = to_config(composed("+recipe=paper_7b"), world_size=8)
+    cfg = to_config(composed("+recipe=paper_7b", *REQUIRED["paper_7b"]), world_size=8)
     assert (cfg.rollout.prompts_per_step, cfg.rollout.samples_per_prompt, cfg.rollout.max_new_tokens) == (256, 4, 3072)
     assert (cfg.policy.learning_rate, cfg.prm.learning_rate, cfg.prm.beta) == (5e-7, 1e-6, 0.05)
     assert (cfg.deepspeed.zero_stage, cfg.deepspeed.offload, cfg.model.dtype) == (3, True, "bfloat16")
@@ -137,3 +138,9 @@ def test_unwritable_output_dir_fails_before_loading_models():
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 5
     assert proc.stderr.strip().splitlines()[-1].startswith("[prm_rl] trainer.output_dir=/proc/prm_rl_run: cannot write")
+
+
+def test_a_real_checkpoint_without_training_data_is_refused():
+    """paper_7b names a 7B checkpoint but no prompts: it must not RL-train it on the toy arithmetic task."""
+    with pytest.raises(ConfigError, match="^data.train: required with model.path=/checkpoints/Eurus-2-7B-SFT"):
+        to_config(composed("+recipe=paper_7b"), world_size=8)

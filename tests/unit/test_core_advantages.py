@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from prm_rl import core
 from prm_rl.core import (
     discounted_returns,
     grpo_advantages,
@@ -122,3 +123,50 @@ def test_grpo_advantages_broadcast():
     out = grpo_advantages(torch.tensor([1.0, 0.0]), MASK, 2)
     torch.testing.assert_close(out, torch.tensor([[0.707107, 0.707107, 0.0], [-0.707107, 0.0, 0.0]]),
                                rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------- the registry
+def test_registered_estimators_are_the_documented_functions():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0])
+    mask = (torch.rand(8, 5, generator=g) > 0.2).float()
+    mask[:, 0] = 1
+    rewards = torch.randn(8, 5, generator=g) * mask
+    knobs = dict(outcome_coef=1.0, process_coef=0.5, gamma=0.9, whiten=True)
+    run = {name: est.fn(scores, rewards if est.uses_prm else None, mask, 4, **knobs)
+           for name, est in core.ADVANTAGE_ESTIMATORS.items()}
+    assert set(run) == {"prime", "rloo", "grpo"}
+    assert [n for n, e in core.ADVANTAGE_ESTIMATORS.items() if e.uses_prm] == ["prime"]
+    torch.testing.assert_close(run["prime"], core.prime_advantages(scores, rewards, mask, 4, **knobs)[0])
+    torch.testing.assert_close(run["rloo"], core.prime_advantages(scores, None, mask, 4, **knobs)[0])
+    torch.testing.assert_close(run["grpo"], core.grpo_advantages(scores, mask, 4))
+
+
+def test_a_registered_estimator_becomes_a_config_choice(monkeypatch):
+    from prm_rl.config import AlgorithmSection, ConfigError
+
+    monkeypatch.setattr(core.advantages, "ADVANTAGE_ESTIMATORS", dict(core.ADVANTAGE_ESTIMATORS))
+    monkeypatch.setattr(core, "ADVANTAGE_ESTIMATORS", core.advantages.ADVANTAGE_ESTIMATORS)
+    section = AlgorithmSection(advantage="outcome_sign", gamma=1.0, whiten=False)
+    with pytest.raises(ConfigError, match="algorithm.advantage='outcome_sign': must be one of prime, rloo, grpo"):
+        section.check()
+
+    @core.register_advantage("outcome_sign", uses_prm=False)
+    def outcome_sign(scores, process_rewards, mask, group_size, **_):
+        return (2 * scores - 1)[:, None] * mask
+
+    section.check()
+    assert not section.uses_prm
+    with pytest.raises(ValueError, match="already registered"):
+        core.register_advantage("outcome_sign", uses_prm=False)(outcome_sign)
+
+
+def test_registered_prm_losses_sum_and_count_like_the_functions():
+    seq = torch.tensor([0.3, -0.2, 1.0, 0.1, -1.0, 0.4, 0.0, 0.2])
+    labels = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.5])
+    ce, dpo = core.PRM_LOSSES["ce"], core.PRM_LOSSES["dpo"]
+    torch.testing.assert_close(ce.summed(seq, labels, 4), core.prm_ce_loss(seq, labels).sum())
+    assert ce.terms(labels, 4) == 8
+    chosen, rejected = core.dpo_pairs(labels, 4)
+    torch.testing.assert_close(dpo.summed(seq, labels, 4), core.prm_dpo_loss(seq, chosen, rejected).sum())
+    assert dpo.terms(labels, 4) == 4 + 5  # group 1: 2 correct x 2 wrong; group 2 (0, 0, 1, .5): 1 > .5 and both > 0 x2

@@ -1,0 +1,108 @@
+"""The learning half of one PRIME step, as one function: a filtered batch with outcome scores in, updated
+models and a typed result out.
+
+Read :func:`learn` top to bottom against PRIME (Cui et al. 2025, Algorithm 1, lines 6-11): old log-probs
+-> PRM update and token log-ratios -> process rewards -> advantages -> PPO-clip policy update. The trainer
+calls it every step after generate -> verify -> filter, and the exactness probe calls it on a fixed batch,
+so every option the trainer has is the code the exactness test runs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from prm_rl import core
+from prm_rl.config import AlgorithmSection, PolicySection, PrmSection, RewardSection, RolloutSection
+from prm_rl.rollout.generate import Rollout
+from prm_rl.trainer import stages
+
+
+@dataclass(frozen=True)
+class LearnSections:
+    """The config sections the learning stages read (nothing else of the config reaches them)."""
+
+    rollout: RolloutSection
+    prm: PrmSection
+    reward: RewardSection
+    algorithm: AlgorithmSection
+    policy: PolicySection
+
+    @classmethod
+    def of(cls, cfg) -> "LearnSections":
+        return cls(cfg.rollout, cfg.prm, cfg.reward, cfg.algorithm, cfg.policy)
+
+
+@dataclass
+class LearnResult:
+    old_logp: torch.Tensor  # [N, T] the policy's log-probs before the update (PPO's pi_old)
+    log_ratio: torch.Tensor | None  # [N, T] log pi_phi - log pi_ref the rewards came from; None without a PRM
+    process_rewards: torch.Tensor | None  # [N, T] dense rewards; None without a PRM
+    advantages: torch.Tensor  # [N, T]
+    skipped_updates: float  # optimiser updates DeepSpeed skipped for NaN/inf (policy + PRM): the guard's input
+    metrics: dict[str, float] = field(default_factory=dict)  # prm/*, policy/*, time/<stage>
+
+
+def learn(models: stages.Models, batch: Rollout, scores: torch.Tensor, sections: LearnSections,
+          step_ends: torch.Tensor, generator: torch.Generator,
+          advantage_hook: Callable[[torch.Tensor], torch.Tensor] | None = None) -> LearnResult:
+    """Update the PRM (when the estimator uses one) and the policy on ``batch``; every rank calls it.
+
+    ``scores`` [N] outcome scores (groups of K contiguous); ``step_ends`` [V] from
+    :func:`stages.step_end_table`; ``generator`` orders the mini-batches (same on every rank);
+    ``advantage_hook`` lets tests alter the advantages (fault injection) before the policy update.
+    """
+    s, m = sections, models
+    k = s.rollout.samples_per_prompt
+    metrics: dict[str, float] = {}
+    timer = stages.Timings()
+
+    with timer("old_logprobs"):
+        old_logp = stages.logprob_stage(m.policy, batch, s.policy.micro_batch_size, s.rollout.temperature)
+        ref_logp = stages.logprob_stage(m.ref, batch, s.policy.micro_batch_size) if m.ref is not None else None
+
+    log_ratio = process_rewards = None
+    prm_skipped = 0.0
+    if s.algorithm.uses_prm:
+        prm_ref = ref_logp if s.prm.reference == "sft" else old_logp
+        with timer("prm"):
+            log_ratio, prm_skipped = _prm_log_ratios(m.prm, batch, scores, prm_ref, k, s.prm, generator, metrics)
+            process_rewards = stages.process_reward_stage(log_ratio, batch, step_ends, s.reward, s.prm.beta)
+
+    with timer("advantages"):
+        advantages = stages.advantage_stage(scores, process_rewards, batch.response_mask, k, s.algorithm, s.reward)
+        if advantage_hook is not None:
+            advantages = advantage_hook(advantages)
+    with timer("policy"):
+        policy_metrics, policy_skipped = stages.policy_update_stage(
+            m.policy, batch, old_logp, advantages, ref_logp, s.policy, s.rollout.temperature, generator)
+    metrics.update(policy_metrics)
+    return LearnResult(old_logp, log_ratio, process_rewards, advantages, prm_skipped + policy_skipped,
+                       metrics | timer.metrics())
+
+
+def _prm_log_ratios(prm, batch: Rollout, scores: torch.Tensor, ref_logp: torch.Tensor, k: int, p: PrmSection,
+                    generator: torch.Generator, metrics: dict[str, float]) -> tuple[torch.Tensor, float]:
+    """Update the PRM per ``prm.update``; returns the token log-ratios the rewards come from and the number of
+    optimiser updates skipped for NaN/inf.
+
+    ``after`` (the authors' default): one forward pass both trains and scores, so the rewards are the PRM's
+    judgement before it saw these outcomes. ``before``: update first, then score again with the updated PRM.
+    ``none``: a frozen PRM only scores.
+    """
+    skipped = 0.0
+    if p.update == "none":
+        log_ratio = stages.implicit_log_ratio_stage(prm, batch, ref_logp, p.micro_batch_size)
+    else:
+        log_ratio, prm_metrics, skipped = stages.prm_update_stage(prm, batch, scores, ref_logp, k, p, generator)
+        metrics.update(prm_metrics)
+        if p.loss == "ce":  # prm/loss above this = worse than predicting the batch's mean outcome
+            metrics["prm/loss_constant_guess"] = core.constant_guess_ce(scores)
+        if p.update == "before":
+            log_ratio = stages.implicit_log_ratio_stage(prm, batch, ref_logp, p.micro_batch_size)
+    seq = core.sequence_reward(log_ratio, batch.response_mask, p.beta)
+    correct, weight = core.pairwise_ranking_accuracy(seq, scores, k)
+    if weight > 0:
+        metrics["prm/ranking_acc"] = float(correct / weight)
+    return log_ratio, skipped
