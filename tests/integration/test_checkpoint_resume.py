@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tiny_runs import REPO, all_rows, command, environment, launch, metrics, start, wait_for
+from tiny_runs import REPO, all_rows, command, environment, launch, metrics, start, wait_for, wait_until_gone
 
 # Band filter with two fill rounds: the carry-over buffer holds groups across steps (and checkpoints).
 RUN = ["trainer.max_steps=5", "trainer.checkpoint_every=2", "filter.low=0.2", "filter.high=0.8",
@@ -26,18 +26,6 @@ def uninterrupted(tmp_path_factory, warm_cache) -> Path:
     proc = launch(warm_cache, run_dir, RUN)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return run_dir
-
-
-def wait_until_gone(pgid: int, timeout: float) -> None:
-    """Wait for every process of a process group to exit."""
-    deadline = time.time() + timeout
-    while True:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return
-        assert time.time() < deadline, "ranks still running"
-        time.sleep(0.1)
 
 
 def kill_all(proc: subprocess.Popen) -> None:

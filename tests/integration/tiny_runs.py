@@ -84,3 +84,15 @@ def wait_for(predicate, proc: subprocess.Popen, timeout: float = 600, poll: floa
         assert proc.poll() is None, f"run exited early with {proc.returncode}"
         assert time.time() < deadline, "timed out waiting for the run"
         time.sleep(poll)
+
+
+def wait_until_gone(pgid: int, timeout: float) -> None:
+    """Wait for every process of a process group to exit."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        assert time.time() < deadline, "ranks still running"
+        time.sleep(0.1)
