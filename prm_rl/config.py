@@ -14,13 +14,11 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from prm_rl.errors import UsageError
+from prm_rl.data.arithmetic import ArithmeticConfig
+from prm_rl.data.code_task import CodeConfig
+from prm_rl.errors import ConfigError
 
-
-class ConfigError(UsageError):
-    """A config value breaks a rule; the message names the field."""
-
-    label = "config error"
+__all__ = ["Config", "ConfigError", "register_schema", "to_config"]
 
 
 def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
@@ -79,21 +77,25 @@ class WarmStartSection:
 @dataclass
 class TaskSection:
     name: str = MISSING
-    min_steps: int = MISSING
-    max_steps: int = MISSING
-    max_operand: int = MISSING
-    max_factor: int = MISSING
-    max_value: int = MISSING
+    # One section per built-in task: its generator's own config class (prm_rl/data/), knobs and defaults.
+    arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)
+    code: CodeConfig = field(default_factory=CodeConfig)
     train_size: int = MISSING
     eval_size: int = MISSING
     seed: int = MISSING
 
     def check(self) -> None:
-        _choice("task.name", self.name, ("arithmetic", "code"))
-        if not 1 <= self.min_steps <= self.max_steps:
-            raise ConfigError(f"task.min_steps={self.min_steps}: must be >= 1 and <= task.max_steps")
+        from prm_rl.data.prompts import BUILTIN_TASKS
+
+        _choice("task.name", self.name, tuple(BUILTIN_TASKS))
+        self.selected.check()
         _positive("task.eval_size", self.eval_size)
         _positive("task.train_size", self.train_size)
+
+    @property
+    def selected(self) -> ArithmeticConfig | CodeConfig:
+        """The config of the task ``task.name`` picks."""
+        return getattr(self, self.name)
 
 
 @dataclass

@@ -16,3 +16,9 @@ class UsageError(ValueError):
 
     def one_line(self) -> str:
         return f"{self.label}: {' '.join(str(self).split())}"
+
+
+class ConfigError(UsageError):
+    """A config value breaks a rule; the message names the field (its dotted path)."""
+
+    label = "config error"

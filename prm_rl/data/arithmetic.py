@@ -20,21 +20,33 @@ from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 from prm_rl.data.sample import Sample
+from prm_rl.errors import ConfigError
 
 TASK_NAME = "arithmetic"
+# Every character of its prompts and solutions: the built-in tokenizer's vocabulary (one token each).
+CHARACTERS = list("0123456789+-*=?\n\\boxed{}")
 _OPS = "+-*"
 _STEP_RE = re.compile(r"^(\d+)([+\-*])(\d+)=(-?\d+)$")
 
 
-@dataclass(frozen=True)
+@dataclass
 class ArithmeticConfig:
-    """Difficulty knobs of the generator (see recipes/base.yaml for the documented defaults)."""
+    """Difficulty knobs of the generator: ``task.arithmetic.*`` (recipes/base.yaml holds the same values,
+    tests/unit/test_config.py proves it)."""
 
     min_steps: int = 2  # fewest operations in a chain
     max_steps: int = 4  # most operations in a chain
     max_operand: int = 20  # start value and +/- operands are drawn from 1..max_operand
     max_factor: int = 9  # '*' operands are drawn from 2..max_factor
     max_value: int = 999  # every intermediate result stays in 0..max_value
+
+    def check(self) -> None:
+        if not 1 <= self.min_steps <= self.max_steps:
+            raise ConfigError(f"task.arithmetic.min_steps={self.min_steps}: must be >= 1 and "
+                              f"<= task.arithmetic.max_steps={self.max_steps}")
+        if self.max_operand < 1 or self.max_factor < 2 or self.max_value < self.max_operand:
+            raise ConfigError(f"task.arithmetic: need max_operand >= 1 (is {self.max_operand}), max_factor >= 2 "
+                              f"(is {self.max_factor}) and max_value >= max_operand (is {self.max_value})")
 
 
 @dataclass(frozen=True)
@@ -105,7 +117,7 @@ def train_problems(cfg: ArithmeticConfig, n: int, seed: int, exclude: set[str]) 
 
 def _distinct(cfg: ArithmeticConfig, n: int, seed: int, exclude: set[str]) -> list[Problem]:
     return distinct_problems(lambda rng: sample_problem(rng, cfg), n, seed, exclude,
-                             enlarge="task.max_steps/max_operand")
+                             enlarge="task.arithmetic.max_steps/max_operand")
 
 
 P = TypeVar("P")  # a problem type with a ``question`` string
@@ -125,7 +137,7 @@ def distinct_problems(draw: Callable[[random.Random], P], n: int, seed: int, exc
         if p.question in seen:
             misses += 1
             if misses > 100 * n + 10_000:  # the task's problem space is (nearly) exhausted
-                raise ValueError(f"task: only {len(out)} distinct problems found of the {n} requested; "
+                raise ConfigError(f"task: only {len(out)} distinct problems found of the {n} requested; "
                                  f"raise {enlarge} or lower the split sizes")
             continue
         misses = 0

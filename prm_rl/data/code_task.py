@@ -32,28 +32,36 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from prm_rl.data import arithmetic
 from prm_rl.data.arithmetic import distinct_problems
 from prm_rl.data.sample import Sample
+from prm_rl.errors import ConfigError
 
 TASK_NAME = "code"
+# The arithmetic characters (same ids) plus those of its prompts and programs: the tokenizer's vocabulary.
+CHARACTERS = arithmetic.CHARACTERS + list(" ()#/:`afhnprtuy")
 
 
-@dataclass(frozen=True)
+@dataclass
 class CodeConfig:
-    """Difficulty knobs of the generator (``loading.task_config`` maps the ``task.*`` fields onto them)."""
+    """Difficulty knobs of the generator: ``task.code.*`` (recipes/base.yaml holds the same values,
+    tests/unit/test_config.py proves it)."""
 
-    max_slope: int = 9  # a in 1..max_slope (task.max_factor)
-    max_intercept: int = 20  # b in 0..max_intercept (task.max_operand)
+    max_slope: int = 9  # a in 1..max_slope
+    max_intercept: int = 20  # b in 0..max_intercept
     max_x: int = 9  # shown inputs are distinct values in 1..max_x (never 0: the intercept must be derived)
     num_examples: int = 3  # input/output examples shown; the derivation uses the first two
 
     def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
         if not 2 <= self.num_examples <= self.max_x:
-            raise ValueError(f"code task: num_examples={self.num_examples} must lie in 2..max_x={self.max_x} "
-                             "(the slope needs two distinct inputs)")
+            raise ConfigError(f"task.code.num_examples={self.num_examples}: must lie in 2..task.code.max_x="
+                              f"{self.max_x} (the slope needs two distinct inputs)")
         if self.max_slope < 1 or self.max_intercept < 0:
-            raise ValueError(f"code task: max_slope={self.max_slope} must be >= 1 and "
-                             f"max_intercept={self.max_intercept} >= 0")
+            raise ConfigError(f"task.code: max_slope={self.max_slope} must be >= 1 and "
+                              f"max_intercept={self.max_intercept} >= 0")
 
 
 @dataclass(frozen=True)
@@ -121,4 +129,4 @@ def heldout_problems(cfg: CodeConfig, n: int, seed: int) -> list[Problem]:
 def train_problems(cfg: CodeConfig, n: int, seed: int, exclude: set[str]) -> list[Problem]:
     """``n`` distinct problems, none of whose questions is in ``exclude`` (the held-out split)."""
     return distinct_problems(lambda rng: sample_problem(rng, cfg), n, seed, exclude,
-                             enlarge="task.max_factor/max_operand")
+                             enlarge="task.code.max_slope/max_intercept")

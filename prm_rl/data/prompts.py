@@ -13,8 +13,9 @@ from prm_rl.data.sample import Sample
 TaskConfig = Union[arithmetic.ArithmeticConfig, code_task.CodeConfig]
 
 # The built-in tasks by name: (config class, generator module). Every generator module has the same
-# interface: TASK_NAME, heldout_problems, train_problems, prompt_text, to_sample, and problems with
-# ``question`` and ``solution`` (the SFT demonstration).
+# interface: TASK_NAME, CHARACTERS (the built-in tokenizer's alphabet), heldout_problems, train_problems,
+# prompt_text, to_sample, and problems with ``question`` and ``solution`` (the SFT demonstration). The config
+# class is also the schema of ``task.<name>.*`` (prm_rl/config.py).
 BUILTIN_TASKS: dict[str, tuple[type, ModuleType]] = {
     arithmetic.TASK_NAME: (arithmetic.ArithmeticConfig, arithmetic),
     code_task.TASK_NAME: (code_task.CodeConfig, code_task),

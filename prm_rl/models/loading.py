@@ -14,24 +14,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from prm_rl.config import Config, ModelSection
 from prm_rl.errors import UsageError
-from prm_rl.data import arithmetic, code_task
-from prm_rl.data.prompts import TaskConfig
 from prm_rl.models.tiny import TinyModelConfig
 from prm_rl.models.warm_start import _spec, ensure_warm_start
-
-
-def task_config(cfg: Config) -> TaskConfig:
-    """The built-in task's generator config, picked by ``task.name``, with the ``task.*`` knobs that apply.
-
-    code: ``max_factor`` bounds the slope and ``max_operand`` the intercept; the chain-length knobs
-    (``min_steps``, ``max_steps``, ``max_value``) have no meaning there and keep the generator's defaults.
-    """
-    t = cfg.task
-    if t.name == arithmetic.TASK_NAME:
-        return arithmetic.ArithmeticConfig(t.min_steps, t.max_steps, t.max_operand, t.max_factor, t.max_value)
-    if t.name == code_task.TASK_NAME:
-        return code_task.CodeConfig(max_slope=t.max_factor, max_intercept=t.max_operand)
-    raise ValueError(f"task.name={t.name!r}: no built-in task of that name")
 
 
 class ModelSourceError(UsageError):
@@ -107,7 +91,7 @@ def start_checkpoint(cfg: Config, log=print) -> str:
     check_model_source(cfg.model)
     if cfg.model.path is not None:
         return cfg.model.path
-    spec = _spec(TinyModelConfig(**asdict(cfg.model.tiny)), task_config(cfg), asdict(cfg.warm_start),
+    spec = _spec(TinyModelConfig(**asdict(cfg.model.tiny)), cfg.task.selected, asdict(cfg.warm_start),
                  heldout_seed=cfg.task.seed, heldout_size=cfg.task.eval_size)
     return str(ensure_warm_start(cfg.warm_start.cache_dir, spec, log=log))
 

@@ -13,12 +13,6 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]
-# Every character the arithmetic task and its boxed answer use.
-CHARACTERS = list("0123456789+-*=?\n\\boxed{}")
-# The code task (prm_rl/data/code_task.py) adds its prompts' and programs' characters. Appended, so the
-# arithmetic ids are unchanged; the arithmetic tokenizer itself stays CHARACTERS alone (its cached warm
-# start and the measured results were made with exactly that vocabulary).
-CODE_CHARACTERS = CHARACTERS + list(" ()#/:`afhnprtuy")
 
 
 @dataclass(frozen=True)
@@ -32,7 +26,7 @@ class TinyModelConfig:
     max_positions: int = 256
 
 
-def build_char_tokenizer(characters: list[str] = CHARACTERS) -> PreTrainedTokenizerFast:
+def build_char_tokenizer(characters: list[str]) -> PreTrainedTokenizerFast:
     """One token per character of ``characters`` (ids in that order, after the special tokens); decoding
     concatenates characters back without separators. Any other character encodes as ``<unk>``."""
     if len(set(characters)) != len(characters):

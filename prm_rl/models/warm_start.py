@@ -19,15 +19,13 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from prm_rl.data import arithmetic, code_task
-from prm_rl.data.prompts import TaskConfig, make_task_config, task_generator
-from prm_rl.models.tiny import (CHARACTERS, CODE_CHARACTERS, TinyModelConfig, build_char_tokenizer,
-                                build_tiny_model)
+from prm_rl.data.prompts import BUILTIN_TASKS, TaskConfig, make_task_config, task_generator
+from prm_rl.models.tiny import TinyModelConfig, build_char_tokenizer, build_tiny_model
 
 # Bump when the warm-start procedure changes, so old caches are not reused.
 _VERSION = 1
-# The tokenizer's characters for each built-in task.
-_TASK_CHARACTERS = {arithmetic.TASK_NAME: CHARACTERS, code_task.TASK_NAME: CODE_CHARACTERS}
+# Specs of the first built-in task predate task names: a spec without one is this task's (same hash, same cache).
+_FIRST_TASK = "arithmetic"
 
 
 def _spec(tiny: TinyModelConfig, task: TaskConfig, warm: dict, heldout_seed: int, heldout_size: int) -> dict:
@@ -36,7 +34,7 @@ def _spec(tiny: TinyModelConfig, task: TaskConfig, warm: dict, heldout_seed: int
     spec = {"version": _VERSION, "model": asdict(tiny), "task": asdict(task), "warm_start": warm,
             "heldout_seed": heldout_seed, "heldout_size": heldout_size}
     name = task_generator(task).TASK_NAME
-    if name != arithmetic.TASK_NAME:  # arithmetic specs predate task names: keep their hash (and cache)
+    if name != _FIRST_TASK:
         spec["task_name"] = name
     return spec
 
@@ -73,14 +71,14 @@ def train(spec: dict, out: Path) -> None:
     from trl import SFTConfig, SFTTrainer
 
     datasets.disable_progress_bars()  # the trainer prints one line for the whole warm start
-    name = spec.get("task_name", arithmetic.TASK_NAME)
+    name = spec.get("task_name", _FIRST_TASK)
     warm, task = spec["warm_start"], make_task_config(name, spec["task"])
     gen = task_generator(task)
     heldout = gen.heldout_problems(task, spec["heldout_size"], spec["heldout_seed"])
     problems = gen.train_problems(task, warm["num_examples"], warm["seed"],
                                   exclude={p.question for p in heldout})
     data = Dataset.from_list([{"prompt": gen.prompt_text(p), "completion": p.solution} for p in problems])
-    tokenizer = build_char_tokenizer(_TASK_CHARACTERS[name])
+    tokenizer = build_char_tokenizer(BUILTIN_TASKS[name][1].CHARACTERS)
     model = build_tiny_model(TinyModelConfig(**spec["model"]), tokenizer, seed=warm["seed"])
     staging = out.with_name(out.name + f".tmp-{os.getpid()}")
     # Off (SFTConfig turns it on); transformers >= 5.x renamed the option and warns about the old name.

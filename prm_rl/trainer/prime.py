@@ -21,7 +21,7 @@ from prm_rl.data.prompts import PromptSplits, PromptStream, builtin_splits
 from prm_rl.engine import dist
 from prm_rl.engine.deepspeed_engine import frozen_model, set_optimizer_hyperparameters, trainable_engine
 from prm_rl.errors import UsageError
-from prm_rl.models.loading import load_causal_lm, load_tokenizer, start_checkpoint, task_config
+from prm_rl.models.loading import load_causal_lm, load_tokenizer, start_checkpoint
 from prm_rl.rewards import build_scorer
 from prm_rl.rollout.generate import Rollout
 from prm_rl.tracking import heatmap
@@ -46,7 +46,7 @@ def load_prompt_splits(cfg: Config, tokenizer, scorer, log=log) -> PromptSplits:
     """Training and held-out prompts: the user's files (``data.*``) or the built-in task (``task.*``)."""
     if cfg.data.train is None:
         t = cfg.task
-        return builtin_splits(task_config(cfg), train_size=t.train_size, eval_size=t.eval_size, seed=t.seed)
+        return builtin_splits(t.selected, train_size=t.train_size, eval_size=t.eval_size, seed=t.seed)
     splits, counts = file_splits(cfg.data, tokenizer)
     try:
         scorer.check_tasks({s.task for s in splits.train + splits.eval})

@@ -12,6 +12,7 @@ import pytest
 from prm_rl.config import DataSection
 from prm_rl.data.files import DataError, file_splits, load_prompts
 from prm_rl.data.sample import Sample
+from prm_rl.data import arithmetic
 from prm_rl.models.tiny import build_char_tokenizer
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -371,14 +372,14 @@ def test_prompts_the_tokenizer_cannot_encode_are_refused_naming_the_first_row():
     with data_error(fixture("gsm8k.jsonl"), "2 of 2 prompts hold characters the tokenizer cannot encode (<unk>), "
                     "e.g. row 1 (81 of 94 tokens); use the tokenizer these prompts are written for "
                     "(model.path or model.tokenizer_path)"):
-        load_prompts(fixture("gsm8k.jsonl"), mapping="gsm8k", tokenizer=build_char_tokenizer())
+        load_prompts(fixture("gsm8k.jsonl"), mapping="gsm8k", tokenizer=build_char_tokenizer(arithmetic.CHARACTERS))
 
 
 def test_a_few_prompts_with_unknown_characters_are_kept_and_counted(tmp_path):
     rows = [{"question": f"{i}+{i}=?", "final": str(2 * i)} for i in range(19)] + [{"question": "1+1=? ☃", "final": "2"}]
     path = write_jsonl(tmp_path / "a.jsonl", rows)
     loaded = load_prompts(path, mapping="fields", fields={"prompt": "question", "answer": "final"}, task="arithmetic",
-                          tokenizer=build_char_tokenizer())
+                          tokenizer=build_char_tokenizer(arithmetic.CHARACTERS))
     assert (loaded.rows, len(loaded.samples), loaded.with_unknown_tokens) == (20, 20, 1)
 
 

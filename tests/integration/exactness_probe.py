@@ -17,6 +17,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from prm_rl.config import register_schema, to_config  # noqa: E402
 from prm_rl.engine import dist  # noqa: E402
 from prm_rl.engine.deepspeed_engine import frozen_model, full_parameters, trainable_engine  # noqa: E402
+from prm_rl.data import arithmetic  # noqa: E402
 from prm_rl.models.tiny import TinyModelConfig, build_char_tokenizer, build_tiny_model  # noqa: E402
 from prm_rl.rollout.generate import Rollout, response_mask_from_ids  # noqa: E402
 from prm_rl.trainer import stages  # noqa: E402
@@ -52,7 +53,7 @@ def main() -> None:
     with initialize_config_dir(config_dir=f"{REPO}/recipes", version_base=None):
         cfg = to_config(compose(config_name="base", overrides=["+recipe=math_ppo", *overrides]))
     dist.init()
-    tok = build_char_tokenizer()
+    tok = build_char_tokenizer(arithmetic.CHARACTERS)
     tiny = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_positions=32)
     k = cfg.rollout.samples_per_prompt
     batch = fixed_batch(cfg.rollout.prompts_per_step * k, len(tok), tok.eos_token_id)

@@ -44,7 +44,7 @@ def test_training_on_prompts_from_files(tmp_path, warm_cache):
 
 def test_a_malformed_row_stops_the_launch_before_models_load(tmp_path):
     model_dir = tmp_path / "sft"
-    tokenizer = build_char_tokenizer()
+    tokenizer = build_char_tokenizer(arithmetic.CHARACTERS)
     build_tiny_model(TinyModelConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32),
                      tokenizer, seed=0).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)

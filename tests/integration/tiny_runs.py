@@ -15,7 +15,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 TINY = [
-    "model.tiny.max_positions=64", "task.min_steps=1", "task.max_steps=2", "task.eval_size=32",
+    "model.tiny.max_positions=64", "task.arithmetic.min_steps=1",
+    "task.arithmetic.max_steps=2", "task.eval_size=32",
     "task.train_size=200", "warm_start.num_examples=1500", "warm_start.max_steps=250",
     "warm_start.batch_size=64", "warm_start.learning_rate=2e-3",
     "rollout.prompts_per_step=8", "rollout.samples_per_prompt=4", "rollout.max_new_tokens=40",

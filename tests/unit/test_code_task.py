@@ -9,12 +9,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from prm_rl.config import register_schema, to_config
-from prm_rl.data import code_task
+from prm_rl.data import arithmetic, code_task
 from prm_rl.data.prompts import builtin_splits
 from prm_rl.data.sample import Sample
-from prm_rl.models.loading import task_config
-from prm_rl.models.tiny import (CHARACTERS, CODE_CHARACTERS, SPECIAL_TOKENS, TinyModelConfig,
-                               build_char_tokenizer)
+from prm_rl.models.tiny import SPECIAL_TOKENS, TinyModelConfig, build_char_tokenizer
 from prm_rl.models.warm_start import _spec, cache_path
 from prm_rl.rewards import build_scorer
 
@@ -54,11 +52,11 @@ def test_problem_format(heldout):
 
 
 def test_solutions_fit_the_response_budget_and_the_tokenizer(heldout):
-    vocab = set(CODE_CHARACTERS)
+    vocab = set(code_task.CHARACTERS)
     for p in heldout:
         assert len(p.solution) <= MAX_RESPONSE_CHARS
         assert set(code_task.prompt_text(p) + p.solution) <= vocab
-    tokenizer = build_char_tokenizer(CODE_CHARACTERS)
+    tokenizer = build_char_tokenizer(code_task.CHARACTERS)
     text = code_task.prompt_text(heldout[0]) + heldout[0].solution
     ids = tokenizer(text)["input_ids"]
     assert tokenizer.unk_token_id not in ids and tokenizer.decode(ids) == text
@@ -79,13 +77,13 @@ def test_real_verifier_gives_full_and_partial_credit(heldout):
 
 
 def test_task_config_follows_task_name():
-    cfg = composed("task.name=code", "task.max_factor=5", "task.max_operand=10")
-    assert task_config(cfg) == code_task.CodeConfig(max_slope=5, max_intercept=10)
+    cfg = composed("task.name=code", "task.code.max_slope=5", "task.code.max_intercept=10")
+    assert cfg.task.selected == code_task.CodeConfig(max_slope=5, max_intercept=10)
 
 
 def test_code_warm_start_has_its_own_cache_key():
     cfg = composed("task.name=code")
-    spec = _spec(TinyModelConfig(**asdict(cfg.model.tiny)), task_config(cfg), asdict(cfg.warm_start),
+    spec = _spec(TinyModelConfig(**asdict(cfg.model.tiny)), cfg.task.selected, asdict(cfg.warm_start),
                  heldout_seed=cfg.task.seed, heldout_size=cfg.task.eval_size)
     assert spec["task_name"] == "code"
 
@@ -93,13 +91,13 @@ def test_code_warm_start_has_its_own_cache_key():
 def test_arithmetic_warm_start_cache_key_and_vocabulary_unchanged():
     """docs/results.md was measured with the warm start cached under this digest: it must not move."""
     cfg = composed()
-    spec = _spec(TinyModelConfig(**asdict(cfg.model.tiny)), task_config(cfg), asdict(cfg.warm_start),
+    spec = _spec(TinyModelConfig(**asdict(cfg.model.tiny)), cfg.task.selected, asdict(cfg.warm_start),
                  heldout_seed=cfg.task.seed, heldout_size=cfg.task.eval_size)
     assert "task_name" not in spec
     assert cache_path("/cache", spec).name == "157d95673942b2fc"
-    vocab = build_char_tokenizer().get_vocab()
+    vocab = build_char_tokenizer(arithmetic.CHARACTERS).get_vocab()
     assert vocab == {tok: i for i, tok in enumerate(SPECIAL_TOKENS + list("0123456789+-*=?\n\\boxed{}"))}
-    assert CODE_CHARACTERS[:len(CHARACTERS)] == CHARACTERS
+    assert code_task.CHARACTERS[:len(arithmetic.CHARACTERS)] == arithmetic.CHARACTERS
 
 
 def test_sample_fields_are_plain_assert_strings(heldout):

@@ -85,6 +85,8 @@ def test_wrong_type_is_rejected():
     ("data.train=/no/such/train.jsonl", "data.train"),
     ("data.mapping=csv", "data.mapping"),
     ("task.name=poetry", "task.name"),
+    ("task.arithmetic.min_steps=5", "task.arithmetic.min_steps"),
+    ("task.name=code task.code.num_examples=1", "task.code.num_examples"),
     ("algorithm.advantage=grpo rollout.samples_per_prompt=1", "rollout.samples_per_prompt"),
     ("rollout.samples_per_prompt=2 filter.low=0.6 filter.high=0.9", "filter.low"),  # only 0, 0.5, 1 possible
     ("prm.learning_rate=-1e-3", "prm.learning_rate"),
@@ -144,3 +146,32 @@ def test_a_real_checkpoint_without_training_data_is_refused():
     """paper_7b names a 7B checkpoint but no prompts: it must not RL-train it on the toy arithmetic task."""
     with pytest.raises(ConfigError, match="^data.train: required with model.path=/checkpoints/Eurus-2-7B-SFT"):
         to_config(composed("+recipe=paper_7b"), world_size=8)
+
+
+def test_base_yaml_holds_the_defaults_of_sections_that_have_them():
+    """A section whose dataclass has real defaults (the built-in tasks' configs) is documented in base.yaml with
+    the same values: the two cannot drift."""
+    import dataclasses
+    import typing
+
+    from omegaconf import OmegaConf
+
+    from prm_rl.config import Config
+
+    yaml = OmegaConf.to_container(OmegaConf.load(REPO / "recipes" / "base.yaml"))
+    checked = 0
+
+    def walk(cls, node, path):
+        nonlocal checked
+        types = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            where = f"{path}.{f.name}".lstrip(".")
+            assert f.name in node, f"{where}: declared in the schema, missing from base.yaml"
+            if dataclasses.is_dataclass(types[f.name]):
+                walk(types[f.name], node[f.name], where)
+            elif f.default is not dataclasses.MISSING and f.default != "???":
+                assert node[f.name] == f.default, f"{where}: base.yaml has {node[f.name]!r}, the code {f.default!r}"
+                checked += 1
+
+    walk(Config, yaml, "")
+    assert checked >= 9  # task.arithmetic (5) and task.code (4) at least

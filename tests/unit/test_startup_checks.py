@@ -15,6 +15,7 @@ from prm_rl import json_text
 from prm_rl.cli import hydra_error_line
 from prm_rl.config import ModelSection, TinyModelSection
 from prm_rl.models.loading import ModelSourceError, check_model_source
+from prm_rl.data import arithmetic
 from prm_rl.models.tiny import TinyModelConfig, build_char_tokenizer, build_tiny_model
 from prm_rl.trainer import run_lock
 
@@ -27,7 +28,7 @@ def model_section(path, tokenizer_path=None) -> ModelSection:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ckpt")
-    tokenizer = build_char_tokenizer()
+    tokenizer = build_char_tokenizer(arithmetic.CHARACTERS)
     build_tiny_model(TinyModelConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32),
                      tokenizer, seed=0).save_pretrained(out)
     tokenizer.save_pretrained(out)
