@@ -17,6 +17,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from prm_rl.data.arithmetic import ArithmeticConfig
 from prm_rl.data.code_task import CodeConfig
 from prm_rl.errors import ConfigError
+from prm_rl.models.tiny import TinyModelConfig
 
 __all__ = ["Config", "ConfigError", "register_schema", "to_config"]
 
@@ -37,19 +38,10 @@ def _non_negative(name: str, value: float) -> None:
 
 
 @dataclass
-class TinyModelSection:
-    hidden_size: int = MISSING
-    num_layers: int = MISSING
-    num_heads: int = MISSING
-    intermediate_size: int = MISSING
-    max_positions: int = MISSING
-
-
-@dataclass
 class ModelSection:
     path: Optional[str] = MISSING
     tokenizer_path: Optional[str] = MISSING
-    tiny: TinyModelSection = field(default_factory=TinyModelSection)
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)  # the built-in model's shape (models/tiny.py)
     dtype: str = MISSING
     gradient_checkpointing: bool = MISSING
 
@@ -113,8 +105,11 @@ class DataSection:
     max_rows: Optional[int] = MISSING
 
     def check(self) -> None:
-        _choice("data.format", self.format, ("auto", "jsonl", "parquet", "hf_disk"))
-        _choice("data.mapping", self.mapping, ("prime", "gsm8k", "math", "code", "fields"))
+        from prm_rl.data.files import FORMATS
+        from prm_rl.data.mappings import MAPPINGS
+
+        _choice("data.format", self.format, FORMATS)
+        _choice("data.mapping", self.mapping, MAPPINGS)
         _positive("data.max_prompt_tokens", self.max_prompt_tokens)
         if self.max_rows is not None:
             _positive("data.max_rows", self.max_rows)
@@ -230,7 +225,9 @@ class RewardSection:
     outcome_coef: float = MISSING
 
     def check(self) -> None:
-        _choice("reward.granularity", self.granularity, ("token", "step", "whole"))
+        from prm_rl.core import GRANULARITIES
+
+        _choice("reward.granularity", self.granularity, GRANULARITIES)
         _choice("reward.normalize", self.normalize, ("batch_max_return", "none"))
 
 
@@ -275,8 +272,10 @@ class PolicySection:
         _positive("policy.clip_eps", self.clip_eps)
         if self.dual_clip is not None and not self.dual_clip > 1:
             raise ConfigError(f"policy.dual_clip={self.dual_clip}: must be > 1 (or null to disable)")
-        _choice("policy.kl_estimator", self.kl_estimator, ("k1", "k3"))
-        _choice("policy.loss_agg", self.loss_agg, ("seq-mean-token-mean", "token-mean"))
+        from prm_rl.core import KL_ESTIMATORS, LOSS_AGGREGATIONS
+
+        _choice("policy.kl_estimator", self.kl_estimator, KL_ESTIMATORS)
+        _choice("policy.loss_agg", self.loss_agg, LOSS_AGGREGATIONS)
         _positive("policy.ppo_epochs", self.ppo_epochs)
         _positive("policy.mini_batches", self.mini_batches)
         _positive("policy.micro_batch_size", self.micro_batch_size)

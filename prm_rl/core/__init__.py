@@ -18,6 +18,7 @@ from .advantages import (
 )
 from .filters import accuracy_band, expand_group_mask, group_mean_scores, groups_without_truncation
 from .implicit import (
+    GRANULARITIES,
     PRM_LOSSES,
     PrmLoss,
     dpo_pairs,
@@ -31,7 +32,7 @@ from .implicit import (
 )
 from .logprobs import token_entropy, token_logprobs
 from .masked import masked_mean, masked_sum, masked_var, masked_whiten
-from .policy_loss import aggregate, approx_kl, kl_penalty, ppo_clip_loss
+from .policy_loss import KL_ESTIMATORS, LOSS_AGGREGATIONS, aggregate, approx_kl, kl_penalty, ppo_clip_loss
 from .prm_metrics import auroc, constant_guess_ce, first_error_hit_rate, first_error_hits, step_auroc, step_rewards
 
 __all__ = [
@@ -75,4 +76,7 @@ __all__ = [
     "register_advantage",
     "PRM_LOSSES",
     "PrmLoss",
+    "GRANULARITIES",
+    "LOSS_AGGREGATIONS",
+    "KL_ESTIMATORS",
 ]

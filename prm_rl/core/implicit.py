@@ -29,7 +29,7 @@ __all__ = [
     "normalize_by_max_return",
 ]
 
-_GRANULARITIES = ("token", "step", "whole")
+GRANULARITIES = ("token", "step", "whole")  # reward.granularity
 
 
 def _zeros_like_scalar(x: torch.Tensor) -> torch.Tensor:
@@ -162,8 +162,8 @@ def process_rewards(
            its indexing there is buggy).
     Normalisation by the largest return is separate: :func:`normalize_by_max_return`.
     """
-    if granularity not in _GRANULARITIES:
-        raise ValueError(f"granularity must be one of {_GRANULARITIES}, got {granularity!r}")
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
     valid = _valid(mask)
     zero = _zeros_like_scalar(log_ratio)
     rewards = log_ratio * beta if scale_by_beta else log_ratio

@@ -11,7 +11,8 @@ from .masked import _valid, masked_mean, masked_sum
 
 __all__ = ["ppo_clip_loss", "kl_penalty", "approx_kl", "aggregate"]
 
-_AGG_MODES = ("seq-mean-token-mean", "token-mean")
+LOSS_AGGREGATIONS = ("seq-mean-token-mean", "token-mean")  # policy.loss_agg
+KL_ESTIMATORS = ("k1", "k3")  # policy.kl_estimator
 # exp(20) ~ 4.9e8: far outside any clip band, yet finite in float32 and bf16, so an extreme log-ratio
 # (e.g. a token the old policy gave ~0 probability) cannot turn into inf and then NaN via inf * 0.
 _LOG_RATIO_CLAMP = 20.0
@@ -75,7 +76,7 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> to
     if estimator == "k3":
         d = torch.clamp(ref_logp - logp, -_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
         return torch.clamp(torch.exp(d) - d - 1.0, -10.0, 10.0)
-    raise ValueError(f'estimator must be "k1" or "k3", got {estimator!r}')
+    raise ValueError(f"estimator must be one of {KL_ESTIMATORS}, got {estimator!r}")
 
 
 def approx_kl(logp: torch.Tensor, old_logp: torch.Tensor) -> torch.Tensor:
@@ -110,4 +111,4 @@ def aggregate(token_values: torch.Tensor, mask: torch.Tensor, mode: str, denomin
         return masked_mean(token_values, mask, dim=-1).sum() / denominator
     if mode == "token-mean":
         return masked_sum(token_values, mask) / denominator
-    raise ValueError(f"mode must be one of {_AGG_MODES}, got {mode!r}")
+    raise ValueError(f"mode must be one of {LOSS_AGGREGATIONS}, got {mode!r}")

@@ -14,7 +14,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from prm_rl.config import Config, ModelSection
 from prm_rl.errors import UsageError
-from prm_rl.models.tiny import TinyModelConfig
 from prm_rl.models.warm_start import _spec, ensure_warm_start
 
 
@@ -91,7 +90,7 @@ def start_checkpoint(cfg: Config, log=print) -> str:
     check_model_source(cfg.model)
     if cfg.model.path is not None:
         return cfg.model.path
-    spec = _spec(TinyModelConfig(**asdict(cfg.model.tiny)), cfg.task.selected, asdict(cfg.warm_start),
+    spec = _spec(cfg.model.tiny, cfg.task.selected, asdict(cfg.warm_start),
                  heldout_seed=cfg.task.seed, heldout_size=cfg.task.eval_size)
     return str(ensure_warm_start(cfg.warm_start.cache_dir, spec, log=log))
 

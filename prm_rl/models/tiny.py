@@ -7,28 +7,32 @@ Both are ordinary Hugging Face objects saved in the standard format (``tokenizer
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+if TYPE_CHECKING:  # imported where used: the config schema (model.tiny) imports this module
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 
 
-@dataclass(frozen=True)
+@dataclass
 class TinyModelConfig:
-    """Shape of the built-in model; the defaults give about one million parameters."""
+    """Shape of the built-in model, ``model.tiny.*``; the defaults give about one million parameters
+    (recipes/base.yaml holds the same values, tests/unit/test_config.py proves it)."""
 
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    intermediate_size: int = 512
-    max_positions: int = 256
+    hidden_size: int = 128  # width of the residual stream
+    num_layers: int = 4  # decoder blocks
+    num_heads: int = 4  # attention heads (as many key/value heads: no grouped-query attention)
+    intermediate_size: int = 512  # width of each MLP
+    max_positions: int = 256  # longest prompt + response, in tokens (characters)
 
 
 def build_char_tokenizer(characters: list[str]) -> PreTrainedTokenizerFast:
     """One token per character of ``characters`` (ids in that order, after the special tokens); decoding
     concatenates characters back without separators. Any other character encodes as ``<unk>``."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
     if len(set(characters)) != len(characters):
         raise ValueError("build_char_tokenizer: characters must be distinct")
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + list(characters))}
@@ -42,6 +46,9 @@ def build_char_tokenizer(characters: list[str]) -> PreTrainedTokenizerFast:
 
 def build_tiny_model(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast, seed: int) -> LlamaForCausalLM:
     """A freshly initialised Llama-architecture LM sized by ``cfg`` (weights depend only on ``seed``)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=cfg.hidden_size,

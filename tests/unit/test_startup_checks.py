@@ -13,7 +13,7 @@ import pytest
 
 from prm_rl import json_text
 from prm_rl.cli import hydra_error_line
-from prm_rl.config import ModelSection, TinyModelSection
+from prm_rl.config import ModelSection
 from prm_rl.models.loading import ModelSourceError, check_model_source
 from prm_rl.data import arithmetic
 from prm_rl.models.tiny import TinyModelConfig, build_char_tokenizer, build_tiny_model
@@ -22,7 +22,7 @@ from prm_rl.trainer import run_lock
 
 def model_section(path, tokenizer_path=None) -> ModelSection:
     return ModelSection(path=None if path is None else str(path), tokenizer_path=tokenizer_path,
-                        tiny=TinyModelSection(), dtype="float32", gradient_checkpointing=False)
+                        tiny=TinyModelConfig(), dtype="float32", gradient_checkpointing=False)
 
 
 @pytest.fixture(scope="module")
