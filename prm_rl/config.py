@@ -1,8 +1,13 @@
-"""Typed schema of the training config.
+"""Typed schema of the training config: every option's type, default, one-line doc and rules.
 
-Values and their documentation live in ``recipes/base.yaml`` (one commented line per option); this module
-gives each option its type and its rules. Hydra merges the YAML onto these classes, so an unknown key
-(a typo) or a wrong type fails at composition, and :func:`to_config` runs the cross-field rules below
+Each field carries its default and, under it, its doc (CleanRL's ``Args`` style); ``recipes/base.yaml`` shows
+the same values with the same docs as comments, and ``tests/unit/test_config.py`` fails if the two differ in
+any value or word. The built-in tasks' knobs and the tiny model's shape are their own config classes, beside
+the code that uses them (``ArithmeticConfig``, ``CodeConfig``, ``TinyModelConfig``). Allowed values come from
+the code that implements them (registries of estimators and losses, the data formats and mappings).
+
+Hydra merges the YAML onto these classes, so an unknown key (a typo) or a wrong type fails at composition,
+and :func:`to_config` runs each section's ``check()`` and the cross-section rules of :meth:`Config.check`
 before any model loads, each failing with one line that names the field and the rule.
 """
 from __future__ import annotations
@@ -12,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from prm_rl.data.arithmetic import ArithmeticConfig
 from prm_rl.data.code_task import CodeConfig
@@ -39,11 +44,18 @@ def _non_negative(name: str, value: float) -> None:
 
 @dataclass
 class ModelSection:
-    path: Optional[str] = MISSING
-    tokenizer_path: Optional[str] = MISSING
-    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)  # the built-in model's shape (models/tiny.py)
-    dtype: str = MISSING
-    gradient_checkpointing: bool = MISSING
+    """The starting checkpoint: policy, PRM and reference all start from it"""
+
+    path: Optional[str] = None
+    """Hugging Face checkpoint dir of the SFT model; null = built-in tiny model, warm-started by SFT"""
+    tokenizer_path: Optional[str] = None
+    """tokenizer dir if not beside the model; null = model.path (or the built-in char tokenizer)"""
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    """shape of the built-in model (Llama architecture, tied embeddings; models/tiny.py)"""
+    dtype: str = "float32"
+    """float32 | bfloat16: weights and compute of policy, PRM and reference"""
+    gradient_checkpointing: bool = False
+    """trade compute for activation memory in policy and PRM updates"""
 
     def check(self) -> None:
         _choice("model.dtype", self.dtype, ("float32", "bfloat16"))
@@ -52,13 +64,22 @@ class ModelSection:
 
 @dataclass
 class WarmStartSection:
-    cache_dir: str = MISSING
-    num_examples: int = MISSING
-    max_steps: int = MISSING
-    batch_size: int = MISSING
-    learning_rate: float = MISSING
-    lr_scheduler: str = MISSING
-    seed: int = MISSING
+    """SFT of the built-in model with TRL's SFTTrainer; runs once, then cached"""
+
+    cache_dir: str = "~/.cache/prm_rl/warm_start"
+    """one folder per distinct warm-start config"""
+    num_examples: int = 44800
+    """distinct training demonstrations (350 x 128: each is seen once)"""
+    max_steps: int = 350
+    """optimiser steps (stops mid-curve at ~43% held-out: room for RL to show)"""
+    batch_size: int = 128
+    """demonstrations per step"""
+    learning_rate: float = 0.001
+    """AdamW peak learning rate (5% linear warm-up)"""
+    lr_scheduler: str = "constant_with_warmup"
+    """cosine | constant_with_warmup | linear"""
+    seed: int = 0
+    """model init and data order"""
 
     def check(self) -> None:
         for name in ("num_examples", "max_steps", "batch_size", "learning_rate"):
@@ -68,13 +89,21 @@ class WarmStartSection:
 
 @dataclass
 class TaskSection:
-    name: str = MISSING
+    """The built-in task, used when data.train is null"""
+
+    name: str = "arithmetic"
+    """arithmetic (prm_rl/data/arithmetic.py) | code (prm_rl/data/code_task.py)"""
     # One section per built-in task: its generator's own config class (prm_rl/data/), knobs and defaults.
     arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)
+    """knobs of the arithmetic task (prm_rl/data/arithmetic.py: ArithmeticConfig)"""
     code: CodeConfig = field(default_factory=CodeConfig)
-    train_size: int = MISSING
-    eval_size: int = MISSING
-    seed: int = MISSING
+    """knobs of the code task (prm_rl/data/code_task.py: CodeConfig)"""
+    train_size: int = 20000
+    """RL prompts (disjoint from the held-out split)"""
+    eval_size: int = 512
+    """held-out problems for eval_accuracy_* (std. error ~2.2 points at 512)"""
+    seed: int = 1234
+    """held-out split seed; the RL prompt split uses seed + 1"""
 
     def check(self) -> None:
         from prm_rl.data.prompts import BUILTIN_TASKS
@@ -92,17 +121,30 @@ class TaskSection:
 
 @dataclass
 class DataSection:
-    train: Optional[str] = MISSING
-    eval: Optional[str] = MISSING
-    format: str = MISSING
-    split: str = MISSING
-    mapping: str = MISSING
+    """Prompts from your own files (docs/datasets.md); data.train null = the built-in task"""
+
+    train: Optional[str] = None
+    """RL prompts: a .jsonl/.parquet file or a Hugging Face `datasets` directory (save_to_disk)"""
+    eval: Optional[str] = None
+    """held-out prompts for eval_accuracy_* (greedy); null with data.train set = no evaluation"""
+    format: str = "auto"
+    """auto (by extension; a directory = hf_disk) | jsonl | parquet | hf_disk"""
+    split: str = "train"
+    """split to read when the datasets directory holds a DatasetDict"""
+    mapping: str = "prime"
+    """row layout: prime (chat prompt, reward_model.ground_truth) | gsm8k | math | code | fields"""
     fields: dict[str, str] = field(default_factory=dict)
-    task: Optional[str] = MISSING
-    instruction: str = MISSING
-    chat_template: bool = MISSING
-    max_prompt_tokens: int = MISSING
-    max_rows: Optional[int] = MISSING
+    """mapping=fields: {prompt: KEY, answer: KEY, tests: KEY, task: KEY}; a.b reaches nested keys"""
+    task: Optional[str] = None
+    """verifier task for every row (e.g. math); null = from the mapping / the row"""
+    instruction: str = ""
+    """appended to every prompt, e.g. ' Put the final answer in \\boxed{}.' (single quotes keep the backslash)"""
+    chat_template: bool = True
+    """wrap each prompt in the tokenizer's chat template when the tokenizer has one"""
+    max_prompt_tokens: int = 512
+    """longer prompts are dropped (and counted in the log), never truncated"""
+    max_rows: Optional[int] = None
+    """read at most this many rows of each file (null = all)"""
 
     def check(self) -> None:
         from prm_rl.data.files import FORMATS
@@ -125,9 +167,14 @@ class DataSection:
 
 @dataclass
 class VerifierSection:
-    num_workers: int = MISSING
-    timeout_s: float = MISSING
+    """Outcome verifiers (docs/verifiers.md); a sample's `task` picks one"""
+
+    num_workers: int = 2
+    """verifier worker processes (math and code run there; arithmetic in-process)"""
+    timeout_s: float = 10.0
+    """per-sample time limit; a timeout or an exception scores 0 and is counted"""
     tasks: dict[str, Any] = field(default_factory=dict)
+    """task name -> options, e.g. {code: {memory_mb: 512}, mytask: {_target_: pkg.mod.fn}}"""
 
     def check(self) -> None:
         _positive("verifier.num_workers", self.num_workers)
@@ -136,12 +183,20 @@ class VerifierSection:
 
 @dataclass
 class RolloutSection:
-    prompts_per_step: int = MISSING
-    samples_per_prompt: int = MISSING
-    temperature: float = MISSING
-    top_p: float = MISSING
-    max_new_tokens: int = MISSING
-    eval_batch_size: int = MISSING
+    """Sampling from the policy"""
+
+    prompts_per_step: int = 32
+    """B: prompts sampled per step (over all ranks; must divide by the rank count)"""
+    samples_per_prompt: int = 8
+    """K: responses per prompt (the RLOO group)"""
+    temperature: float = 1.0
+    """sampling temperature (log-probs are computed at the same temperature)"""
+    top_p: float = 1.0
+    """nucleus sampling; 1.0 = sample from the full distribution"""
+    max_new_tokens: int = 64
+    """response length cap; a response without EOS by then counts as truncated"""
+    eval_batch_size: int = 256
+    """prompts per batch in greedy held-out evaluation"""
 
     def check(self) -> None:
         _positive("rollout.prompts_per_step", self.prompts_per_step)
@@ -155,11 +210,19 @@ class RolloutSection:
 
 @dataclass
 class FilterSection:
-    enabled: bool = MISSING
-    low: float = MISSING
-    high: float = MISSING
-    drop_truncated: bool = MISSING
-    fill_rounds: int = MISSING
+    """Online prompt filter (PRIME section 3.3)"""
+
+    enabled: bool = True
+    """false: every group is kept"""
+    low: float = 0.2
+    """keep a prompt if low <= mean score of its K responses <= high (inclusive)"""
+    high: float = 0.8
+    """upper end of that band"""
+    drop_truncated: bool = False
+    """also drop a group if any of its responses hit max_new_tokens"""
+    fill_rounds: int = 1
+    """rounds of prompts_per_step prompts sampled until that many groups pass; extras carry over (authors' code); 1 =
+    the batch shrinks to what passes (veRL port)"""
 
     def check(self) -> None:
         if not 0 <= self.low <= self.high <= 1:
@@ -169,16 +232,28 @@ class FilterSection:
 
 @dataclass
 class PrmSection:
-    update: str = MISSING
-    loss: str = MISSING
-    reference: str = MISSING
-    beta: float = MISSING
-    learning_rate: float = MISSING
-    weight_decay: float = MISSING
-    grad_clip: float = MISSING
-    mini_batches: int = MISSING
-    micro_batch_size: int = MISSING
-    epochs: int = MISSING
+    """The implicit PRM: pi_phi, trained online on outcome labels"""
+
+    update: str = "after"
+    """none (frozen) | after (rewards from the update's own forward) | before (update, then re-score)"""
+    loss: str = "ce"
+    """ce: BCE(sigmoid(beta * sum_t log-ratio), outcome) | dpo: pairwise within a group"""
+    reference: str = "sft"
+    """sft: frozen copy of the starting model | policy: the rollout policy's old log-probs"""
+    beta: float = 0.05
+    """log-ratio scale in the PRM loss"""
+    learning_rate: float = 1e-06
+    """AdamW, constant"""
+    weight_decay: float = 0.0
+    """AdamW weight decay"""
+    grad_clip: float = 10.0
+    """clip the global gradient norm of each PRM optimiser step to this"""
+    mini_batches: int = 4
+    """PRM optimiser steps per pass (the kept batch, by group, in this many parts)"""
+    micro_batch_size: int = 64
+    """sequences per PRM forward/backward on one rank (whole groups; gradient accumulation)"""
+    epochs: int = 1
+    """passes over the kept batch per training step (loss and rewards from the first)"""
 
     def check(self) -> None:
         from prm_rl.core import PRM_LOSSES  # torch: imported only when a config is validated
@@ -197,11 +272,18 @@ class PrmSection:
 
 @dataclass
 class PrmEvalSection:
-    num_prompts: int = MISSING
-    samples_per_prompt: int = MISSING
-    temperature: float = MISSING
-    seed: int = MISSING
-    table_rows: int = MISSING
+    """Held-out evaluation of the PRM (docs/prm_eval.md), whenever held-out accuracy is measured"""
+
+    num_prompts: int = 128
+    """held-out prompts (the first N of the held-out split); 0 = no PRM evaluation"""
+    samples_per_prompt: int = 8
+    """responses sampled per prompt from the current policy (the within-group ranking)"""
+    temperature: float = 1.0
+    """sampling temperature of those responses"""
+    seed: int = 0
+    """sampling seed: each evaluation of one policy sees the same responses"""
+    table_rows: int = 6
+    """held-out responses drawn as token heatmaps per evaluation (W&B table, prm_eval/ dir)"""
 
     def check(self) -> None:
         if self.num_prompts < 0:
@@ -216,13 +298,22 @@ class PrmEvalSection:
 
 @dataclass
 class RewardSection:
-    granularity: str = MISSING
-    step_delimiter: str = MISSING
-    scale_by_beta: bool = MISSING
-    normalize: str = MISSING
-    reward_eos: bool = MISSING
-    process_coef: float = MISSING
-    outcome_coef: float = MISSING
+    """How PRM log-ratios become dense process rewards"""
+
+    granularity: str = "token"
+    """token | step (sum over spans ending in step_delimiter) | whole (sum on the last token)"""
+    step_delimiter: str = "\n"
+    """closes a step when granularity=step"""
+    scale_by_beta: bool = False
+    """true: reward = beta * log-ratio (veRL port); false: log-ratio (authors' code)"""
+    normalize: str = "batch_max_return"
+    """batch_max_return: divide by the largest |reverse cumulative sum| in the batch | none"""
+    reward_eos: bool = True
+    """true: the last (EOS) token gets its process reward (authors' code); false: none (veRL port)"""
+    process_coef: float = 1.0
+    """weight of the process-reward advantage"""
+    outcome_coef: float = 1.0
+    """weight of the outcome-reward advantage"""
 
     def check(self) -> None:
         from prm_rl.core import GRANULARITIES
@@ -233,9 +324,14 @@ class RewardSection:
 
 @dataclass
 class AlgorithmSection:
-    advantage: str = MISSING
-    gamma: float = MISSING
-    whiten: bool = MISSING
+    """The advantage estimator (registered by name in prm_rl/core/advantages.py)"""
+
+    advantage: str = "prime"
+    """prime (RLOO process + RLOO outcome) | rloo (outcome only; no PRM loaded) | grpo"""
+    gamma: float = 1.0
+    """discount of the token-level returns"""
+    whiten: bool = True
+    """whiten advantages over all valid tokens of the batch (global statistics)"""
 
     def check(self) -> None:
         from prm_rl.core import ADVANTAGE_ESTIMATORS
@@ -252,18 +348,32 @@ class AlgorithmSection:
 
 @dataclass
 class PolicySection:
-    learning_rate: float = MISSING
-    weight_decay: float = MISSING
-    grad_clip: float = MISSING
-    clip_eps: float = MISSING
-    dual_clip: Optional[float] = MISSING
-    kl_coef: float = MISSING
-    kl_estimator: str = MISSING
-    entropy_coef: float = MISSING
-    loss_agg: str = MISSING
-    ppo_epochs: int = MISSING
-    mini_batches: int = MISSING
-    micro_batch_size: int = MISSING
+    """PPO-clip update of pi_theta, no critic"""
+
+    learning_rate: float = 5e-07
+    """AdamW, constant"""
+    weight_decay: float = 0.01
+    """AdamW weight decay"""
+    grad_clip: float = 1.0
+    """clip the global gradient norm of each policy optimiser step to this"""
+    clip_eps: float = 0.2
+    """ratio clipped to [1 - eps, 1 + eps]"""
+    dual_clip: Optional[float] = None
+    """dual-clip constant c > 1 for negative advantages; null = off"""
+    kl_coef: float = 0.0
+    """weight of a KL(pi_theta || pi_ref) loss term; 0 = no reference model needed for it"""
+    kl_estimator: str = "k3"
+    """k1 | k3"""
+    entropy_coef: float = 0.0
+    """entropy bonus weight"""
+    loss_agg: str = "seq-mean-token-mean"
+    """seq-mean-token-mean | token-mean"""
+    ppo_epochs: int = 1
+    """passes over the kept batch per step"""
+    mini_batches: int = 4
+    """optimiser steps per epoch (the kept batch, shuffled, in this many parts)"""
+    micro_batch_size: int = 64
+    """sequences per forward/backward on one rank (gradient accumulation within a mini-batch)"""
 
     def check(self) -> None:
         _positive("policy.learning_rate", self.learning_rate)
@@ -283,8 +393,12 @@ class PolicySection:
 
 @dataclass
 class DeepSpeedSection:
-    zero_stage: int = MISSING
-    offload: bool = MISSING
+    """The DeepSpeed JSON is derived from these and the sections above"""
+
+    zero_stage: int = 2
+    """0 | 1 | 2 | 3"""
+    offload: bool = False
+    """ZeRO-Offload of optimiser states (and parameters at stage 3) to CPU memory"""
 
     def check(self) -> None:
         _choice("deepspeed.zero_stage", str(self.zero_stage), ("0", "1", "2", "3"))
@@ -292,15 +406,26 @@ class DeepSpeedSection:
 
 @dataclass
 class TrainerSection:
-    max_steps: int = MISSING
-    seed: int = MISSING
-    output_dir: Optional[str] = MISSING
-    eval_every: int = MISSING
-    progress_bar: bool = MISSING
-    resume: str = MISSING
-    checkpoint_every: int = MISSING
-    keep_checkpoints: int = MISSING
-    max_bad_steps: int = MISSING
+    """Run length, evaluation, checkpoints"""
+
+    max_steps: int = 100
+    """PRIME steps"""
+    seed: int = 0
+    """sampling, shuffling and prompt order"""
+    output_dir: Optional[str] = None
+    """run directory; null = runs/<recipe> (so re-running a command resumes it)"""
+    eval_every: int = 0
+    """held-out eval every N steps (0 = only at start and end)"""
+    progress_bar: bool = True
+    """console progress bar on rank 0"""
+    resume: str = "auto"
+    """auto: continue from the latest complete checkpoint in output_dir | never | PATH of one"""
+    checkpoint_every: int = 20
+    """save a checkpoint every N steps (0 = only at the end); one is always saved at the end"""
+    keep_checkpoints: int = 2
+    """newest checkpoints kept; older ones are deleted once a newer one is complete"""
+    max_bad_steps: int = 3
+    """stop after this many steps in a row whose updates were skipped for NaN/inf"""
 
     def check(self) -> None:
         _positive("trainer.max_steps", self.max_steps)
@@ -314,10 +439,16 @@ class TrainerSection:
 
 @dataclass
 class WandbSection:
-    mode: str = MISSING
-    project: str = MISSING
-    entity: Optional[str] = MISSING
-    name: Optional[str] = MISSING
+    """Experiment tracking (metrics.jsonl is written either way)"""
+
+    mode: str = "auto"
+    """auto (online if WANDB_API_KEY is set, else offline) | online | offline | disabled"""
+    project: str = "prm_rl"
+    """W&B project"""
+    entity: Optional[str] = None
+    """W&B team or user; null = your default entity"""
+    name: Optional[str] = None
+    """run name; null = the run directory's name"""
 
     def check(self) -> None:
         _choice("wandb.mode", self.mode, ("auto", "online", "offline", "disabled"))

@@ -1,8 +1,14 @@
 """Config composition and validation: recipes compose, mistakes fail early with a line naming the field."""
 from __future__ import annotations
 
+import ast
+import dataclasses
+import inspect
+import re
 import subprocess
 import sys
+import textwrap
+import typing
 from pathlib import Path
 
 import pytest
@@ -148,30 +154,65 @@ def test_a_real_checkpoint_without_training_data_is_refused():
         to_config(composed("+recipe=paper_7b"), world_size=8)
 
 
-def test_base_yaml_holds_the_defaults_of_sections_that_have_them():
-    """A section whose dataclass has real defaults (the built-in tasks' configs) is documented in base.yaml with
-    the same values: the two cannot drift."""
-    import dataclasses
-    import typing
+def _field_docs(cls) -> dict[str, str]:
+    """Each field's one-line doc as written in its class: the string under it, or the comment at its end."""
+    source = inspect.getsource(cls)
+    lines = source.splitlines()
+    body = ast.parse(textwrap.dedent(source)).body[0].body
+    docs = {}
+    for stmt, after in zip(body, body[1:] + [None]):
+        if isinstance(stmt, ast.AnnAssign):
+            name = stmt.target.id
+            under = after.value.value if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) else None
+            if isinstance(under, str):
+                docs[name] = " ".join(under.split())
+            elif "#" in lines[stmt.lineno - 1]:
+                docs[name] = lines[stmt.lineno - 1].split("#", 1)[1].strip()
+    return docs
 
+
+def _yaml_docs() -> dict[str, str]:
+    """base.yaml's comment of each dotted key (continuation lines of a comment joined)."""
+    docs, stack = {}, []
+    for raw in (REPO / "recipes" / "base.yaml").read_text().splitlines():
+        m = re.match(r"^(\s*)(\w+):(.*)$", raw)
+        if not m:
+            continue
+        stack = stack[:len(m.group(1)) // 2] + [m.group(2)]
+        value_and_comment = re.match(r"""^\s*("[^"]*"|'[^']*'|[^#]*?)\s*(?:#\s?(.*))?$""", m.group(3))
+        docs[".".join(stack)] = (value_and_comment.group(2) or "").strip()
+    return docs
+
+
+def test_base_yaml_and_the_schema_agree_on_every_default_and_its_doc():
+    """Every option has one value and one doc: the dataclass field (with a one-line doc under it, or at the end
+    of its line in the tasks' and the tiny model's configs) and base.yaml say the same; neither can drift."""
     from omegaconf import OmegaConf
 
     from prm_rl.config import Config
 
-    yaml = OmegaConf.to_container(OmegaConf.load(REPO / "recipes" / "base.yaml"))
+    values = OmegaConf.to_container(OmegaConf.load(REPO / "recipes" / "base.yaml"))
+    comments = _yaml_docs()
     checked = 0
 
     def walk(cls, node, path):
         nonlocal checked
-        types = typing.get_type_hints(cls)
+        types, docs = typing.get_type_hints(cls), _field_docs(cls)
         for f in dataclasses.fields(cls):
             where = f"{path}.{f.name}".lstrip(".")
-            assert f.name in node, f"{where}: declared in the schema, missing from base.yaml"
+            assert f.name in node, f"{where}: in the schema, missing from base.yaml"
+            doc = docs.get(f.name) or inspect.getdoc(types[f.name]) if dataclasses.is_dataclass(types[f.name]) \
+                else docs.get(f.name)
+            assert doc, f"{where}: no one-line doc in {cls.__name__}"
+            same = comments[where][:1].lower() + comments[where][1:] == doc[:1].lower() + doc[1:]
+            assert same, f"{where}: base.yaml says {comments[where]!r}, the code {doc!r}"
             if dataclasses.is_dataclass(types[f.name]):
                 walk(types[f.name], node[f.name], where)
-            elif f.default is not dataclasses.MISSING and f.default != "???":
-                assert node[f.name] == f.default, f"{where}: base.yaml has {node[f.name]!r}, the code {f.default!r}"
+            else:
+                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                assert node[f.name] == default, f"{where}: base.yaml has {node[f.name]!r}, the code {default!r}"
                 checked += 1
+        assert set(node) == {f.name for f in dataclasses.fields(cls)}, f"{path}: base.yaml has keys the schema lacks"
 
-    walk(Config, yaml, "")
-    assert checked >= 14  # model.tiny (5), task.arithmetic (5) and task.code (4) at least
+    walk(Config, {k: v for k, v in values.items() if k not in ("defaults", "hydra")}, "")
+    assert checked >= 100
