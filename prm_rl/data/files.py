@@ -12,7 +12,6 @@ Parquet and ``datasets`` ``row index N`` is the 0-based index (``dataset[N]``). 
 """
 from __future__ import annotations
 
-import functools
 import itertools
 import os
 from collections.abc import Iterator
@@ -40,6 +39,9 @@ _MAX_UNKNOWN_SHARE = 0.1
 _VERIFIER_FIELD = {"arithmetic": "answer", "math": "answer", "code": "tests"}  # what each built-in reads
 
 
+CheckFields = Callable[[str, dict], None]  # (task, fields) -> None, or ValueError naming what is wrong
+
+
 class DataError(UsageError):
     """A dataset file cannot be used; the one-line message names the file, and the row and field if any."""
 
@@ -57,8 +59,12 @@ class LoadedPrompts:
 def load_prompts(path: str, *, format: str = "auto", split: str = "train", mapping: str = "prime",
                  fields: dict[str, str] | None = None, task: str | None = None, instruction: str = "",
                  tokenizer=None, chat_template: bool = True, max_prompt_tokens: int | None = None,
-                 max_rows: int | None = None) -> LoadedPrompts:
-    """Read ``path`` into Samples (module docstring); the options mirror ``data.*`` in recipes/base.yaml."""
+                 max_rows: int | None = None, check_fields: CheckFields | None = None) -> LoadedPrompts:
+    """Read ``path`` into Samples (module docstring); the options mirror ``data.*`` in recipes/base.yaml.
+
+    ``check_fields(task, fields)`` raises ValueError when a verifier cannot use a row's fields (the trainer
+    passes its scorer's ``check_fields``; None: no verifier check), so data/ never imports the verifiers.
+    """
     read_row = mappings.mapper(mapping, fields)
     if mapping == "fields" and not task and "task" not in (fields or {}):
         raise ValueError("data.fields: give data.fields.task=KEY (each row's task) or data.task=NAME (every row's)")
@@ -68,7 +74,7 @@ def load_prompts(path: str, *, format: str = "auto", split: str = "train", mappi
     samples, rows = [], []
     for where, row in itertools.islice(_rows(path, format, split), max_rows):
         try:
-            samples.append(_sample(read_row(row), task, instruction, template))
+            samples.append(_sample(read_row(row), task, instruction, template, check_fields))
         except RowError as e:
             raise DataError(f"{where}: {e}") from None
         rows.append(where)
@@ -94,7 +100,8 @@ def load_prompts(path: str, *, format: str = "auto", split: str = "train", mappi
                          with_unknown_tokens=len(with_unknown))
 
 
-def file_splits(data: DataSection, tokenizer) -> tuple[PromptSplits, dict[str, int]]:
+def file_splits(data: DataSection, tokenizer,
+                check_fields: CheckFields | None = None) -> tuple[PromptSplits, dict[str, int]]:
     """Train and eval prompts for a :class:`prm_rl.config.DataSection` with ``data.train`` set, and the
     counts the trainer logs (``train_rows``, ``train_dropped_too_long``, ``eval_rows``, ...)."""
     if data.eval is not None and _same_file(data.train, data.eval):
@@ -106,7 +113,7 @@ def file_splits(data: DataSection, tokenizer) -> tuple[PromptSplits, dict[str, i
         result = LoadedPrompts([], 0, 0, 0) if path is None else load_prompts(
             path, format=data.format, split=data.split, mapping=data.mapping, fields=dict(data.fields),
             task=data.task, instruction=data.instruction, tokenizer=tokenizer, chat_template=data.chat_template,
-            max_prompt_tokens=data.max_prompt_tokens, max_rows=data.max_rows)
+            max_prompt_tokens=data.max_prompt_tokens, max_rows=data.max_rows, check_fields=check_fields)
         loaded[name] = result.samples
         counts[f"{name}_rows"] = result.rows
         counts[f"{name}_dropped_too_long"] = result.dropped_too_long
@@ -200,11 +207,11 @@ def _same_file(a: str, b: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- samples
-def _sample(mapped: Mapped, task: str | None, instruction: str, template) -> Sample:
+def _sample(mapped: Mapped, task: str | None, instruction: str, template, check_fields: CheckFields | None) -> Sample:
     """``task`` (data.task) overrides the mapping's; ``template`` is a tokenizer whose chat template wraps
     the prompt, or None for plain text."""
     task = task or mapped.task
-    _check_fields(task, mapped)
+    _check_fields(task, mapped, check_fields)
     try:
         prompt = _render_prompt(mapped.messages, instruction, template)
     except Exception as e:  # noqa: BLE001 - a template may raise anything on a row it rejects (e.g. role order)
@@ -212,23 +219,16 @@ def _sample(mapped: Mapped, task: str | None, instruction: str, template) -> Sam
     return Sample(prompt=prompt, task=task, fields=mapped.fields)
 
 
-def _check_fields(task: str, mapped: Mapped) -> None:
-    """The built-in verifiers' own field check (``Scorer.check_fields``), so loading accepts exactly what
-    scoring accepts. Custom tasks are not checked here: their verifier alone knows what it reads."""
-    if task not in _VERIFIER_FIELD:
+def _check_fields(task: str, mapped: Mapped, check_fields: CheckFields | None) -> None:
+    """The built-in verifiers' own field check (the trainer passes ``Scorer.check_fields``), so loading accepts
+    exactly what scoring accepts. Custom tasks are not checked here: their verifier alone knows what it reads."""
+    if check_fields is None or task not in _VERIFIER_FIELD:
         return
     try:
-        _builtin_scorer().check_fields(task, mapped.fields)
+        check_fields(task, mapped.fields)
     except ValueError as e:
         name = _VERIFIER_FIELD[task]
         raise RowError(mapped.sources.get(name, name), " ".join(str(e).split())) from None
-
-
-@functools.cache
-def _builtin_scorer():
-    from prm_rl.rewards import build_scorer
-
-    return build_scorer()  # its worker pool starts only when something is scored, which never happens here
 
 
 def _render_prompt(messages: list[dict[str, str]], instruction: str, template=None) -> str:

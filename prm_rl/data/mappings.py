@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from prm_rl import json_text
-from prm_rl.rewards import last_boxed
+from prm_rl.answers import last_boxed
 
 MAPPINGS = ("prime", "gsm8k", "math", "code", "fields")
 

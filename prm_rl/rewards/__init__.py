@@ -12,7 +12,7 @@ math-verify at import time (math-verify loads in the pool workers on first use).
 """
 from prm_rl.rewards.arithmetic import verify_arithmetic
 from prm_rl.rewards.base import SandboxError, Verdict, VerifierConfigError
-from prm_rl.rewards.extract import final_answer, last_boxed
+from prm_rl.answers import final_answer, last_boxed
 from prm_rl.rewards.scorer import BUILTIN_TASKS, Scorer, ScoreResult, build_scorer
 
 

@@ -9,7 +9,7 @@ import re
 from typing import Any
 
 from prm_rl.rewards.base import Verdict
-from prm_rl.rewards.extract import last_boxed
+from prm_rl.answers import last_boxed
 
 __all__ = ["verify_arithmetic"]
 

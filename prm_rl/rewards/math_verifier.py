@@ -23,7 +23,7 @@ import re
 from typing import Any
 
 from prm_rl.rewards.base import Verdict
-from prm_rl.rewards.extract import final_answer, last_boxed, strip_math_delimiters
+from prm_rl.answers import final_answer, last_boxed, strip_math_delimiters
 
 __all__ = ["verify_math", "answers_match"]
 

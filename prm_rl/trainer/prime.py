@@ -47,7 +47,7 @@ def load_prompt_splits(cfg: Config, tokenizer, scorer, log=log) -> PromptSplits:
     if cfg.data.train is None:
         t = cfg.task
         return builtin_splits(t.selected, train_size=t.train_size, eval_size=t.eval_size, seed=t.seed)
-    splits, counts = file_splits(cfg.data, tokenizer)
+    splits, counts = file_splits(cfg.data, tokenizer, scorer.check_fields)
     try:
         scorer.check_tasks({s.task for s in splits.train + splits.eval})
     except ValueError as err:

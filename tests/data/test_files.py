@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from prm_rl.config import DataSection
+from prm_rl.data import arithmetic
 from prm_rl.data.files import DataError, file_splits, load_prompts
 from prm_rl.data.sample import Sample
-from prm_rl.data import arithmetic
 from prm_rl.models.tiny import build_char_tokenizer
+from prm_rl.rewards import build_scorer
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 REPO = Path(__file__).resolve().parents[2]
@@ -206,7 +207,7 @@ def test_a_malformed_row_names_file_row_and_field(tmp_path, mapping, bad_row, me
     path = write_jsonl(tmp_path / "train.jsonl", [good, good, bad_row, good])
     spec = FIELDS_SPEC if mapping == "fields" else None
     with data_error(path, f"row 3: {message}"):
-        load_prompts(path, mapping=mapping, fields=spec)
+        load_prompts(path, mapping=mapping, fields=spec, check_fields=build_scorer().check_fields)
 
 
 def test_bad_json_line_names_the_line(tmp_path):
@@ -376,7 +377,8 @@ def test_prompts_the_tokenizer_cannot_encode_are_refused_naming_the_first_row():
 
 
 def test_a_few_prompts_with_unknown_characters_are_kept_and_counted(tmp_path):
-    rows = [{"question": f"{i}+{i}=?", "final": str(2 * i)} for i in range(19)] + [{"question": "1+1=? ☃", "final": "2"}]
+    rows = [{"question": f"{i}+{i}=?", "final": str(2 * i)} for i in range(19)]
+    rows.append({"question": "1+1=? ☃", "final": "2"})
     path = write_jsonl(tmp_path / "a.jsonl", rows)
     loaded = load_prompts(path, mapping="fields", fields={"prompt": "question", "answer": "final"}, task="arithmetic",
                           tokenizer=build_char_tokenizer(arithmetic.CHARACTERS))

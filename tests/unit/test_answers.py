@@ -1,7 +1,7 @@
 """Answer extraction: last_boxed and final_answer fallbacks."""
 import pytest
 
-from prm_rl.rewards.extract import final_answer, last_boxed, strip_math_delimiters
+from prm_rl.answers import final_answer, last_boxed, strip_math_delimiters
 
 
 @pytest.mark.parametrize(
