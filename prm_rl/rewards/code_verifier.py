@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from prm_rl import json_text
@@ -35,6 +36,37 @@ __all__ = ["verify_code", "extract_code", "parse_tests", "outputs_match", "max_r
 
 _BLOCK_RE = re.compile(r"```[ \t]*(?:python3?|py)[ \t]*\r?\n(.*?)```", re.DOTALL | re.IGNORECASE)
 PARTIAL_MODES = ("first_n", "all", "none")
+SANDBOX_LAYERS = ("uid", "namespaces", "landlock", "seccomp")
+
+
+@dataclass(frozen=True)
+class CodeOptions:
+    """The code verifier's options, ``verifier.tasks.<task>.*`` for a task it scores (docs/verifiers.md).
+
+    The one home of their defaults: the sandbox limits default to :class:`~prm_rl.rewards.sandbox.Limits`'s.
+    """
+
+    timeout_s: float = Limits.timeout_s  # wall-clock limit of one program run (the scorer passes verifier.timeout_s)
+    cpu_s: float | None = Limits.cpu_s  # CPU-seconds limit of one run; null = timeout_s rounded up
+    memory_mb: int = Limits.memory_mb  # address-space limit of every process of a run
+    max_output_bytes: int = Limits.max_output_bytes  # stdout + stderr of a run; more kills it
+    max_procs: int = Limits.max_procs  # processes a run may hold
+    max_file_mb: int = Limits.max_file_mb  # largest file a run may write
+    python: str | None = None  # interpreter for the programs; null = the first suitable one found
+    require: tuple[str, ...] = ()  # sandbox layers that must be active, else scoring refuses to run
+    partial: str = "first_n"  # first_n: credit for the fraction of the first first_n tests passed | all | none
+    first_n: int = 10  # tests that count for partial credit (partial=first_n)
+    sample_timeout_s: float | None = None  # time budget of all runs of one sample; null = no budget
+    tmp_root: str | None = None  # where runs' private directories are made; null = the system temp dir
+
+    def __post_init__(self) -> None:
+        if self.partial not in PARTIAL_MODES:
+            raise ValueError(f"code: partial={self.partial!r}, expected one of {PARTIAL_MODES}")
+
+    def limits(self) -> Limits:
+        return Limits(timeout_s=float(self.timeout_s), cpu_s=self.cpu_s, memory_mb=int(self.memory_mb),
+                      max_output_bytes=int(self.max_output_bytes), max_procs=int(self.max_procs),
+                      max_file_mb=int(self.max_file_mb))
 
 
 def extract_code(response: str) -> str | None:
@@ -149,40 +181,16 @@ def _score(passed: list[bool | None], n: int, partial: str, first_n: int) -> tup
     return k / m, f"passed {k}/{m} ({scope}); first failure: test {first_fail}"
 
 
-def verify_code(
-    prompt: str,
-    response: str,
-    fields: dict[str, Any],
-    *,
-    timeout_s: float = 10.0,
-    cpu_s: float | None = None,
-    memory_mb: int = 1024,
-    max_output_bytes: int = 1 << 20,
-    max_procs: int = 32,
-    max_file_mb: int = 16,
-    python: str | None = None,
-    require: tuple[str, ...] | list[str] = (),
-    partial: str = "first_n",
-    first_n: int = 10,
-    sample_timeout_s: float | None = None,
-    tmp_root: str | None = None,
-) -> float:
-    """Score in [0, 1] of the response's last ```python block on ``fields["tests"]`` (module docstring)."""
-    if partial not in PARTIAL_MODES:
-        raise ValueError(f"code: partial={partial!r}, expected one of {PARTIAL_MODES}")
+def verify_code(prompt: str, response: str, fields: dict[str, Any], **options: Any) -> float:
+    """Score in [0, 1] of the response's last ```python block on ``fields["tests"]`` (module docstring);
+    ``options`` are :class:`CodeOptions` fields."""
+    opts = CodeOptions(**{k: tuple(v) if k == "require" else v for k, v in options.items()})
+    partial, first_n, sample_timeout_s = opts.partial, opts.first_n, opts.sample_timeout_s
     kind, tests = parse_tests(fields)
     source = extract_code(response)
     if source is None:
         return Verdict(0.0, "no ```python block")
-    limits = Limits(
-        timeout_s=float(timeout_s),
-        cpu_s=cpu_s,
-        memory_mb=int(memory_mb),
-        max_output_bytes=int(max_output_bytes),
-        max_procs=int(max_procs),
-        max_file_mb=int(max_file_mb),
-    )
-    sandbox = Sandbox(limits, python=python, require=tuple(require), tmp_root=tmp_root)
+    sandbox = Sandbox(opts.limits(), python=opts.python, require=opts.require, tmp_root=opts.tmp_root)
     t0 = time.monotonic()
 
     def out_of_time() -> bool:

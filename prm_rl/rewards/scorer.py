@@ -15,6 +15,7 @@ that sample and is named in ``failures``; ``score`` only raises for caller/confi
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -74,20 +75,15 @@ def _str(where: str, v: Any, allow_none: bool = False) -> Any:
 
 
 def _check_code(where: str, opts: dict) -> dict:
-    checks: dict[str, Callable[[str, Any], Any]] = {
-        "timeout_s": _num,
-        "cpu_s": lambda w, v: _num(w, v, allow_none=True),
-        "memory_mb": lambda w, v: _num(w, v, integer=True),
-        "max_output_bytes": lambda w, v: _num(w, v, integer=True),
-        "max_procs": lambda w, v: _num(w, v, integer=True),
-        "max_file_mb": lambda w, v: _num(w, v, integer=True),
-        "python": lambda w, v: _str(w, v, allow_none=True),
-        "tmp_root": lambda w, v: _str(w, v, allow_none=True),
-        "sample_timeout_s": lambda w, v: _num(w, v, allow_none=True),
-        "first_n": lambda w, v: _num(w, v, integer=True),
-        "partial": _partial,
-        "require": _require,
+    """Each :class:`code_verifier.CodeOptions` field, checked by its type (and its choices)."""
+    by_type: dict[str, Callable[[str, Any], Any]] = {
+        "float": _num,
+        "float | None": lambda w, v: _num(w, v, allow_none=True),
+        "int": lambda w, v: _num(w, v, integer=True),
+        "str | None": lambda w, v: _str(w, v, allow_none=True),
     }
+    special = {"partial": _partial, "require": _require}
+    checks = {f.name: special.get(f.name) or by_type[f.type] for f in dataclasses.fields(code_verifier.CodeOptions)}
     return _check_known(where, opts, checks)
 
 
@@ -98,7 +94,7 @@ def _partial(where: str, v: Any) -> str:
 
 
 def _require(where: str, v: Any) -> list[str]:
-    known = ("uid", "namespaces", "landlock", "seccomp")
+    known = code_verifier.SANDBOX_LAYERS
     if not isinstance(v, list) or any(x not in known for x in v):
         raise VerifierConfigError(f"{where}={v!r}: must be a list drawn from {', '.join(known)}")
     return v
@@ -148,7 +144,8 @@ def _builtin_spec(name: str, task: str, opts: dict, default_timeout: float) -> _
     kw = dict(opts)
     kw.setdefault("timeout_s", default_timeout)
     run_s = float(kw["timeout_s"])
-    partial, first_n = kw.get("partial", "first_n"), kw.get("first_n", 10)
+    defaults = code_verifier.CodeOptions()
+    partial, first_n = kw.get("partial", defaults.partial), kw.get("first_n", defaults.first_n)
     budget = kw.get("sample_timeout_s")
 
     def deadline(fields: dict) -> float:
