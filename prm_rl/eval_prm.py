@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_grad_enabled(False)
     quiet = lambda msg: print(f"[eval_prm] {msg}", file=sys.stderr)  # noqa: E731
     sft = start_checkpoint(cfg, log=quiet)
-    tokenizer = load_tokenizer(cfg, sft)
+    tokenizer = load_tokenizer(cfg.model.tokenizer_path or sft)
     settings = cfg.prm_eval
     with build_scorer(cfg.verifier.tasks, num_workers=cfg.verifier.num_workers, timeout_s=cfg.verifier.timeout_s,
                       root="verifier.tasks") as scorer:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 
@@ -19,3 +20,29 @@ def problem(err: ValueError) -> str:
     if isinstance(err, json.JSONDecodeError):
         return f"{err.msg} at column {err.colno}"
     return str(err)
+
+
+def read_objects(path: str | Path) -> list[tuple[int, dict]]:
+    """(line number, object) of every non-blank line of a JSONL file. A ValueError names the problem in one line:
+    ``PATH: cannot read ...``, ``PATH: not UTF-8 text ...``, ``PATH:LINE: invalid JSON (...)``, ``PATH:LINE: a row
+    must be a JSON object, got list``, ``PATH: no rows``."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    objects = []
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = loads(line)
+        except ValueError as e:
+            raise ValueError(f"{path}:{lineno}: invalid JSON ({e})") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path}:{lineno}: a row must be a JSON object, got {type(obj).__name__}")
+        objects.append((lineno, obj))
+    if not objects:  # an empty file is a mistake, not a file of nothing
+        raise ValueError(f"{path}: no rows")
+    return objects

@@ -92,23 +92,12 @@ def _load_verifiers(spec: str | None) -> dict | None:
 def read_rows(path: str, scorer: Any) -> list[tuple[int, Sample, str]]:
     """Parse and validate every row; raises BadInput naming ``path:row`` on the first problem."""
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError as e:
-        raise BadInput(f"{path}: cannot read ({e.strerror})") from None
-    except UnicodeDecodeError as e:
-        raise BadInput(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        objects = json_text.read_objects(path)
+    except ValueError as e:
+        raise BadInput(str(e)) from None
     rows = []
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    for lineno, obj in objects:
         where = f"{path}:{lineno}"
-        try:
-            obj = json_text.loads(line)
-        except ValueError as e:
-            raise BadInput(f"{where}: invalid JSON ({e})") from None
-        if not isinstance(obj, dict):
-            raise BadInput(f"{where}: a row must be a JSON object, got {type(obj).__name__}")
         for key in ("task", "response"):
             if key not in obj:
                 raise BadInput(f"{where}: missing '{key}'")
@@ -125,8 +114,6 @@ def read_rows(path: str, scorer: Any) -> list[tuple[int, Sample, str]]:
         except ValueError as e:
             raise BadInput(f"{where}: {' '.join(str(e).split())}") from None
         rows.append((lineno, Sample(prompt=prompt, task=obj["task"], fields=fields), obj["response"]))
-    if not rows:  # as the trainer's loader says: an empty file is a mistake, not a score of nothing
-        raise BadInput(f"{path}: no rows")
     return rows
 
 

@@ -33,7 +33,8 @@ from .implicit import (
 from .logprobs import token_entropy, token_logprobs
 from .masked import masked_mean, masked_sum, masked_var, masked_whiten
 from .policy_loss import KL_ESTIMATORS, LOSS_AGGREGATIONS, aggregate, approx_kl, kl_penalty, ppo_clip_loss
-from .prm_metrics import auroc, constant_guess_ce, first_error_hit_rate, first_error_hits, step_auroc, step_rewards
+from .prm_metrics import (SCORE_AGGREGATIONS, auroc, constant_guess_ce, first_error_hit_rate, first_error_hits,
+                          response_score, step_auroc, step_rewards)
 
 __all__ = [
     "masked_sum",
@@ -76,6 +77,8 @@ __all__ = [
     "register_advantage",
     "PRM_LOSSES",
     "PrmLoss",
+    "SCORE_AGGREGATIONS",
+    "response_score",
     "GRANULARITIES",
     "LOSS_AGGREGATIONS",
     "KL_ESTIMATORS",

@@ -77,6 +77,31 @@ def step_rewards(log_ratio: torch.Tensor, mask: torch.Tensor, step_end: torch.Te
     return rewards, step_valid, end_pos
 
 
+# response_score's aggregations of the step rewards (docs/prm_eval.md, "Scoring responses")
+SCORE_AGGREGATIONS = ("min", "mean", "sum")
+
+
+def response_score(rewards: torch.Tensor, valid: torch.Tensor, how: str) -> torch.Tensor:
+    """One score per response from its step rewards, as best-of-N ranks responses.
+
+    Shapes: ``rewards``, ``valid`` [N, S] (from :func:`step_rewards`) -> [N]. ``min``: the worst step (the
+    Implicit PRM paper's response score: a solution is as good as its weakest step); ``mean``: the average
+    step; ``sum``: q_K, the telescoped sum of q_k - q_{k-1}, which is the whole response's implicit reward
+    beta * sum_t log-ratio (the "last q"). A row without a valid step scores 0.
+    """
+    if how not in SCORE_AGGREGATIONS:
+        raise ValueError(f"how must be one of {SCORE_AGGREGATIONS}, got {how!r}")
+    zero = torch.zeros((), dtype=rewards.dtype, device=rewards.device)
+    count = valid.sum(dim=1)
+    total = torch.where(valid, rewards, zero).sum(dim=1)
+    if how == "sum":
+        return total
+    if how == "mean":
+        return torch.where(count > 0, total / count.clamp(min=1), zero)
+    worst = torch.where(valid, rewards, torch.full_like(rewards, float("inf"))).min(dim=1).values
+    return torch.where(count > 0, worst, zero)
+
+
 def _judged_steps(valid: torch.Tensor, first_wrong: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(correct [N, S], wrong [N, S]): steps before the first error, and the first wrong step itself."""
     index = torch.arange(1, valid.shape[1] + 1, device=valid.device)[None, :]

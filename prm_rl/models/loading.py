@@ -95,8 +95,9 @@ def start_checkpoint(cfg: Config, log=print) -> str:
     return str(ensure_warm_start(cfg.warm_start.cache_dir, spec, log=log))
 
 
-def load_tokenizer(cfg: Config, checkpoint: str) -> PreTrainedTokenizerBase:
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer_path or checkpoint)
+def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
+    """The tokenizer at ``path`` (``model.tokenizer_path``, else the checkpoint's); EOS pads if it has no pad."""
+    tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -102,7 +102,7 @@ class PrimeTrainer:
         v = cfg.verifier  # checked before the warm start, which may take minutes
         self.scorer = build_scorer(v.tasks, num_workers=v.num_workers, timeout_s=v.timeout_s, root="verifier.tasks")
         sft = _on_rank0(lambda: start_checkpoint(cfg, log=log))  # may train the warm start
-        tokenizer = load_tokenizer(cfg, sft)
+        tokenizer = load_tokenizer(cfg.model.tokenizer_path or sft)
         splits = load_prompt_splits(cfg, tokenizer, self.scorer)  # a bad dataset fails here, before models load
         run_dir.save_config(self.run_dir, raw_cfg)  # only once the inputs passed: a rejected start overwrites nothing
         self.eval_samples = splits.eval
