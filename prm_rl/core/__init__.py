@@ -16,7 +16,12 @@ from .advantages import (
     rloo_outcome,
     rloo_process,
 )
-from .filters import accuracy_band, expand_group_mask, group_mean_scores, groups_without_truncation
+from .filters import (
+    accuracy_band,
+    expand_group_mask,
+    group_mean_scores,
+    groups_without_truncation,
+)
 from .implicit import (
     GRANULARITIES,
     PRM_LOSSES,
@@ -32,9 +37,25 @@ from .implicit import (
 )
 from .logprobs import token_entropy, token_logprobs
 from .masked import masked_mean, masked_sum, masked_var, masked_whiten
-from .policy_loss import KL_ESTIMATORS, LOSS_AGGREGATIONS, aggregate, approx_kl, kl_penalty, ppo_clip_loss
-from .prm_metrics import (SCORE_AGGREGATIONS, auroc, constant_guess_ce, first_error_hit_rate, first_error_hits,
-                          response_score, step_auroc, step_rewards)
+from .policy_loss import (
+    KL_ESTIMATORS,
+    LOSS_AGGREGATIONS,
+    aggregate,
+    approx_kl,
+    kl_penalty,
+    ppo_clip_loss,
+)
+from .prm_metrics import (
+    SCORE_AGGREGATIONS,
+    auroc,
+    constant_guess_ce,
+    first_error_hit_rate,
+    first_error_hits,
+    response_score,
+    step_auroc,
+    step_rewards,
+)
+from .selection import best_of_n, bootstrap_interval, pass_at_k, vote
 
 __all__ = [
     "masked_sum",
@@ -78,6 +99,10 @@ __all__ = [
     "PRM_LOSSES",
     "PrmLoss",
     "SCORE_AGGREGATIONS",
+    "pass_at_k",
+    "best_of_n",
+    "vote",
+    "bootstrap_interval",
     "response_score",
     "GRANULARITIES",
     "LOSS_AGGREGATIONS",

@@ -25,3 +25,24 @@ def test_prm_sweep_runs_and_tabulates(tmp_path, warm_cache):
         assert [e["step"] for e in result[0]["evals"][samples]] == [0, 1]
     assert "| ce-lr1e-4 | 0 |" in out.with_suffix(".md").read_text()
     assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_best_of_n_bench_runs_on_a_tiny_budget(tmp_path):
+    """bench/best_of_n.py end to end on tiny real models: a 'run' whose prm/ differs from the SFT model."""
+    from prm_rl.data import arithmetic
+    from prm_rl.models.tiny import TinyModelConfig, build_char_tokenizer, build_tiny_model
+
+    tokenizer = build_char_tokenizer(arithmetic.CHARACTERS)
+    shape = TinyModelConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)
+    for where, seed in ((tmp_path / "sft", 0), (tmp_path / "run" / "prm", 1)):
+        build_tiny_model(shape, tokenizer, seed=seed).save_pretrained(where)
+        tokenizer.save_pretrained(where)
+    out = tmp_path / "bon"
+    proc = subprocess.run([sys.executable, "bench/best_of_n.py", "--runs", str(tmp_path / "run"), "--policy",
+                           str(tmp_path / "sft"), "--ref", str(tmp_path / "sft"), "--num-prompts", "4", "--n", "4",
+                           "--draws", "4", "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.with_suffix(".json").read_text())[str(tmp_path / "run")]
+    assert set(report["best_of_n"]) == {"prm_min", "prm_sum", "weighted_vote", "majority", "random"}
+    assert set(report["best_of_n"]["majority"]) == {"1", "2", "4"} and report["pass_at_k"]["4"] >= report["pass_at_1"]
+    assert "| majority |" in out.with_suffix(".md").read_text() and out.with_suffix(".png").stat().st_size > 0

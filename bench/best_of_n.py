@@ -1,0 +1,90 @@
+"""Best-of-N with the PRMs of finished runs, against majority voting, on the same sampled responses.
+
+    python bench/best_of_n.py --runs runs/prm_sweep/confirm-140/ce-lr1e-4-s* --policy SFT_DIR --ref SFT_DIR \
+        --out docs/prm_learning/best_of_n
+
+For each run directory, its ``prm/`` ranks ``--n`` responses per held-out prompt sampled from ``--policy``
+(the same responses for every run: fixed seed), via ``python -m prm_rl.best_of_n``. Writes OUT.json (every
+report), OUT.md (accuracy at each N: mean over runs with min-max, per method) and OUT.png (accuracy against
+N, mean over runs, bars = min-max over runs).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from prm_rl import best_of_n
+
+
+def table(reports: dict[str, dict]) -> str:
+    sizes = sorted({int(n) for r in reports.values() for n in r["best_of_n"]["majority"]})
+    lines = ["| method | " + " | ".join(f"N={n}" for n in sizes) + " |", "|---" * (len(sizes) + 1) + "|"]
+    for method in best_of_n.METHODS:
+        cells = []
+        for n in sizes:
+            values = [r["best_of_n"][method][n] for r in reports.values()]
+            cells.append(f"{sum(values) / len(values):.3f} ({min(values):.3f}-{max(values):.3f})")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    first = next(iter(reports.values()))
+    lines.append("| pass@N (oracle) | " + " | ".join(f"{first['pass_at_k'][n]:.3f}" for n in sizes) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(reports: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted({int(n) for r in reports.values() for n in r["best_of_n"]["majority"]})
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in best_of_n.METHODS:
+        values = [[r["best_of_n"][method][n] for r in reports.values()] for n in sizes]
+        mean = [sum(v) / len(v) for v in values]
+        ax.errorbar(sizes, mean, yerr=[[m - min(v) for m, v in zip(mean, values)],
+                                       [max(v) - m for m, v in zip(mean, values)]], marker="o", capsize=3,
+                    label=method)
+    first = next(iter(reports.values()))
+    ax.plot(sizes, [first["pass_at_k"][n] for n in sizes], "k--", label="pass@N (oracle)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("N (responses to choose from)")
+    ax.set_ylabel("held-out accuracy")
+    ax.set_title(f"{len(reports)} PRM(s), mean and min-max")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", nargs="+", required=True, help="run directories (each with prm/)")
+    parser.add_argument("--policy", required=True, help="the model whose responses are chosen from")
+    parser.add_argument("--ref", required=True, help="the PRMs' reference model (the runs' SFT model)")
+    parser.add_argument("--num-prompts", type=int, default=128)
+    parser.add_argument("--n", type=int, default=16)
+    parser.add_argument("--draws", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, required=True, help="output stem: OUT.json, OUT.md, OUT.png")
+    args = parser.parse_args()
+    reports = {}
+    for run in args.runs:
+        reports[run] = best_of_n.main(["--policy", args.policy, "--prm", str(Path(run) / "prm"), "--ref", args.ref,
+                                       "--num-prompts", str(args.num_prompts), "--n", str(args.n),
+                                       "--draws", str(args.draws), "--seed", str(args.seed)])
+    reports = json.loads(json.dumps(reports))  # N keys as JSON writes them (strings), as a reader sees them
+    for r in reports.values():
+        for key in ("best_of_n", "best_of_n_interval"):
+            r[key] = {m: {int(n): v for n, v in d.items()} for m, d in r[key].items()}
+        r["pass_at_k"] = {int(n): v for n, v in r["pass_at_k"].items()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(reports, indent=1) + "\n")
+    args.out.with_suffix(".md").write_text(table(reports))
+    plot(reports, args.out.with_suffix(".png"))
+    print(table(reports))
+
+
+if __name__ == "__main__":
+    main()
