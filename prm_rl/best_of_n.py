@@ -72,6 +72,25 @@ def selection_report(correct: torch.Tensor, score_min: torch.Tensor, score_sum: 
             "best_of_n": accuracy, "best_of_n_interval": interval}
 
 
+def _rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean over prompts of the Spearman correlation of two [P, n] tensors within each prompt (ties by index)."""
+    ra, rb = (x.argsort(dim=1).argsort(dim=1).float() for x in (a, b))
+    ra, rb = ra - ra.mean(dim=1, keepdim=True), rb - rb.mean(dim=1, keepdim=True)
+    return float(((ra * rb).sum(dim=1) / (ra.norm(dim=1) * rb.norm(dim=1)).clamp(min=1e-9)).mean())
+
+
+def top_pick_profile(score: torch.Tensor, correct: torch.Tensor, steps: torch.Tensor, tokens: torch.Tensor) -> dict:
+    """What the highest-scored of all n responses looks like next to all of them ([P, n] each): its accuracy,
+    steps and length, and the within-prompt rank correlation of the score with each."""
+    top = score.argmax(dim=1, keepdim=True)
+    pick = {name: float(x.float().gather(1, top).mean()) for name, x in
+            (("correct", correct), ("steps", steps), ("tokens", tokens))}
+    every = {name: float(x.float().mean()) for name, x in (("correct", correct), ("steps", steps), ("tokens", tokens))}
+    corr = {name: _rank_correlation(score, x.float()) for name, x in
+            (("correct", correct), ("steps", steps), ("tokens", tokens))}
+    return {"top_pick": pick, "all": every, "rank_correlation_with_score": corr}
+
+
 def plot(report: dict, path: Path) -> None:
     import matplotlib
 
@@ -134,10 +153,12 @@ def main(argv: list[str] | None = None) -> dict:
                                           args.beta)
     shape = (len(prompts), args.n)
     sizes = [2 ** i for i in range(args.n.bit_length()) if 2 ** i <= args.n]
-    report = selection_report((groups.scores >= 1.0).long().view(shape),
-                              core.response_score(rewards, valid, "min").view(shape),
-                              core.response_score(rewards, valid, "sum").view(shape),
+    correct = (groups.scores >= 1.0).long().view(shape)
+    score_min = core.response_score(rewards, valid, "min").view(shape)
+    report = selection_report(correct, score_min, core.response_score(rewards, valid, "sum").view(shape),
                               answer_ids(groups.responses, args.n), sizes, args.draws, args.seed)
+    report["prm_min_profile"] = top_pick_profile(score_min, correct, valid.sum(dim=1).view(shape),
+                                                 mask.sum(dim=1).view(shape))
     metrics = finite_or_none(metrics)  # NaN (an empty class) is null in JSON
     report |= {"step_auroc": metrics.get("step_auroc"), "first_error_hit_rate": metrics.get("first_error_hit_rate"),
                "prm_metrics": metrics, "policy": args.policy, "prm": args.prm, "ref": args.ref,
