@@ -24,15 +24,34 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+# Built-in task knobs that were flat ``task.*`` options before each task got its own section: where each went.
+_TASK_KNOBS_MOVED = {"arithmetic": {k: k for k in ("min_steps", "max_steps", "max_operand", "max_factor", "max_value")},
+                     "code": {"max_factor": "max_slope", "max_operand": "max_intercept"}}
+
+
+def migrate_legacy(saved: dict) -> dict:
+    """A saved config in today's layout: flat ``task.min_steps`` etc. move under ``task.<name>.*`` (for the code
+    task ``max_factor`` was the slope bound and ``max_operand`` the intercept's); knobs of other tasks are dropped."""
+    task = saved.get("task")
+    if isinstance(task, dict):
+        moved = _TASK_KNOBS_MOVED.get(task.get("name", "arithmetic"), {})
+        for old in _TASK_KNOBS_MOVED["arithmetic"]:
+            if old in task and not isinstance(task[old], dict):
+                value = task.pop(old)
+                if old in moved:
+                    task.setdefault(task.get("name", "arithmetic"), {})[moved[old]] = value
+    return saved
+
+
 def _with_current_defaults(saved):
     """The run's saved config over today's ``recipes/base.yaml``, so that a run saved before an option
-    existed still loads (the option takes its default)."""
+    existed (or was moved: :func:`migrate_legacy`) still loads (a new option takes its default)."""
     from hydra import compose, initialize_config_dir
 
     register_schema()
     with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "recipes"), version_base=None):
         base = compose(config_name="base")
-    return OmegaConf.merge(base, saved)
+    return OmegaConf.merge(base, migrate_legacy(OmegaConf.to_container(saved)))
 
 
 def _model_dirs(args) -> tuple[Path, Path]:

@@ -134,3 +134,16 @@ def test_first_error_hits_per_response():
     hits, chance, rows = core.first_error_hits(rewards, valid, torch.tensor([2, 3, 0]))
     assert hits.tolist() == [1.0, 0.5] and rows.tolist() == [True, True, False]
     assert torch.allclose(chance, torch.tensor([1 / 3, 1 / 3], dtype=torch.float64))
+
+
+def test_eval_prm_reads_run_configs_saved_before_tasks_had_their_own_sections():
+    from prm_rl.eval_prm import migrate_legacy
+
+    arithmetic = migrate_legacy({"task": {"name": "arithmetic", "min_steps": 1, "max_steps": 2, "max_operand": 20,
+                                          "max_factor": 9, "max_value": 999, "seed": 5}})
+    assert arithmetic["task"] == {"name": "arithmetic", "seed": 5, "arithmetic": {
+        "min_steps": 1, "max_steps": 2, "max_operand": 20, "max_factor": 9, "max_value": 999}}
+    code = migrate_legacy({"task": {"name": "code", "min_steps": 2, "max_factor": 5, "max_operand": 10}})
+    assert code["task"] == {"name": "code", "code": {"max_slope": 5, "max_intercept": 10}}
+    today = {"task": {"name": "code", "code": {"max_slope": 3}}}
+    assert migrate_legacy(today) == {"task": {"name": "code", "code": {"max_slope": 3}}}
