@@ -46,3 +46,21 @@ def test_best_of_n_bench_runs_on_a_tiny_budget(tmp_path):
     assert set(report["best_of_n"]) == {"prm_min", "prm_sum", "weighted_vote", "majority", "random"}
     assert set(report["best_of_n"]["majority"]) == {"1", "2", "4"} and report["pass_at_k"]["4"] >= report["pass_at_1"]
     assert "| majority |" in out.with_suffix(".md").read_text() and out.with_suffix(".png").stat().st_size > 0
+
+
+def test_offline_prm_bench_runs_on_a_tiny_budget(tmp_path):
+    """bench/offline_prm.py end to end on a tiny real SFT model: a PRM directory and its training record."""
+    from prm_rl.data import arithmetic
+    from prm_rl.models.tiny import TinyModelConfig, build_char_tokenizer, build_tiny_model
+
+    tokenizer = build_char_tokenizer(arithmetic.CHARACTERS)
+    shape = TinyModelConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)
+    build_tiny_model(shape, tokenizer, seed=0).save_pretrained(tmp_path / "sft")
+    tokenizer.save_pretrained(tmp_path / "sft")
+    proc = subprocess.run([sys.executable, "bench/offline_prm.py", "--sft", str(tmp_path / "sft"), "--prompts", "8",
+                           "--samples", "2", "--epochs", "1", "--group-batch", "4", "--out", str(tmp_path / "out")],
+                          cwd=REPO, env=environment(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((tmp_path / "out" / "seed-0" / "train.json").read_text())
+    assert record["prompts"] == 8 and len(record["loss_per_epoch"]) == 1
+    assert (tmp_path / "out" / "seed-0" / "prm" / "config.json").exists()
