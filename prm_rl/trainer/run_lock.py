@@ -45,6 +45,8 @@ class Owner:
 
     def is_alive_here(self) -> bool:
         """Is the owning process still running on this host (and not a new process that reuses its pid)?"""
+        if self.pid <= 0:  # unreadable owner text (-1); kill(0 or -1, 0) would probe whole process groups
+            return False
         try:
             os.kill(self.pid, 0)
         except ProcessLookupError:

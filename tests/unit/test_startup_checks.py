@@ -150,3 +150,10 @@ def test_a_reused_pid_is_not_mistaken_for_the_owner(tmp_path):
     seen = []
     run_lock.acquire(tmp_path, seen.append).release()
     assert len(seen) == 1 and "took over" in seen[0]
+
+
+def test_an_unreadable_owner_is_taken_over(tmp_path):
+    (tmp_path / ".lock").write_text("not json at all")
+    seen = []
+    run_lock.acquire(tmp_path, seen.append).release()
+    assert len(seen) == 1 and "took over the lock of a run that is gone (pid -1" in seen[0]
