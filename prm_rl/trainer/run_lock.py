@@ -71,9 +71,13 @@ def _read_owner(fd: int) -> Owner | None:
     if not text:
         return None
     try:
-        return Owner(**json.loads(text))
-    except (ValueError, TypeError):  # written by something else: treat as a stale owner we cannot name
-        return Owner(pid=-1, host=socket.gethostname(), started="unknown", process_start=None, command=text[:80])
+        owner = Owner(**json.loads(text))
+        if isinstance(owner.pid, int) and isinstance(owner.host, str):
+            return owner
+    except (ValueError, TypeError):
+        pass
+    # Written by something else: a stale owner this host cannot name.
+    return Owner(pid=-1, host=socket.gethostname(), started="unknown", process_start=None, command=text[:80])
 
 
 class RunLock:

@@ -152,8 +152,10 @@ def test_a_reused_pid_is_not_mistaken_for_the_owner(tmp_path):
     assert len(seen) == 1 and "took over" in seen[0]
 
 
-def test_an_unreadable_owner_is_taken_over(tmp_path):
-    (tmp_path / ".lock").write_text("not json at all")
+@pytest.mark.parametrize("text", ["not json at all", '{"pid": "x", "host": 3, "started": "", "process_start": null, '
+                                                     '"command": ""}'])
+def test_an_unreadable_owner_is_taken_over(tmp_path, text):
+    (tmp_path / ".lock").write_text(text)
     seen = []
     run_lock.acquire(tmp_path, seen.append).release()
     assert len(seen) == 1 and "took over the lock of a run that is gone (pid -1" in seen[0]
