@@ -240,6 +240,8 @@ class PrmSection:
     """ce: BCE(sigmoid(beta * sum_t log-ratio), outcome) | dpo: pairwise within a group"""
     reference: str = "sft"
     """sft: frozen copy of the starting model | policy: the rollout policy's old log-probs"""
+    init_path: Optional[str] = None
+    """checkpoint dir the PRM starts from (e.g. an offline-trained PRM, same tokenizer); null = the starting model"""
     beta: float = 0.05
     """log-ratio scale in the PRM loss"""
     learning_rate: float = 1e-06

@@ -36,12 +36,13 @@ def check_model_source(model: ModelSection) -> None:
     asked once (``from_pretrained`` would retry for a minute and then print a traceback).
     """
     if model.path is not None:
-        _check_source("model.path", model.path, "config.json", tokenizer=model.tokenizer_path is None)
+        check_checkpoint("model.path", model.path, tokenizer=model.tokenizer_path is None)
     if model.tokenizer_path is not None:
-        _check_source("model.tokenizer_path", model.tokenizer_path, "tokenizer_config.json", tokenizer=True)
+        check_checkpoint("model.tokenizer_path", model.tokenizer_path, "tokenizer_config.json", tokenizer=True)
 
 
-def _check_source(field: str, value: str, key_file: str, tokenizer: bool) -> None:
+def check_checkpoint(field: str, value: str, key_file: str = "config.json", *, tokenizer: bool) -> None:
+    """What :func:`check_model_source` checks for one option: ``field=value`` names a loadable directory or Hub id."""
     local = os.path.expanduser(value)
     if os.path.isdir(local):
         def has(*patterns: str) -> bool:
@@ -88,6 +89,8 @@ def _check_hub_id(field: str, value: str, key_file: str, missing: str) -> None:
 def start_checkpoint(cfg: Config, log=print) -> str:
     """Directory of the SFT model every model of the run starts from (training the warm start if needed)."""
     check_model_source(cfg.model)
+    if cfg.prm.init_path is not None:
+        check_checkpoint("prm.init_path", cfg.prm.init_path, tokenizer=False)
     if cfg.model.path is not None:
         return cfg.model.path
     spec = _spec(cfg.model.tiny, cfg.task.selected, asdict(cfg.warm_start),

@@ -122,7 +122,8 @@ class PrimeTrainer:
         self.logger: MetricsLogger | None = None  # opened by fit(), after the starting evaluation
 
     def _build_models(self, checkpoint: str, tokenizer) -> stages.Models:
-        """Policy and PRM start from the same SFT checkpoint; the reference is a frozen copy of it."""
+        """Policy and PRM start from the same SFT checkpoint (the PRM from ``prm.init_path`` when set); the
+        reference is a frozen copy of the SFT checkpoint."""
         cfg = self.cfg
         mc, ds = cfg.model, cfg.deepspeed
         policy = trainable_engine(load_causal_lm(checkpoint, mc.dtype, mc.gradient_checkpointing), ds,
@@ -130,9 +131,9 @@ class PrimeTrainer:
                                   weight_decay=cfg.policy.weight_decay, grad_clip=cfg.policy.grad_clip)
         prm = ref = None
         if cfg.algorithm.uses_prm:
-            prm = trainable_engine(load_causal_lm(checkpoint, mc.dtype, mc.gradient_checkpointing), ds,
-                                   dtype=mc.dtype, lr=cfg.prm.learning_rate, weight_decay=cfg.prm.weight_decay,
-                                   grad_clip=cfg.prm.grad_clip)
+            prm_start = load_causal_lm(cfg.prm.init_path or checkpoint, mc.dtype, mc.gradient_checkpointing)
+            prm = trainable_engine(prm_start, ds, dtype=mc.dtype, lr=cfg.prm.learning_rate,
+                                   weight_decay=cfg.prm.weight_decay, grad_clip=cfg.prm.grad_clip)
         if (cfg.algorithm.uses_prm and cfg.prm.reference == "sft") or cfg.policy.kl_coef:
             ref = frozen_model(load_causal_lm(checkpoint, mc.dtype), ds, dtype=mc.dtype)
         synced = ds.zero_stage == 3 and dist.world_size() > 1

@@ -163,3 +163,10 @@ def test_ctrl_c_while_starting_is_one_line_and_exit_130(tmp_path):
     assert lines == ["[prm_rl] interrupted (Ctrl-C); nothing saved since the last checkpoint"], err[-3000:]
     assert not list(cache.glob("*/config.json")), "an interrupted warm start was cached as complete"
     assert not (run_dir / "config.yaml").exists() and (run_dir / ".lock").read_text() == ""
+
+
+def test_a_missing_prm_init_path_is_one_line(tmp_path):
+    proc = train_py(f"prm.init_path={tmp_path / 'no-prm'}", f"trainer.output_dir={tmp_path / 'run'}",
+                    f"warm_start.cache_dir={tmp_path / 'cache'}")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert stderr_lines(proc) == [f"model error: prm.init_path={tmp_path / 'no-prm'}: no such directory"]

@@ -111,3 +111,24 @@ def test_outcome_only_rloo_loads_no_prm(tmp_path, warm_cache):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (run_dir / "policy").is_dir() and not (run_dir / "prm").exists()
     assert not any(k.startswith("prm/") for r in metrics(run_dir) for k in r)
+
+
+@pytest.mark.slow
+def test_the_prm_can_start_from_another_checkpoint(tmp_path, warm_cache):
+    """prm.init_path: the PRM starts from that model (here a smaller one with the same tokenizer), the reference
+    stays the SFT model, so before any update the PRM already differs from its reference."""
+    from prm_rl.data import arithmetic
+    from prm_rl.models.tiny import TinyModelConfig, build_char_tokenizer, build_tiny_model
+
+    tokenizer = build_char_tokenizer(arithmetic.CHARACTERS)
+    start = tmp_path / "pretrained_prm"
+    build_tiny_model(TinyModelConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32,
+                                     max_positions=64), tokenizer, seed=3).save_pretrained(start)
+    tokenizer.save_pretrained(start)
+    run_dir = tmp_path / "run"
+    proc = launch(warm_cache, run_dir, ["trainer.max_steps=1", f"prm.init_path={start}", "wandb.mode=disabled"],
+                  num_ranks=1)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    before = all_rows(run_dir)[0]
+    assert before["step"] == 0 and before["prm_eval/ce"] != pytest.approx(0.693147, abs=1e-4)  # not PRM == ref
+    assert json.loads((run_dir / "prm" / "config.json").read_text())["hidden_size"] == 16
