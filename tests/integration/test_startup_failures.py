@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tiny_runs import REPO, environment, launch, metrics, start, wait_for, wait_until_gone
+from tiny_runs import (REPO, environment, launch, metrics, run_retrying_startup_abort, start, wait_for,
+                       wait_until_gone)
 
 FIXTURES = REPO / "tests" / "data" / "fixtures"
 
@@ -25,9 +26,9 @@ def stderr_lines(proc) -> list[str]:
 
 
 def train_py(*overrides: str, timeout: float = 300, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    """One plain ``python launch/train.py`` process."""
-    return subprocess.run([sys.executable, str(REPO / "launch" / "train.py"), "+recipe=math_ppo", "wandb.mode=disabled",
-                           *overrides], cwd=cwd, env=environment(), capture_output=True, text=True, timeout=timeout)
+    """One plain ``python launch/train.py`` process (retried once on DeepSpeed's rare start-up abort, tiny_runs)."""
+    return run_retrying_startup_abort([sys.executable, str(REPO / "launch" / "train.py"), "+recipe=math_ppo",
+                                       "wandb.mode=disabled", *overrides], environment(), timeout, cwd=cwd)
 
 
 @pytest.mark.parametrize("override, line", [
@@ -170,3 +171,24 @@ def test_a_missing_prm_init_path_is_one_line(tmp_path):
                     f"warm_start.cache_dir={tmp_path / 'cache'}")
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert stderr_lines(proc) == [f"model error: prm.init_path={tmp_path / 'no-prm'}: no such directory"]
+
+
+@pytest.mark.parametrize("option, message", [
+    ("+verifier.tasks.chess={verifier: chessy}",
+     "config error: verifier.tasks.chess.verifier='chessy': must be one of"),
+    ("+verifier.tasks.chess={_target_: no_such_module.fn}",
+     "config error: verifier.tasks.chess._target_='no_such_module.fn': cannot import"),
+])
+def test_verifier_option_error_is_one_line_naming_the_config_path(tmp_path, option, message):
+    """Checked before the warm start (none is cached here, so reaching it would take minutes)."""
+    proc = train_py(option, f"warm_start.cache_dir={tmp_path / 'empty'}", f"trainer.output_dir={tmp_path / 'run'}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = stderr_lines(proc)
+    assert len(lines) == 1 and lines[0].startswith(message), lines
+    assert "warm start" not in proc.stdout
+
+
+def test_unwritable_output_dir_fails_before_loading_models():
+    proc = train_py("trainer.output_dir=/proc/prm_rl_run")
+    assert proc.returncode == 5, proc.stderr[-2000:]
+    assert stderr_lines(proc)[-1].startswith("[prm_rl] trainer.output_dir=/proc/prm_rl_run: cannot write")

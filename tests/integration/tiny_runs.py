@@ -33,7 +33,8 @@ def command(warm: Path, run_dir: Path, overrides: list[str], num_ranks: int = 2,
     """``port_offset``: for a second job running at the same time (a fixed port per test process otherwise, so a
     killed run's DeepSpeed shared-memory segment is the next run's to remove, see engine/dist.py)."""
     return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(num_ranks),
-            "--master_port", str(29500 + os.getpid() % 1000 + 1000 * port_offset), "launch/train.py", "+recipe=math_ppo", *TINY,
+            "--master_port", str(29500 + os.getpid() % 1000 + 1000 * port_offset), "launch/train.py",
+            "+recipe=math_ppo", *TINY,
             f"warm_start.cache_dir={warm}", f"trainer.output_dir={run_dir}", *overrides]
 
 
@@ -48,10 +49,11 @@ def environment(**extra: str) -> dict[str, str]:
 STARTUP_ABORT = "terminate called without an active exception"
 
 
-def run_retrying_startup_abort(cmd: list[str], env: dict[str, str], timeout: float = 900) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+def run_retrying_startup_abort(cmd: list[str], env: dict[str, str], timeout: float = 900,
+                               cwd: Path = REPO) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0 and STARTUP_ABORT in proc.stderr + proc.stdout and "[prm_rl] held-out" not in proc.stdout:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     return proc
 
 
