@@ -46,8 +46,8 @@ def environment(**extra: str) -> dict[str, str]:
 
 # DeepSpeed 0.19 on CPU: now and then (~1 start in 15 here, also before prm_rl's current code) a rank aborts
 # while the engines initialise or the process exits, before any step, with only this line. Such a start is
-# retried, up to twice: with ~40 such starts in the suite, one retry still failed a fresh-clone CI run in two
-# of four (an abort twice in a row); a third attempt makes that about 1 in 100 suites.
+# retried, up to twice: of four fresh-clone CI runs here, one failed in a test that did not retry and one in a
+# test that retried once (two aborts in a row); with ~40 such starts per suite, a third attempt is cheap.
 STARTUP_ABORT = "terminate called without an active exception"
 
 
