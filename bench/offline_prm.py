@@ -1,92 +1,82 @@
-"""An implicit PRM trained offline on outcome labels of the SFT model's own samples, then used for best-of-N.
+"""Offline implicit PRMs against majority voting and Monte-Carlo step labels, several losses and seeds:
 
-    python bench/offline_prm.py --sft SFT_DIR --seeds 0 1 2 --out runs/offline_prm
+    python bench/offline_prm.py --losses ce dpo --seeds 0 1 2 --out runs/offline_prm [-- OVERRIDE ...]
 
-Per seed: sample ``--samples`` responses to each of the first ``--prompts`` prompts of the built-in task's RL
-(training) split from the SFT model, label them with the verifier, and train a copy of the SFT model as an
-implicit PRM on them (``--loss`` ce or dpo, beta ``prm.beta``, reference = the SFT model, ``--epochs`` passes,
-one optimiser step per ``--group-batch`` prompts): the same update the online trainer runs
-(:func:`prm_rl.trainer.stages.prm_update_stage`). Saves OUT/seed-S/prm (a Hugging Face directory) and
-OUT/seed-S/train.json (data size, label mean, loss per epoch). Then ``bench/best_of_n.py --runs OUT/seed-*``
-evaluates them on the held-out split, which is disjoint from these prompts.
+For each loss and seed, ``launch/train_prm.py +recipe=prm_math prm.loss=L trainer.seed=S`` (seed: the sampled
+training data and its order) into OUT/L-sS; then, on held-out prompts, ``bench/best_of_n.py`` over each loss's
+runs (OUT/best_of_n_L.{json,md,png}) and ``python -m prm_rl.mc_values`` with every run beside the Monte-Carlo
+baseline on the same responses (OUT/mc_values.json). OUT/summary.md tabulates the step-level side: step AUROC,
+first-error hit rate and FLOPs per method, mean and min-max over seeds. Overrides after ``--`` go to every
+train_prm run (e.g. ``prm_train.num_prompts=64`` for a short try).
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
+import subprocess
 import sys
-import time
 from pathlib import Path
 
-import torch
-
-from prm_rl.config import DeepSpeedSection, PrmEvalSection, PrmSection, RolloutSection, TaskSection
-from prm_rl.data.prompts import builtin_splits
-from prm_rl.models.loading import load_causal_lm, load_tokenizer
-from prm_rl.rewards import build_scorer
-
-with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed prints a notice on stdout at import
-    from prm_rl.engine import dist
-    from prm_rl.engine.deepspeed_engine import trainable_engine
-    from prm_rl.trainer import prm_eval, stages
+REPO = Path(__file__).resolve().parent.parent
 
 
-def train_one(args, seed: int, out: Path) -> dict:
-    torch.manual_seed(seed)
-    task = TaskSection()
-    prompts = builtin_splits(task.selected, train_size=args.prompts, eval_size=task.eval_size,
-                             seed=task.seed).train[:args.prompts]
-    tokenizer = load_tokenizer(args.sft)
-    sft = load_causal_lm(args.sft, "float32").eval()
-    started = time.time()
-    with build_scorer() as scorer:  # the responses, labelled: the PRM's whole training set
-        data = prm_eval.sample_heldout(sft, tokenizer, prompts, scorer,
-                                       PrmEvalSection(samples_per_prompt=args.samples, seed=seed),
-                                       max_new_tokens=RolloutSection.max_new_tokens)
-    k, batch, labels = args.samples, data.rollout, data.scores
-    with torch.no_grad():
-        ref_logp = stages.logprob_stage(sft, batch, PrmSection.micro_batch_size)
-    settings = PrmSection(loss=args.loss, learning_rate=args.lr, mini_batches=1)
-    prm = trainable_engine(load_causal_lm(args.sft, "float32"), DeepSpeedSection(), dtype="float32", lr=args.lr,
-                           weight_decay=settings.weight_decay, grad_clip=settings.grad_clip)
-    shuffle = torch.Generator().manual_seed(seed)
-    losses = []
-    for _ in range(args.epochs):
-        order = torch.randperm(len(prompts), generator=shuffle)
-        epoch = []
-        for start in range(0, len(prompts), args.group_batch):
-            groups = order[start:start + args.group_batch]
-            rows = (groups[:, None] * k + torch.arange(k)).reshape(-1)
-            _, metrics, _ = stages.prm_update_stage(prm, batch.select(rows), labels[rows], ref_logp[rows], k,
-                                                    settings, shuffle)
-            epoch.append(metrics["prm/loss"])
-        losses.append(sum(epoch) / len(epoch))
-    prm.module.save_pretrained(out / "prm")
-    tokenizer.save_pretrained(out / "prm")
-    record = {"seed": seed, "prompts": len(prompts), "samples_per_prompt": k, "label_mean": float(labels.mean()),
-              "loss": args.loss, "learning_rate": args.lr, "epochs": args.epochs, "group_batch": args.group_batch,
-              "loss_per_epoch": losses, "seconds": time.time() - started}
-    (out / "train.json").write_text(json.dumps(record, indent=1) + "\n")
-    return record
+def spread(values: list[float]) -> str:
+    return f"{sum(values) / len(values):.3f} ({min(values):.3f}-{max(values):.3f})"
+
+
+def step_table(report: dict, losses: list[str]) -> str:
+    lines = ["| method | step AUROC | first-error hit rate (random) | FLOPs to label these responses | FLOPs, of "
+             "which one-off |", "|---|---|---|---|---|"]
+    responses = report["responses"]
+    mc_flops = report["monte_carlo_cost"]["flops"]
+    for name, m in report["monte_carlo"].items():
+        lines.append(f"| Monte-Carlo ({name}, K={report['rollouts']}), V_k | {m['step_auroc_value']:.3f} | "
+                     f"{m['first_error_hit_rate']:.3f} ({m['first_error_random']:.3f}) | {mc_flops:.3g} | 0 |")
+        lines.append(f"| Monte-Carlo ({name}, K={report['rollouts']}), V_k - V_(k-1) | "
+                     f"{m['step_auroc_increment']:.3f} | {m['first_error_hit_rate']:.3f} | {mc_flops:.3g} | 0 |")
+    for loss in losses:
+        runs = [r for r in report["implicit_prm"].values() if r["loss"] == loss]
+        if not runs:
+            continue
+        auroc = [r["metrics"]["step_auroc"] for r in runs]
+        hit = [r["metrics"]["first_error_hit_rate"] for r in runs]
+        total = [r["cost"]["flops"] for r in runs]
+        once = [r["cost"]["data_flops"] + r["cost"]["training_flops"] for r in runs]
+        lines.append(f"| implicit PRM ({loss}, {len(runs)} seeds) | {spread(auroc)} | {spread(hit)} | "
+                     f"{sum(total) / len(total):.3g} | {sum(once) / len(once):.3g} |")
+    return "\n".join(lines) + f"\n\n{responses} held-out responses, {report['prefixes']} step prefixes.\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sft", required=True, help="the SFT model: sampler, PRM initialisation and reference")
-    parser.add_argument("--prompts", type=int, default=1024, help="training prompts (RL split of the built-in task)")
-    parser.add_argument("--samples", type=int, default=8, help="responses sampled and labelled per prompt")
-    parser.add_argument("--loss", choices=("ce", "dpo"), default="ce", help="PRM loss (prm.loss)")
-    parser.add_argument("--lr", type=float, default=1e-4, help="PRM learning rate (the main job's)")
-    parser.add_argument("--epochs", type=int, default=2, help="passes over the labelled responses")
-    parser.add_argument("--group-batch", type=int, default=32, help="prompts (groups) per optimiser step")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one PRM per seed (data and order)")
-    parser.add_argument("--out", type=Path, required=True, help="OUT/seed-S/{prm,train.json}")
+    parser.add_argument("--losses", nargs="+", default=["ce", "dpo"], help="prm.loss values")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="trainer.seed values")
+    parser.add_argument("--out", type=Path, required=True, help="OUT/L-sS runs and the reports")
+    parser.add_argument("--num-prompts", type=int, default=128, help="held-out prompts of best-of-N")
+    parser.add_argument("--mc-prompts", type=int, default=64, help="held-out prompts of the Monte-Carlo labels")
+    parser.add_argument("--rollouts", type=int, default=8, help="K: Monte-Carlo completions per step prefix")
+    parser.add_argument("overrides", nargs="*", help="after --: overrides for every train_prm run")
     args = parser.parse_args()
-    dist.init()
-    for seed in args.seeds:
-        record = train_one(args, seed, args.out / f"seed-{seed}")
-        print(json.dumps(record))
+    runs: dict[str, list[Path]] = {}
+    for loss in args.losses:
+        for seed in args.seeds:
+            run = args.out / f"{loss}-s{seed}"
+            subprocess.run([sys.executable, str(REPO / "launch" / "train_prm.py"), "+recipe=prm_math",
+                            f"prm.loss={loss}", f"trainer.seed={seed}", f"trainer.output_dir={run}",
+                            "wandb.mode=disabled", "trainer.progress_bar=false", *args.overrides], check=True)
+            runs.setdefault(loss, []).append(run)
+    sft = json.loads((runs[args.losses[0]][0] / "summary.json").read_text())["reference"]
+    for loss, dirs in runs.items():
+        subprocess.run([sys.executable, str(REPO / "bench" / "best_of_n.py"), "--runs", *map(str, dirs),
+                        "--policy", sft, "--ref", sft, "--num-prompts", str(args.num_prompts),
+                        "--out", str(args.out / f"best_of_n_{loss}")], check=True)
+    every = [str(d) for dirs in runs.values() for d in dirs]
+    subprocess.run([sys.executable, "-m", "prm_rl.mc_values", "--policy", sft, "--num-prompts", str(args.mc_prompts),
+                    "--rollouts", str(args.rollouts), "--out", str(args.out / "mc_values.json"), "--prm-runs", *every],
+                   check=True, stdout=subprocess.DEVNULL)
+    table = step_table(json.loads((args.out / "mc_values.json").read_text()), args.losses)
+    (args.out / "summary.md").write_text(table)
+    print(table)
 
 
 if __name__ == "__main__":

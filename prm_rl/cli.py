@@ -22,17 +22,17 @@ def strip_launcher_args(argv: list[str]) -> list[str]:
     return [a for a in argv if not a.startswith("--local_rank")]
 
 
-DEFAULT_RECIPE = "math_ppo"
+DEFAULT_RECIPE = "math_ppo"  # launch/train.py's; launch/train_prm.py's is prm_math
 
 
-def with_default_recipe(overrides: list[str]) -> list[str]:
+def with_default_recipe(overrides: list[str], recipe: str = DEFAULT_RECIPE) -> list[str]:
     """No ``+recipe=`` given: the built-in job. base.yaml alone holds the paper's 7B values (learning rates,
     batch), which are no job for the built-in ~1M-parameter model."""
     if any(a.lstrip("+").startswith("recipe=") or a.startswith("-") for a in overrides):
         return overrides
     if first_rank():
-        print(f"[prm_rl] no recipe given: using +recipe={DEFAULT_RECIPE} (the built-in job)", flush=True)
-    return [f"+recipe={DEFAULT_RECIPE}", *overrides]
+        print(f"[prm_rl] no recipe given: using +recipe={recipe} (the built-in job)", flush=True)
+    return [f"+recipe={recipe}", *overrides]
 
 
 def first_rank() -> bool:
@@ -87,18 +87,21 @@ def hydra_error_line(err: BaseException) -> str:
     return "; ".join(p.rstrip(".") for p in parts)
 
 
-def train(cfg: DictConfig, recipe: str) -> None:
-    """Validate ``cfg``, build the trainer, run it; every known failure ends as one line and its exit code."""
+def train(cfg: DictConfig, recipe: str, trainer: str = "prime") -> None:
+    """Validate ``cfg``, build the trainer (``prime``: launch/train.py; ``prm``: launch/train_prm.py), run it;
+    every known failure ends as one line and its exit code."""
     from prm_rl.config import to_config
     from prm_rl.engine import dist
     from prm_rl.trainer.faults import RunStopped
 
     try:
-        typed = to_config(cfg, world_size=int(os.environ.get("WORLD_SIZE", 1)))
+        typed = to_config(cfg, world_size=int(os.environ.get("WORLD_SIZE", 1)), offline_prm=trainer == "prm")
         dist.init()
-        from prm_rl.trainer.prime import PrimeTrainer
-
-        PrimeTrainer(typed, cfg, name=recipe).fit()
+        if trainer == "prm":
+            from prm_rl.trainer.prm_trainer import PrmTrainer as Trainer
+        else:
+            from prm_rl.trainer.prime import PrimeTrainer as Trainer
+        Trainer(typed, cfg, name=recipe).fit()
     except UsageError as err:
         fail(err.one_line(), EXIT_USAGE)
     except RunStopped as stop:  # signal, NaN/inf guard, failed save: state on disk is consistent

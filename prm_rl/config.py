@@ -299,6 +299,36 @@ class PrmEvalSection:
 
 
 @dataclass
+class PrmTrainSection:
+    """Offline implicit PRM training (launch/train_prm.py; docs/prm_training.md); launch/train.py ignores it"""
+
+    data: Optional[str] = None
+    """labelled rows (.jsonl/.parquet/datasets dir) of prompt, response, label; null = sample and label them"""
+    fields: dict[str, str] = field(default_factory=dict)
+    """row keys, e.g. {prompt: question, response: output, label: correct}; unset keys = prompt, response, label"""
+    num_prompts: int = 512
+    """data null: training prompts to sample for (the first N of the built-in task's or data.train's)"""
+    samples_per_prompt: int = 8
+    """data null: responses sampled from the starting model per prompt and labelled by the verifier"""
+    epochs: int = 2
+    """passes over the labelled rows (the run's length)"""
+    prompts_per_update: int = 32
+    """prompts (each with all its responses) per optimiser step"""
+
+    def check(self) -> None:
+        unknown = set(self.fields) - {"prompt", "response", "label"}
+        if unknown:
+            raise ConfigError(f"prm_train.fields: unknown key {sorted(unknown)[0]!r}: the keys are prompt, "
+                              "response, label")
+        _positive("prm_train.num_prompts", self.num_prompts)
+        if self.samples_per_prompt < 2:
+            raise ConfigError(f"prm_train.samples_per_prompt={self.samples_per_prompt}: the dpo loss and the "
+                              "within-prompt metrics need at least 2")
+        _positive("prm_train.epochs", self.epochs)
+        _positive("prm_train.prompts_per_update", self.prompts_per_update)
+
+
+@dataclass
 class RewardSection:
     """How PRM log-ratios become dense process rewards"""
 
@@ -411,7 +441,7 @@ class TrainerSection:
     """Run length, evaluation, checkpoints"""
 
     max_steps: int = 100
-    """PRIME steps"""
+    """PRIME steps (launch/train_prm.py: its steps are PRM updates, their number set by prm_train.epochs)"""
     seed: int = 0
     """sampling, shuffling and prompt order"""
     output_dir: Optional[str] = None
@@ -467,6 +497,7 @@ class Config:
     filter: FilterSection = field(default_factory=FilterSection)
     prm: PrmSection = field(default_factory=PrmSection)
     prm_eval: PrmEvalSection = field(default_factory=PrmEvalSection)
+    prm_train: PrmTrainSection = field(default_factory=PrmTrainSection)
     reward: RewardSection = field(default_factory=RewardSection)
     algorithm: AlgorithmSection = field(default_factory=AlgorithmSection)
     policy: PolicySection = field(default_factory=PolicySection)
@@ -474,8 +505,9 @@ class Config:
     trainer: TrainerSection = field(default_factory=TrainerSection)
     wandb: WandbSection = field(default_factory=WandbSection)
 
-    def check(self, world_size: int = 1) -> None:
-        """Run every section's rules, then the rules that span sections."""
+    def check(self, world_size: int = 1, offline_prm: bool = False) -> None:
+        """Run every section's rules, then the rules that span sections (``offline_prm``: for
+        launch/train_prm.py, which reads prompts only to sample responses and to evaluate)."""
         for section in vars(self).values():
             section.check()
         k = self.rollout.samples_per_prompt
@@ -493,7 +525,7 @@ class Config:
         if (b * k) % self.policy.mini_batches:
             raise ConfigError(f"policy.mini_batches={self.policy.mini_batches}: must divide the {b * k} responses "
                               f"of a step (rollout.prompts_per_step x rollout.samples_per_prompt)")
-        if self.model.path is not None and self.data.train is None:
+        if self.model.path is not None and self.data.train is None and not (offline_prm and self.prm_train.data):
             raise ConfigError(f"data.train: required with model.path={self.model.path} (the built-in arithmetic "
                               "prompts are for the built-in model); point it at your training prompts")
         if self.rollout.prompts_per_step % world_size:
@@ -508,13 +540,13 @@ def register_schema() -> None:
     ConfigStore.instance().store(name="prm_rl_schema", node=Config)
 
 
-def to_config(cfg: DictConfig | dict[str, Any], world_size: int = 1) -> Config:
-    """Validate a composed config and return it as typed objects."""
+def to_config(cfg: DictConfig | dict[str, Any], world_size: int = 1, offline_prm: bool = False) -> Config:
+    """Validate a composed config and return it as typed objects (``offline_prm``: see :meth:`Config.check`)."""
     if isinstance(cfg, dict):
         cfg = OmegaConf.merge(OmegaConf.structured(Config), cfg)
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"{missing[0]}: required but not set (e.g. {missing[0]}=VALUE on the command line)")
     typed: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
-    typed.check(world_size)
+    typed.check(world_size, offline_prm)
     return typed

@@ -21,15 +21,13 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 import transformers
 
 from prm_rl import core, json_text
 from prm_rl.config import ModelSection, PrmSection, RewardSection
-from prm_rl.data.sample import encode_prompts
+from prm_rl.data.sample import text_rollout
 from prm_rl.errors import EXIT_USAGE, UsageError
 from prm_rl.models.loading import check_model_source, load_causal_lm, load_tokenizer
-from prm_rl.rollout.generate import Rollout, left_pad
 
 with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed (imported by the stages) prints a notice on stdout
     from prm_rl.trainer import stages
@@ -61,17 +59,8 @@ def score_rows(rows: list[dict], prm, ref, tokenizer, *, beta: float, delimiter:
     out = []
     for start in range(0, len(rows), batch_size):
         part = rows[start:start + batch_size]
-        prompt_ids, prompt_mask = left_pad(encode_prompts(tokenizer, [r["prompt"] for r in part]),
-                                           tokenizer.pad_token_id)
-        responses = [ids + [tokenizer.eos_token_id] for ids in
-                     tokenizer([r["response"] for r in part], add_special_tokens=False)["input_ids"]]
-        width = max(len(ids) for ids in responses)
-        response_ids = torch.full((len(part), width), tokenizer.pad_token_id, dtype=torch.long)
-        response_mask = torch.zeros((len(part), width), dtype=torch.long)
-        for i, ids in enumerate(responses):
-            response_ids[i, :len(ids)] = torch.tensor(ids)
-            response_mask[i, :len(ids)] = 1
-        batch = Rollout(prompt_ids, prompt_mask, response_ids, response_mask, torch.zeros(len(part), dtype=torch.bool))
+        batch = text_rollout(tokenizer, [r["prompt"] for r in part], [r["response"] for r in part])
+        response_mask = batch.response_mask
         log_ratio = core.implicit_log_ratio(stages.logprob_stage(prm, batch, batch_size),
                                             stages.logprob_stage(ref, batch, batch_size), response_mask)
         rewards, valid, _ = core.step_rewards(log_ratio, response_mask, stages.step_end_mask(step_end_table, batch),
@@ -80,7 +69,7 @@ def score_rows(rows: list[dict], prm, ref, tokenizer, *, beta: float, delimiter:
         for i, row in enumerate(part):
             scored = {**row, "score": float(scores[i]), "step_rewards": rewards[i][valid[i]].tolist()}
             if tokens:
-                scored["token_rewards"] = (beta * log_ratio[i][: len(responses[i])]).tolist()
+                scored["token_rewards"] = (beta * log_ratio[i][response_mask[i].bool()]).tolist()
             out.append(scored)
     return out
 

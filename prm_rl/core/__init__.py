@@ -51,9 +51,11 @@ from .prm_metrics import (
     constant_guess_ce,
     first_error_hit_rate,
     first_error_hits,
+    monte_carlo_values,
     response_score,
     step_auroc,
     step_rewards,
+    value_increments,
 )
 from .selection import best_of_n, bootstrap_interval, pass_at_k, vote
 
@@ -93,6 +95,8 @@ __all__ = [
     "step_auroc",
     "first_error_hits",
     "first_error_hit_rate",
+    "monte_carlo_values",
+    "value_increments",
     "ADVANTAGE_ESTIMATORS",
     "AdvantageEstimator",
     "register_advantage",

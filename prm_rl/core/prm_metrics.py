@@ -15,7 +15,8 @@ import torch
 from .implicit import _step_sums
 from .masked import _last_token_mask, _valid
 
-__all__ = ["auroc", "constant_guess_ce", "step_rewards", "step_auroc", "first_error_hits", "first_error_hit_rate"]
+__all__ = ["auroc", "constant_guess_ce", "step_rewards", "step_auroc", "first_error_hits", "first_error_hit_rate",
+           "monte_carlo_values", "value_increments"]
 
 
 def auroc(scores: torch.Tensor, positive: torch.Tensor) -> float:
@@ -152,3 +153,23 @@ def first_error_hit_rate(rewards: torch.Tensor, valid: torch.Tensor,
     if hits.numel() == 0:
         return float("nan"), float("nan"), 0
     return float(hits.mean()), float(chance.mean()), hits.numel()
+
+
+def monte_carlo_values(successes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Monte-Carlo step values from K completions of each step prefix (Math-Shepherd, Wang et al. 2024):
+    ``soft`` = the share of completions that reach a correct answer, ``hard`` = 1 if any does.
+
+    Shapes: ``successes`` [..., K] in [0, 1] (a completion's outcome score) -> (``soft``, ``hard``) [...].
+    """
+    correct = (successes >= 1.0).to(torch.float32)
+    return correct.mean(dim=-1), correct.amax(dim=-1)
+
+
+def value_increments(values: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    """Step rewards V_k - V_{k-1} of step values, V_0 = ``start`` (the value of the bare prompt).
+
+    Shapes: ``values`` [N, S], ``start`` [N] -> [N, S]. Entries past a row's last step are left as they come
+    (callers mask them with the steps' ``valid``).
+    """
+    previous = torch.cat([start[:, None].to(values.dtype), values[:, :-1]], dim=1)
+    return values - previous

@@ -28,7 +28,7 @@ from prm_rl.errors import UsageError
 if TYPE_CHECKING:
     from prm_rl.config import DataSection
 
-__all__ = ["DataError", "LoadedPrompts", "load_prompts", "file_splits", "FORMATS"]
+__all__ = ["DataError", "LoadedPrompts", "load_prompts", "file_splits", "file_rows", "FORMATS"]
 
 FORMATS = ("auto", "jsonl", "parquet", "hf_disk")
 _BY_EXTENSION = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
@@ -72,7 +72,7 @@ def load_prompts(path: str, *, format: str = "auto", split: str = "train", mappi
         raise ValueError("max_prompt_tokens needs a tokenizer to count prompt tokens")
     template = tokenizer if chat_template and getattr(tokenizer, "chat_template", None) else None
     samples, rows = [], []
-    for where, row in itertools.islice(_rows(path, format, split), max_rows):
+    for where, row in itertools.islice(file_rows(path, format, split), max_rows):
         try:
             samples.append(_sample(read_row(row), task, instruction, template, check_fields))
         except RowError as e:
@@ -122,7 +122,7 @@ def file_splits(data: DataSection, tokenizer,
 
 
 # ------------------------------------------------------------------------------------------------ rows
-def _rows(path: str, format: str, split: str) -> Iterator[tuple[str, dict]]:
+def file_rows(path: str, format: str, split: str) -> Iterator[tuple[str, dict]]:
     """(where, row) pairs in file order; ``where`` is the message prefix naming the file and the row."""
     readers: dict[str, Callable[[str, str], Iterator[tuple[str, dict]]]] = {
         "jsonl": _jsonl_rows, "parquet": _parquet_rows, "hf_disk": _hf_disk_rows}

@@ -35,3 +35,21 @@ def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
             for i, row in zip(where, ids):
                 out[i] = row
     return out  # type: ignore[return-value]
+
+
+def text_rollout(tokenizer, prompts: list[str], responses: list[str]):
+    """A :class:`~prm_rl.rollout.generate.Rollout` of given texts: rendered prompts (as :func:`encode_prompts`
+    reads them) left-padded, responses tokenized without special tokens and closed by EOS, as if generated."""
+    import torch
+
+    from prm_rl.rollout.generate import Rollout, left_pad
+
+    prompt_ids, prompt_mask = left_pad(encode_prompts(tokenizer, prompts), tokenizer.pad_token_id)
+    encoded = [ids + [tokenizer.eos_token_id] for ids in tokenizer(responses, add_special_tokens=False)["input_ids"]]
+    width = max(len(ids) for ids in encoded)
+    response_ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
+    response_mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for i, ids in enumerate(encoded):
+        response_ids[i, :len(ids)] = torch.tensor(ids)
+        response_mask[i, :len(ids)] = 1
+    return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, torch.zeros(len(encoded), dtype=torch.bool))

@@ -8,6 +8,9 @@ from __future__ import annotations
 import os
 import signal
 
+from prm_rl.engine import dist
+from prm_rl.errors import UsageError
+
 # Exit codes of an early stop (a finished run exits 0; a config or data error exits 2).
 EXIT_SIGNAL = 3
 EXIT_NONFINITE = 4
@@ -80,3 +83,21 @@ def injected_nan_steps() -> set[int]:
     """Steps whose advantages are poisoned with NaN, from ``PRM_RL_INJECT_NAN_STEPS=3,4`` (fault testing only)."""
     raw = os.environ.get("PRM_RL_INJECT_NAN_STEPS", "")
     return {int(s) for s in raw.split(",") if s.strip()}
+
+
+def on_rank0(decide):
+    """Run ``decide`` on rank 0 and hand its result (or its RunStopped or UsageError) to every rank."""
+    result = None
+    if dist.is_main():
+        try:
+            result = ("ok", decide())
+        except RunStopped as err:
+            result = ("stop", (str(err), err.exit_code))
+        except UsageError as err:
+            result = ("usage", err)
+    kind, value = dist.broadcast_object(result)
+    if kind == "stop":
+        raise RunStopped(*value)
+    if kind == "usage":
+        raise value
+    return value

@@ -20,7 +20,6 @@ from prm_rl.data.files import DataError, file_splits
 from prm_rl.data.prompts import PromptSplits, PromptStream, builtin_splits
 from prm_rl.engine import dist
 from prm_rl.engine.deepspeed_engine import frozen_model, set_optimizer_hyperparameters, trainable_engine
-from prm_rl.errors import UsageError
 from prm_rl.models.loading import load_causal_lm, load_tokenizer, start_checkpoint
 from prm_rl.rewards import build_scorer
 from prm_rl.rollout.generate import Rollout
@@ -30,7 +29,7 @@ from prm_rl.trainer import checkpoint, prm_eval, run_dir, stages
 from prm_rl.trainer.buffer import GroupBuffer
 from prm_rl.trainer.evaluate import heldout_accuracy
 from prm_rl.trainer.faults import (EXIT_NONFINITE, EXIT_SIGNAL, NonFiniteGuard, RunStopped, StopSignals,
-                                   injected_nan_steps)
+                                   injected_nan_steps, on_rank0)
 from prm_rl.trainer.step import LearnSections, learn
 
 
@@ -97,11 +96,11 @@ class PrimeTrainer:
         self.run_dir = run_dir.create(cfg.trainer.output_dir, name, log)
         log(f"run directory: {self.run_dir}")
         # Decided before any model loads, so a bad trainer.resume fails in seconds.
-        self.resume_from = _on_rank0(lambda: checkpoint.find_resume_point(self.run_dir, cfg.trainer.resume, log))
+        self.resume_from = on_rank0(lambda: checkpoint.find_resume_point(self.run_dir, cfg.trainer.resume, log))
 
         v = cfg.verifier  # checked before the warm start, which may take minutes
         self.scorer = build_scorer(v.tasks, num_workers=v.num_workers, timeout_s=v.timeout_s, root="verifier.tasks")
-        sft = _on_rank0(lambda: start_checkpoint(cfg, log=log))  # may train the warm start
+        sft = on_rank0(lambda: start_checkpoint(cfg, log=log))  # may train the warm start
         tokenizer = load_tokenizer(cfg.model.tokenizer_path or sft)
         splits = load_prompt_splits(cfg, tokenizer, self.scorer)  # a bad dataset fails here, before models load
         run_dir.save_config(self.run_dir, raw_cfg)  # only once the inputs passed: a rejected start overwrites nothing
@@ -392,20 +391,3 @@ class PrimeTrainer:
             self.logger.close()
         self.scorer.close()
 
-
-def _on_rank0(decide):
-    """Run ``decide`` on rank 0 and hand its result (or its RunStopped or UsageError) to every rank."""
-    result = None
-    if dist.is_main():
-        try:
-            result = ("ok", decide())
-        except RunStopped as err:
-            result = ("stop", (str(err), err.exit_code))
-        except UsageError as err:
-            result = ("usage", err)
-    kind, value = dist.broadcast_object(result)
-    if kind == "stop":
-        raise RunStopped(*value)
-    if kind == "usage":
-        raise value
-    return value

@@ -1,0 +1,293 @@
+"""Offline implicit PRM training (``launch/train_prm.py``): outcome-labelled responses in, a PRM out.
+
+The Implicit PRM recipe (Yuan et al. 2024, arXiv 2412.01981): train a language model pi_phi on
+(prompt, response, outcome label) rows with the CE loss on r(y) = beta * sum_t log(pi_phi / pi_ref) (or the
+pairwise dpo loss within a prompt's responses), and read its step rewards q_k - q_{k-1} for free. The update
+is the online trainer's own (:func:`prm_rl.trainer.stages.prm_update_stage`), so a PRM trained here means the
+same thing inside PRIME (``prm.init_path=RUN/prm``).
+
+Read :meth:`PrmTrainer.fit`: labelled rows (read from ``prm_train.data``, or sampled from the starting model
+and labelled by the verifier, then kept in ``RUN/prm_data/``), reference log-probs once, then
+``prm_train.epochs`` passes of optimiser steps over whole prompts, with the RL trainer's checkpoints, resume,
+stop signals and NaN guard. Held-out PRM metrics (docs/prm_eval.md) on samples of the starting model at the
+start, every ``trainer.eval_every`` steps and at the end; ``summary.json`` adds the data, the loss per epoch
+and the compute spent (:mod:`prm_rl.cost`).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from prm_rl import cost
+from prm_rl.config import Config, PrmEvalSection
+from prm_rl.data.labelled import LabelledRows, load_labelled
+from prm_rl.data.prompts import PromptSplits
+from prm_rl.data.sample import Sample, text_rollout
+from prm_rl.engine import dist
+from prm_rl.engine.deepspeed_engine import frozen_model, set_optimizer_hyperparameters, trainable_engine
+from prm_rl.errors import ConfigError
+from prm_rl.models.loading import load_causal_lm, load_tokenizer, start_checkpoint
+from prm_rl.rewards import build_scorer
+from prm_rl.rollout.generate import Rollout
+from prm_rl.tracking.logger import MetricsLogger, finite_or_none
+from prm_rl.trainer import checkpoint, prm_eval, run_dir, stages
+from prm_rl.trainer.faults import EXIT_NONFINITE, EXIT_SIGNAL, NonFiniteGuard, RunStopped, StopSignals, on_rank0
+from prm_rl.trainer.prime import load_prompt_splits, log
+
+
+@dataclass
+class TrainingSet:
+    """Labelled rows as token tensors, groups of ``k`` contiguous rows."""
+
+    batch: Rollout  # [N]
+    labels: torch.Tensor  # [N] in [0, 1]
+    k: int
+    sampling_flops: float  # compute spent making the rows (0 when read from a file)
+    sampling_seconds: float
+
+
+class PrmTrainer:
+    def __init__(self, cfg: Config, raw_cfg: DictConfig, name: str = "prm"):
+        if cfg.prm.reference != "sft":
+            raise ConfigError(f"prm.reference={cfg.prm.reference}: offline PRM training has no rollout policy; "
+                              "its reference is the frozen starting model (prm.reference=sft)")
+        self.cfg, self.raw_cfg, self.started = cfg, raw_cfg, time.time()
+        torch.manual_seed(cfg.trainer.seed * 1000 + dist.rank())
+        self.shuffle = torch.Generator().manual_seed(cfg.trainer.seed)
+        self.run_dir = run_dir.create(cfg.trainer.output_dir, name, log)
+        log(f"run directory: {self.run_dir}")
+        self.resume_from = on_rank0(lambda: checkpoint.find_resume_point(self.run_dir, cfg.trainer.resume, log))
+        v = cfg.verifier
+        self.scorer = build_scorer(v.tasks, num_workers=v.num_workers, timeout_s=v.timeout_s, root="verifier.tasks")
+        self.reference_path = on_rank0(lambda: start_checkpoint(cfg, log=log))
+        self.tokenizer = load_tokenizer(cfg.model.tokenizer_path or self.reference_path)
+        labelled = None
+        if cfg.prm_train.data is not None:  # a bad file fails here, before any model loads
+            labelled = load_labelled(cfg.prm_train.data, cfg.prm_train.fields, needs_groups=cfg.prm.loss == "dpo")
+        no_prompts = cfg.model.path is not None and cfg.data.train is None  # rows from a file, no evaluation
+        splits = PromptSplits([], []) if no_prompts else load_prompt_splits(cfg, self.tokenizer, self.scorer)
+        run_dir.save_config(self.run_dir, raw_cfg)
+        mc = cfg.model
+        self.ref = frozen_model(load_causal_lm(self.reference_path, mc.dtype), cfg.deepspeed, dtype=mc.dtype)
+        p = cfg.prm
+        self.prm = trainable_engine(load_causal_lm(p.init_path or self.reference_path, mc.dtype,
+                                                   mc.gradient_checkpointing), cfg.deepspeed, dtype=mc.dtype,
+                                    lr=p.learning_rate, weight_decay=p.weight_decay, grad_clip=p.grad_clip)
+        self.sampler = getattr(self.ref, "module", self.ref)  # the starting model, bare, for generate()
+        self.synced = cfg.deepspeed.zero_stage == 3 and dist.world_size() > 1  # ZeRO-3 generation in lockstep
+        self.step_ends = stages.step_end_table(self.tokenizer, cfg.reward.step_delimiter)
+        self.data = self._training_set(labelled, splits.train)
+        self.ref_logp = stages.logprob_stage(self.ref, self.data.batch, p.micro_batch_size)
+        self.heldout = self._heldout_groups(splits.eval)
+        self.guard = NonFiniteGuard(cfg.trainer.max_bad_steps)
+        groups = len(self.data.labels) // self.data.k
+        per_update = max(1, cfg.prm_train.prompts_per_update * (1 if self.data.k > 1 else _mean_group(labelled)))
+        self.steps_per_epoch = math.ceil(groups / per_update)
+        self.groups_per_step = per_update
+        self.max_steps = cfg.prm_train.epochs * self.steps_per_epoch
+        self.logger: MetricsLogger | None = None
+        self.eval_start: dict[str, float] = {}
+        self.eval_last: dict[str, float] = {}
+        self.loss_sums: dict[int, list[float]] = {}  # epoch -> [sum of step losses, steps]
+
+    # --- data -------------------------------------------------------------------------------------------
+    def _training_set(self, labelled: LabelledRows | None, prompts: list[Sample]) -> TrainingSet:
+        """The file's rows, or ``prm_train.samples_per_prompt`` samples of the starting model per prompt, labelled
+        by the verifier. Samples are saved to ``RUN/prm_data/`` (tokens.pt, and rows.jsonl to read or reuse as
+        ``prm_train.data``) and read back on resume, so a resumed run trains on the very same rows."""
+        if labelled is not None:
+            batch = text_rollout(self.tokenizer, labelled.prompts, labelled.responses)
+            log(f"prm data: {len(labelled.responses)} rows, {labelled.num_groups} prompts x {labelled.group_size} "
+                f"from {self.cfg.prm_train.data}, label mean {float(labelled.labels.mean()):.3f}")
+            return TrainingSet(batch, labelled.labels, labelled.group_size, 0.0, 0.0)
+        folder = self.run_dir / "prm_data"
+        saved = folder / "tokens.pt"
+        if saved.exists():
+            state = torch.load(saved, weights_only=False)
+            log(f"prm data: {len(state['labels'])} sampled rows read back from {saved}")
+            return TrainingSet(Rollout(**state["batch"]), state["labels"], state["k"], state["flops"], state["seconds"])
+        t = self.cfg.prm_train
+        if len(prompts) < t.num_prompts:
+            log(f"warning: prm_train.num_prompts={t.num_prompts}, only {len(prompts)} training prompts exist")
+        started = time.time()
+        settings = PrmEvalSection(samples_per_prompt=t.samples_per_prompt, temperature=self.cfg.rollout.temperature,
+                                  seed=self.cfg.trainer.seed)
+        sampled = prm_eval.sample_heldout(self.sampler, self.tokenizer, prompts[:t.num_prompts], self.scorer,
+                                          settings, max_new_tokens=self.cfg.rollout.max_new_tokens,
+                                          synced_gpus=self.synced)
+        data = TrainingSet(sampled.rollout, sampled.scores, sampled.k,
+                           cost.forward_flops(cost.parameter_count(self.sampler), cost.tokens(sampled.rollout)),
+                           time.time() - started)
+        if dist.is_main():
+            folder.mkdir(exist_ok=True)
+            LabelledRows([s.prompt for s in sampled.samples], sampled.responses, sampled.scores,
+                         sampled.k).write_jsonl(folder / "rows.jsonl")
+            state = {"batch": vars(data.batch), "labels": data.labels, "k": data.k, "flops": data.sampling_flops,
+                     "seconds": data.sampling_seconds}
+            torch.save(state, folder / "tokens.tmp")
+            (folder / "tokens.tmp").replace(saved)
+        dist.barrier()
+        log(f"prm data: sampled {len(data.labels)} responses ({len(data.labels) // data.k} prompts x {data.k}) in "
+            f"{data.sampling_seconds:.0f} s, label mean {float(data.labels.mean()):.3f}; saved in {folder}")
+        return data
+
+    def _heldout_groups(self, prompts: list[Sample]) -> prm_eval.HeldoutGroups | None:
+        """Samples of the starting model on held-out prompts, drawn once: every evaluation judges the same."""
+        e = self.cfg.prm_eval
+        if min(len(prompts), e.num_prompts) < dist.world_size():
+            return None
+        return prm_eval.sample_heldout(self.sampler, self.tokenizer, prompts[:e.num_prompts], self.scorer, e,
+                                       max_new_tokens=self.cfg.rollout.max_new_tokens, synced_gpus=self.synced)
+
+    def evaluate(self) -> dict[str, float]:
+        if self.heldout is None:
+            return {}
+        metrics, _ = prm_eval.evaluate_prm(self.prm, self.ref, self.heldout, beta=self.cfg.prm.beta,
+                                           step_end_table=self.step_ends,
+                                           micro_batch_size=self.cfg.prm.micro_batch_size)
+        return {f"prm_eval/{k}": v for k, v in metrics.items()}
+
+    # --- training ---------------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        """Train ``prm_train.epochs`` passes (resuming if a checkpoint says so); save the PRM and a summary."""
+        finished = self.run_dir / "summary.json"
+        if self.resume_from is not None and checkpoint.step_of(Path(self.resume_from)) >= self.max_steps \
+                and finished.exists():
+            log(f"{self.run_dir} already finished its {self.max_steps} steps (summary.json): nothing to do")
+            return json.loads(finished.read_text())
+        try:
+            with StopSignals() as signals:
+                for step in range(self._start() + 1, self.max_steps + 1):
+                    self._train_step(step)
+                    self._save_or_stop(step, signals)
+        except RunStopped:
+            self._close()
+            raise
+        return self._finish()
+
+    def step(self, step: int) -> dict[str, float]:
+        """One optimiser step of the PRM on ``prm_train.prompts_per_update`` prompts of this epoch's order."""
+        epoch, index = divmod(step - 1, self.steps_per_epoch)
+        order = torch.randperm(len(self.data.labels) // self.data.k,
+                               generator=torch.Generator().manual_seed(self.cfg.trainer.seed * 1000 + epoch))
+        groups = order[index * self.groups_per_step:(index + 1) * self.groups_per_step]
+        k = self.data.k
+        rows = (groups[:, None] * k + torch.arange(k)).reshape(-1)
+        settings = replace(self.cfg.prm, mini_batches=1, epochs=1)
+        _, metrics, skipped = stages.prm_update_stage(self.prm, self.data.batch.select(rows), self.data.labels[rows],
+                                                      self.ref_logp[rows], k, settings, self.shuffle)
+        sums = self.loss_sums.setdefault(epoch, [0.0, 0.0])
+        sums[0], sums[1] = sums[0] + metrics["prm/loss"], sums[1] + 1
+        return metrics | {"prm/epoch": epoch + (index + 1) / self.steps_per_epoch, "prm/skipped": skipped}
+
+    def _train_step(self, step: int) -> None:
+        started = time.time()
+        metrics = self.step(step)
+        metrics["time/step"] = time.time() - started
+        metrics.update(self.guard.update(metrics.pop("prm/skipped")))
+        every = self.cfg.trainer.eval_every
+        if step == self.max_steps or (every and step % every == 0):
+            self.eval_last = self.evaluate()
+            metrics.update(self.eval_last)
+        if self.logger:
+            self.logger.log(step, metrics)
+        if self.guard.exhausted:
+            raise RunStopped(f"stopping at step {step}: {self.guard.consecutive} PRM updates in a row had NaN/inf "
+                             f"losses or gradients (trainer.max_bad_steps={self.cfg.trainer.max_bad_steps})",
+                             EXIT_NONFINITE)
+
+    def _save_or_stop(self, step: int, signals: StopSignals) -> None:
+        stop = bool(dist.all_reduce_max(torch.tensor([signals.received is not None])).item())
+        every = self.cfg.trainer.checkpoint_every
+        if stop or step == self.max_steps or (every and step % every == 0):
+            saved = self._save(step)
+            if stop:
+                raise RunStopped(f"stopped by {signals.received or 'a signal on another rank'} after step {step}; "
+                                 f"saved {saved}. Run the same command again to resume", EXIT_SIGNAL)
+
+    def _start(self) -> int:
+        """Restore the chosen checkpoint, or evaluate the starting PRM; returns the last step done."""
+        cfg, state = self.cfg, {}
+        if self.resume_from is not None:
+            path = Path(self.resume_from)
+            state, _, rng = checkpoint.load(path, {"prm": self.prm})
+            p = cfg.prm
+            set_optimizer_hyperparameters(self.prm, lr=p.learning_rate, weight_decay=p.weight_decay)
+            checkpoint.set_rng_state(rng, self.shuffle)
+            self.guard.consecutive, self.guard.total = state["bad_steps_in_a_row"], state["bad_steps_total"]
+            self.eval_start = state["prm_eval_start"]
+            self.loss_sums = {int(epoch): sums for epoch, sums in state["loss_sums"].items()}  # JSON keys: str
+            self.started = time.time() - state["wall_seconds"]
+            log(f"resumed from {path} (step {state['step']} of {self.max_steps})")
+        done = state.get("step", 0)
+        if dist.is_main():
+            self.logger = MetricsLogger(self.run_dir, total_steps=self.max_steps, start_step=done,
+                                        wandb_mode=cfg.wandb.mode, project=cfg.wandb.project,
+                                        entity=cfg.wandb.entity, name=cfg.wandb.name or self.run_dir.name,
+                                        config=OmegaConf.to_container(self.raw_cfg, resolve=True),
+                                        progress_bar=cfg.trainer.progress_bar, run_id=state.get("wandb_run_id"))
+        if self.resume_from is None:
+            self.eval_start = self.evaluate()
+            if self.logger and self.eval_start:
+                self.logger.record(0, self.eval_start)
+        return done
+
+    def _save(self, step: int) -> Path:
+        state = {"step": step, "bad_steps_in_a_row": self.guard.consecutive, "bad_steps_total": self.guard.total,
+                 "prm_eval_start": self.eval_start, "loss_sums": self.loss_sums,
+                 "wandb_run_id": self.logger.run_id if self.logger else None, "world_size": dist.world_size(),
+                 "wall_seconds": round(time.time() - self.started, 1)}
+        return checkpoint.save(self.run_dir, step, engines={"prm": self.prm}, tokenizer=self.tokenizer,
+                               trainer_state=state, buffer_state={}, rng=checkpoint.rng_state(self.shuffle),
+                               config=self.raw_cfg, keep=self.cfg.trainer.keep_checkpoints, log=log)
+
+    def _finish(self) -> dict:
+        run_dir.save_hf_model(self.prm, self.tokenizer, self.run_dir / "prm")
+        params = cost.parameter_count(self.prm.module)
+        trained_tokens = cost.tokens(self.data.batch)
+        training = (cost.training_flops(params, trained_tokens) * self.cfg.prm_train.epochs
+                    + cost.forward_flops(params, trained_tokens))  # + the reference's one pass
+        summary = {
+            "steps": self.max_steps,
+            "epochs": self.cfg.prm_train.epochs,
+            "rows": len(self.data.labels),
+            "prompts": len(self.data.labels) // self.data.k,
+            "label_mean": float(self.data.labels.mean()),
+            "loss_per_epoch": [s / max(n, 1) for _, (s, n) in sorted(self.loss_sums.items())],
+            "prm_eval_start": finite_or_none(self.eval_start),
+            "prm_eval_final": finite_or_none(self.eval_last),
+            "prm": str(self.run_dir / "prm"),
+            "reference": self.reference_path,
+            "beta": self.cfg.prm.beta,
+            "loss": self.cfg.prm.loss,
+            "cost": {"parameters": params, "data_flops": self.data.sampling_flops,
+                     "data_seconds": round(self.data.sampling_seconds, 1), "training_flops": training},
+            "wall_seconds": round(time.time() - self.started, 1),
+            "world_size": dist.world_size(),
+            "command": run_dir.command_line(),
+        }
+        if dist.is_main():
+            run_dir.write_json(self.run_dir / "summary.json", summary)
+            self.logger.summary(summary)
+        self._close()
+        log(f"done: the PRM is {self.run_dir / 'prm'} (reference {self.reference_path}); use it in PRIME with "
+            f"prm.init_path={self.run_dir / 'prm'}")
+        return summary
+
+    def _close(self) -> None:
+        if self.logger:
+            self.logger.close()
+        self.scorer.close()
+
+
+def _mean_group(labelled: LabelledRows | None) -> int:
+    """Rows per prompt on average: a step over prompts of uneven size takes this many rows per prompt."""
+    if labelled is None:
+        return 1
+    return max(1, round(len(labelled.responses) / len(set(labelled.prompts))))
