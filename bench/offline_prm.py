@@ -20,8 +20,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def spread(values: list[float]) -> str:
-    return f"{sum(values) / len(values):.3f} ({min(values):.3f}-{max(values):.3f})"
+def spread(values: list[float | None]) -> str:
+    """Mean (min-max) over seeds; null values (a metric with an empty class) are left out."""
+    values = [v for v in values if v is not None]
+    return f"{sum(values) / len(values):.3f} ({min(values):.3f}-{max(values):.3f})" if values else "n/a"
+
+
+def fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def step_table(report: dict, losses: list[str]) -> str:
@@ -30,10 +36,10 @@ def step_table(report: dict, losses: list[str]) -> str:
     responses = report["responses"]
     mc_flops = report["monte_carlo_cost"]["flops"]
     for name, m in report["monte_carlo"].items():
-        lines.append(f"| Monte-Carlo ({name}, K={report['rollouts']}), V_k | {m['step_auroc_value']:.3f} | "
-                     f"{m['first_error_hit_rate']:.3f} ({m['first_error_random']:.3f}) | {mc_flops:.3g} | 0 |")
+        lines.append(f"| Monte-Carlo ({name}, K={report['rollouts']}), V_k | {fmt(m['step_auroc_value'])} | "
+                     f"{fmt(m['first_error_hit_rate'])} ({fmt(m['first_error_random'])}) | {mc_flops:.3g} | 0 |")
         lines.append(f"| Monte-Carlo ({name}, K={report['rollouts']}), V_k - V_(k-1) | "
-                     f"{m['step_auroc_increment']:.3f} | {m['first_error_hit_rate']:.3f} | {mc_flops:.3g} | 0 |")
+                     f"{fmt(m['step_auroc_increment'])} | {fmt(m['first_error_hit_rate'])} | {mc_flops:.3g} | 0 |")
     for loss in losses:
         runs = [r for r in report["implicit_prm"].values() if r["loss"] == loss]
         if not runs:

@@ -101,10 +101,11 @@ def mc_report(groups: prm_eval.HeldoutGroups, valid: torch.Tensor, prefixes, suc
         v[torch.arange(n_rows), last] = (groups.scores >= 1.0).float()  # the last step: the outcome itself
         rows = first_wrong >= 0
         delta = core.value_increments(v, start)
-        hit, chance, n = core.first_error_hit_rate(delta[rows], valid[rows], first_wrong[rows])
-        out[name] = {"step_auroc_value": core.step_auroc(v[rows], valid[rows], first_wrong[rows]),
-                     "step_auroc_increment": core.step_auroc(delta[rows], valid[rows], first_wrong[rows]),
-                     "first_error_hit_rate": hit, "first_error_random": chance, "first_error_n": n}
+        judged = (valid[rows], first_wrong[rows])
+        hit, chance, n = core.first_error_hit_rate(delta[rows], *judged)
+        out[name] = finite_or_none({"step_auroc_value": core.step_auroc(v[rows], *judged),
+                                    "step_auroc_increment": core.step_auroc(delta[rows], *judged),
+                                    "first_error_hit_rate": hit, "first_error_random": chance, "first_error_n": n})
     return out
 
 

@@ -48,19 +48,17 @@ def test_best_of_n_bench_runs_on_a_tiny_budget(tmp_path):
     assert "| majority |" in out.with_suffix(".md").read_text() and out.with_suffix(".png").stat().st_size > 0
 
 
-def test_offline_prm_bench_runs_on_a_tiny_budget(tmp_path):
-    """bench/offline_prm.py end to end on a tiny real SFT model: a PRM directory and its training record."""
-    from prm_rl.data import arithmetic
-    from prm_rl.models.tiny import TinyModelConfig, build_char_tokenizer, build_tiny_model
-
-    tokenizer = build_char_tokenizer(arithmetic.CHARACTERS)
-    shape = TinyModelConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)
-    build_tiny_model(shape, tokenizer, seed=0).save_pretrained(tmp_path / "sft")
-    tokenizer.save_pretrained(tmp_path / "sft")
-    proc = subprocess.run([sys.executable, "bench/offline_prm.py", "--sft", str(tmp_path / "sft"), "--prompts", "8",
-                           "--samples", "2", "--epochs", "1", "--group-batch", "4", "--out", str(tmp_path / "out")],
-                          cwd=REPO, env=environment(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    record = json.loads((tmp_path / "out" / "seed-0" / "train.json").read_text())
-    assert record["prompts"] == 8 and len(record["loss_per_epoch"]) == 1
-    assert (tmp_path / "out" / "seed-0" / "prm" / "config.json").exists()
+def test_offline_prm_bench_runs_on_a_tiny_budget(tmp_path, warm_cache):
+    """bench/offline_prm.py end to end: one train_prm run, its best-of-N, and the Monte-Carlo side by side."""
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "bench/offline_prm.py", "--losses", "ce", "--seeds", "0", "--out", str(out),
+                           "--num-prompts", "4", "--mc-prompts", "2", "--rollouts", "2", "--",
+                           *TINY, f"warm_start.cache_dir={warm_cache}", "prm_train.num_prompts=8",
+                           "prm_train.samples_per_prompt=2", "prm_train.prompts_per_update=4", "prm_train.epochs=1"],
+                          cwd=REPO, env=environment(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert json.loads((out / "ce-s0" / "summary.json").read_text())["rows"] == 16
+    assert (out / "best_of_n_ce.png").stat().st_size > 1000
+    report = json.loads((out / "mc_values.json").read_text())
+    assert report["monte_carlo_cost"]["completions"] == 2 * report["prefixes"]
+    assert "| implicit PRM (ce, 1 seeds) |" in (out / "summary.md").read_text()

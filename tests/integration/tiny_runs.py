@@ -29,12 +29,14 @@ TINY = [
 ]
 
 
-def command(warm: Path, run_dir: Path, overrides: list[str], num_ranks: int = 2, port_offset: int = 0) -> list[str]:
+def command(warm: Path, run_dir: Path, overrides: list[str], num_ranks: int = 2, port_offset: int = 0,
+            entry: str = "launch/train.py", recipe: str = "math_ppo") -> list[str]:
     """``port_offset``: for a second job running at the same time (a fixed port per test process otherwise, so a
-    killed run's DeepSpeed shared-memory segment is the next run's to remove, see engine/dist.py)."""
+    killed run's DeepSpeed shared-memory segment is the next run's to remove, see engine/dist.py).
+    ``entry``/``recipe``: launch/train_prm.py with +recipe=prm_math trains a PRM offline instead."""
     return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(num_ranks),
-            "--master_port", str(29500 + os.getpid() % 1000 + 1000 * port_offset), "launch/train.py",
-            "+recipe=math_ppo", *TINY,
+            "--master_port", str(29500 + os.getpid() % 1000 + 1000 * port_offset), entry,
+            f"+recipe={recipe}", *TINY,
             f"warm_start.cache_dir={warm}", f"trainer.output_dir={run_dir}", *overrides]
 
 
