@@ -17,9 +17,15 @@ a different interpreter than the trainer's. Steps, each recorded in the status l
 6. seccomp filter: socket(), io_uring, ptrace, process_vm_readv/writev, bpf, perf_event_open,
    userfaultfd fail with EACCES; any other syscall ABI (32-bit, x32) kills the process;
 7. run the program: ``mode == "stdio"`` runs it as ``__main__`` on the given stdin; ``mode == "asserts"``
-   runs it as module ``solution`` and then each test statement in its namespace, reporting
-   ``NONCE INDEX P|F`` per test on the result pipe.
+   runs it as module ``solution`` and then each test statement with the solution's names in scope,
+   reporting ``NONCE INDEX P|F`` per test on the result pipe. Every value a test's operators act on
+   (comparison, arithmetic, ``not``/``and``/``or``, indexing, the assert itself) must be built of plain
+   builtin types, else the test fails (see :func:`_plain`), and builtins resolve to their state before
+   the program ran: a returned object whose ``__eq__`` is always true, a patched ``builtins.all`` or a
+   solution-level ``all = ...`` passes nothing.
 """
+import ast
+import builtins
 import ctypes
 import errno
 import json
@@ -244,17 +250,93 @@ def _run_stdio(source):
         sys.exit(1)
 
 
+_PLAIN_ATOMS = (type(None), bool, int, float, complex, str, bytes)
+_PLAIN_CONTAINERS = (list, tuple, set, frozenset)
+_GUARD = "__prm_rl_plain__"
+
+
+class _NotPlain(TypeError):
+    pass
+
+
+def _plain(value, _type=type, _atoms=_PLAIN_ATOMS, _containers=_PLAIN_CONTAINERS, _dict=dict, _id=id):
+    """``value`` itself if it and everything inside it has exactly a plain builtin type (no subclasses: their
+    operators can be overridden); raises :class:`_NotPlain` otherwise. Defaults bind the builtins it uses."""
+    stack, seen = [value], set()
+    while stack:
+        item = stack.pop()
+        kind = _type(item)
+        if kind in _atoms:
+            continue
+        if _id(item) in seen:
+            continue
+        seen.add(_id(item))
+        if kind in _containers:
+            stack.extend(item)
+        elif kind is _dict:
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        else:
+            raise _NotPlain("a test operand of type %s is not a plain value" % kind.__name__)
+    return value
+
+
+class _GuardOperands(ast.NodeTransformer):
+    """Wrap every operand an operator dispatches on in ``__prm_rl_plain__(...)``."""
+
+    def _wrap(self, node):
+        return ast.copy_location(ast.Call(func=ast.Name(id=_GUARD, ctx=ast.Load()), args=[node], keywords=[]), node)
+
+    def visit_Assert(self, node):
+        self.generic_visit(node)
+        node.test = self._wrap(node.test)
+        return node
+
+    def visit_Compare(self, node):
+        self.generic_visit(node)
+        node.left = self._wrap(node.left)
+        node.comparators = [self._wrap(c) for c in node.comparators]
+        return node
+
+    def visit_BinOp(self, node):
+        self.generic_visit(node)
+        node.left, node.right = self._wrap(node.left), self._wrap(node.right)
+        return node
+
+    def visit_UnaryOp(self, node):
+        self.generic_visit(node)
+        node.operand = self._wrap(node.operand)
+        return node
+
+    def visit_BoolOp(self, node):
+        self.generic_visit(node)
+        node.values = [self._wrap(v) for v in node.values]
+        return node
+
+    def visit_Subscript(self, node):
+        self.generic_visit(node)
+        if isinstance(node.ctx, ast.Load):
+            node.value = self._wrap(node.value)
+        return node
+
+
+def _compile_test(text, index):
+    tree = ast.fix_missing_locations(_GuardOperands().visit(ast.parse(text, "<test %d>" % index, "exec")))
+    return compile(tree, "<test %d>" % index, "exec")
+
+
 def _run_asserts(source, tests, start, res_fd, nonce):
     # Everything the harness uses once the program has run is bound (and every test compiled) before it
     # runs: the program shares this interpreter and could otherwise patch os.write, exec, compile or range
     # to fake passes. This stops casual tampering, not a program that goes looking through its own memory
     # (see docs/verifiers.md: the stdin/stdout form is the one judged outside the sandbox).
     write, exit_now, run_code = os.write, os._exit, exec
+    pristine = dict(builtins.__dict__)  # the builtins tests see, whatever the program does to the module
     prefix = ("%s " % nonce).encode()
     compiled = []
     for i in range(start, len(tests)):
         try:
-            compiled.append((i, compile(tests[i], "<test %d>" % (i + 1), "exec")))
+            compiled.append((i, _compile_test(tests[i], i + 1)))
         except BaseException:  # noqa: B902 - a test that does not compile fails
             compiled.append((i, None))
 
@@ -276,11 +358,14 @@ def _run_asserts(source, tests, start, res_fd, nonce):
         sys.stderr.flush()
         exit_now(1)
     report(b"L")
+    # The tests' scope: the solution's names, except those that shadow a builtin, over the saved builtins.
+    scope = {k: v for k, v in namespace.items() if k not in pristine or k.startswith("__")}
+    scope["__builtins__"], scope[_GUARD] = pristine, _plain
     for i, code in compiled:
         ok = False
         if code is not None:
             try:
-                run_code(code, namespace)
+                run_code(code, scope)
                 ok = True
             except BaseException:  # noqa: B902 - SystemExit/KeyboardInterrupt in a test fail that test
                 ok = False

@@ -371,3 +371,43 @@ def test_casual_tampering_with_the_assert_harness_does_not_pass_tests(tmp_root, 
     code = hack + "def f(x):\n    return 0\n"
     v = verify_code("", block(code), {"tests": [f"assert f({i}) == {i + 1}" for i in range(3)]}, tmp_root=tmp_root, **RUN)
     assert float(v) == 0.0
+
+
+@pytest.mark.parametrize(
+    "hack, tests",
+    [  # a result whose __eq__ is always true: every `assert f(x) == y` passed, scored 1.0 (issue 12)
+        ("class Any:\n    def __eq__(self, other):\n        return True\n    __hash__ = None\n"
+         "def f(x):\n    return Any()\n", [f"assert f({i}) == {i + 1}" for i in range(3)]),
+        ("class Yes(int):\n    def __eq__(self, other):\n        return True\n"
+         "def f(x):\n    return Yes(0)\n", [f"assert f({i}) == {i + 1}" for i in range(3)]),
+        ("class Yes:\n    def __bool__(self):\n        return True\n"
+         "def f(x):\n    return Yes()\n", [f"assert f({i})" for i in range(3)]),
+        ("class Zero:\n    def __sub__(self, other):\n        return 0.0\n"
+         "def f(x):\n    return Zero()\n", [f"assert abs(f({i}) - {i}.5) < 1e-9" for i in range(3)]),
+        ("class No:\n    def __bool__(self):\n        return False\n"
+         "def f(x):\n    return No()\n", [f"assert not f({i})" for i in range(3)]),
+        ("all = lambda *a: True\ndef f(x):\n    return 0\n", [f"assert all([f({i}) == {i + 1}])" for i in range(3)]),
+        ("import builtins\nbuiltins.all = lambda *a: True\ndef f(x):\n    return 0\n",
+         [f"assert all([f({i}) == {i + 1}])" for i in range(3)]),
+        ("def f(x):\n    return [Any()]\nclass Any:\n    def __eq__(self, other):\n        return True\n",
+         [f"assert f({i}) == [{i + 1}]" for i in range(3)]),
+    ],
+    ids=["eq-always-true", "int-subclass", "bool-always-true", "sub-to-zero", "bool-always-false",
+         "shadowed-builtin", "patched-builtin", "nested-in-a-list"],
+)
+def test_results_that_fake_equality_or_truth_pass_no_test(tmp_root, hack, tests):
+    assert float(verify_code("", block(hack), {"tests": tests}, tmp_root=tmp_root, **RUN)) == 0.0
+
+
+def test_plain_results_in_every_test_shape_still_pass(tmp_root):
+    code = ("def f(x):\n    return x + 0.5\n"
+            "def pair(x):\n    return (x, {'k': [x, None]}, {x}, b'x', 2j)\n"
+            "def apply(g, x):\n    return g(x)\n"
+            "LIMIT = 3\n")
+    tests = ["assert abs(f(1) - 1.5) < 1e-9", "assert f(1) in [1.5, 2.5]", "assert not f(-0.5)",
+             "assert pair(1) == (1, {'k': [1, None]}, {1}, b'x', 2j)", "assert pair(1)[1]['k'][0] == 1",
+             "assert apply(f, 2) == 2.5", "assert all(f(i) == i + 0.5 for i in range(3))",
+             "assert sorted([f(2), f(1)]) == [1.5, 2.5]", "assert LIMIT == 3", "x = f(0)", "assert x == 0.5",
+             "assert f(1) is not None and 0 < f(1) < 2"]
+    v = verify_code("", block(code), {"tests": tests}, tmp_root=tmp_root, partial="all", **RUN)
+    assert float(v) == 1.0, v.reason
