@@ -346,12 +346,18 @@ class RewardSection:
     """weight of the process-reward advantage"""
     outcome_coef: float = 1.0
     """weight of the outcome-reward advantage"""
+    credit: str = "sum"
+    """sum (PRIME: a token's return adds every reward ahead) | min | softmin (PURE: the worst reward ahead)"""
+    softmin_temperature: float = 0.1
+    """T of credit=softmin: each reward weighted by softmax(-r/T) over its response's rewards (PURE's 0.1)"""
 
     def check(self) -> None:
-        from prm_rl.core import GRANULARITIES
+        from prm_rl.core import CREDITS, GRANULARITIES
 
         _choice("reward.granularity", self.granularity, GRANULARITIES)
         _choice("reward.normalize", self.normalize, ("batch_max_return", "none"))
+        _choice("reward.credit", self.credit, CREDITS)
+        _positive("reward.softmin_temperature", self.softmin_temperature)
 
 
 @dataclass
@@ -360,8 +366,10 @@ class AlgorithmSection:
 
     advantage: str = "prime"
     """prime (RLOO process + RLOO outcome) | rloo (outcome only; no PRM loaded) | grpo"""
-    gamma: float = 1.0
-    """discount of the token-level returns"""
+    process_gamma: float = 1.0
+    """discount of the process-reward returns (the authors' reward_model_gamma)"""
+    outcome_gamma: float = 1.0
+    """discount of the outcome reward back from the last token (the authors' verifier_gamma)"""
     whiten: bool = True
     """whiten advantages over all valid tokens of the batch (global statistics)"""
 
@@ -369,6 +377,9 @@ class AlgorithmSection:
         from prm_rl.core import ADVANTAGE_ESTIMATORS
 
         _choice("algorithm.advantage", self.advantage, tuple(ADVANTAGE_ESTIMATORS))
+        for name in ("process_gamma", "outcome_gamma"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ConfigError(f"algorithm.{name}={getattr(self, name)}: must be in (0, 1]")
 
     @property
     def uses_prm(self) -> bool:

@@ -31,7 +31,13 @@ _TASK_KNOBS_MOVED = {"arithmetic": {k: k for k in ("min_steps", "max_steps", "ma
 
 def migrate_legacy(saved: dict) -> dict:
     """A saved config in today's layout: flat ``task.min_steps`` etc. move under ``task.<name>.*`` (for the code
-    task ``max_factor`` was the slope bound and ``max_operand`` the intercept's); knobs of other tasks are dropped."""
+    task ``max_factor`` was the slope bound and ``max_operand`` the intercept's); knobs of other tasks are dropped;
+    ``algorithm.gamma`` became ``algorithm.process_gamma`` and ``algorithm.outcome_gamma`` (both its value)."""
+    algorithm = saved.get("algorithm")
+    if isinstance(algorithm, dict) and "gamma" in algorithm:
+        gamma = algorithm.pop("gamma")
+        algorithm.setdefault("process_gamma", gamma)
+        algorithm.setdefault("outcome_gamma", gamma)
     task = saved.get("task")
     if isinstance(task, dict):
         moved = _TASK_KNOBS_MOVED.get(task.get("name", "arithmetic"), {})

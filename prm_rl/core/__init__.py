@@ -16,6 +16,8 @@ from .advantages import (
     rloo_outcome,
     rloo_process,
 )
+from .credit import CREDITS, credit_rewards, masked_step_advantage, reward_carriers
+from .watch import correlation, repeated_ngram_fraction
 from .filters import (
     accuracy_band,
     expand_group_mask,
@@ -60,6 +62,12 @@ from .prm_metrics import (
 from .selection import best_of_n, bootstrap_interval, pass_at_k, vote
 
 __all__ = [
+    "correlation",
+    "repeated_ngram_fraction",
+    "CREDITS",
+    "credit_rewards",
+    "masked_step_advantage",
+    "reward_carriers",
     "masked_sum",
     "masked_mean",
     "masked_var",

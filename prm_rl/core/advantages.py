@@ -125,26 +125,30 @@ def prime_advantages(
     *,
     outcome_coef: float = 1.0,
     process_coef: float = 1.0,
-    gamma: float = 1.0,
+    process_gamma: float = 1.0,
+    outcome_gamma: float = 1.0,
     whiten: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PRIME's advantages: RLOO per reward source, summed, turned into returns, then whitened.
 
     Shapes: ``outcome_scores`` [N], ``process_rewards`` [N, T] or None, ``mask`` [N, T]
     -> (advantages [N, T], returns [N, T]), both 0 on invalid positions.
-    Formula: R = outcome_coef * place_on_last_token(rloo_outcome(o))
-                 + process_coef * rloo_process(process_rewards);
-             returns = discounted_returns(R, gamma); advantages = masked_whiten(returns) if ``whiten``.
+    Formula: returns = outcome_coef * discounted_returns(place_on_last_token(rloo_outcome(o)), outcome_gamma)
+                       + process_coef * discounted_returns(rloo_process(process_rewards), process_gamma);
+             advantages = masked_whiten(returns) if ``whiten``. Two discounts, as the authors' code has
+             (``verifier_gamma``, ``reward_model_gamma``); with one gamma for both this is
+             discounted_returns(outcome + process, gamma), discounting being linear.
     With gamma = 1 every token of response i sees its full outcome RLOO value plus the process return
     from that token on (PRIME, Cui et al. 2025, arXiv 2502.01456; the veRL port's
     ``compute_rloo_advantage_return`` with gt_coef/dpo_coef). ``process_rewards=None`` gives the
     outcome-only RLOO baseline. Whitening uses all valid tokens of the batch passed (pass the global
     batch).
     """
-    total = outcome_coef * place_on_last_token(rloo_outcome(outcome_scores, group_size), mask)
+    outcome = place_on_last_token(rloo_outcome(outcome_scores, group_size), mask)
+    returns = outcome_coef * discounted_returns(outcome, mask, outcome_gamma)
     if process_rewards is not None:
-        total = total + process_coef * rloo_process(process_rewards, mask, group_size)
-    returns = discounted_returns(total, mask, gamma)
+        process = rloo_process(process_rewards, mask, group_size)
+        returns = returns + process_coef * discounted_returns(process, mask, process_gamma)
     advantages = masked_whiten(returns, mask) if whiten else returns
     return advantages, returns
 
@@ -165,7 +169,7 @@ def grpo_advantages(
 @dataclass(frozen=True)
 class AdvantageEstimator:
     """``fn(scores [N], process_rewards [N, T] | None, mask [N, T], group_size, *, outcome_coef,
-    process_coef, gamma, whiten) -> advantages [N, T]``; ``uses_prm``: the trainer builds and trains a PRM
+    process_coef, process_gamma, outcome_gamma, whiten) -> advantages [N, T]``; ``uses_prm``: the trainer builds and trains a PRM
     and passes its dense rewards (None otherwise)."""
 
     fn: Callable[..., torch.Tensor]
@@ -189,20 +193,24 @@ def register_advantage(name: str, *, uses_prm: bool):
 
 
 @register_advantage("prime", uses_prm=True)
-def _prime(scores, process_rewards, mask, group_size, *, outcome_coef, process_coef, gamma, whiten):
+def _prime(scores, process_rewards, mask, group_size, *, outcome_coef, process_coef, process_gamma, outcome_gamma,
+           whiten):
     """PRIME: outcome RLOO plus the PRM's dense rewards under their own RLOO baseline."""
     return prime_advantages(scores, process_rewards, mask, group_size, outcome_coef=outcome_coef,
-                            process_coef=process_coef, gamma=gamma, whiten=whiten)[0]
-
-
-@register_advantage("rloo", uses_prm=False)
-def _rloo(scores, process_rewards, mask, group_size, *, outcome_coef, process_coef, gamma, whiten):
-    """Outcome-only RLOO: PRIME's estimator without process rewards (the ablation baseline)."""
-    return prime_advantages(scores, None, mask, group_size, outcome_coef=outcome_coef, gamma=gamma,
+                            process_coef=process_coef, process_gamma=process_gamma, outcome_gamma=outcome_gamma,
                             whiten=whiten)[0]
 
 
+@register_advantage("rloo", uses_prm=False)
+def _rloo(scores, process_rewards, mask, group_size, *, outcome_coef, process_coef, process_gamma, outcome_gamma,
+           whiten):
+    """Outcome-only RLOO: PRIME's estimator without process rewards (the ablation baseline)."""
+    return prime_advantages(scores, None, mask, group_size, outcome_coef=outcome_coef,
+                            outcome_gamma=outcome_gamma, whiten=whiten)[0]
+
+
 @register_advantage("grpo", uses_prm=False)
-def _grpo(scores, process_rewards, mask, group_size, *, outcome_coef, process_coef, gamma, whiten):
-    """GRPO: the group-normalised outcome on every token (the coefficients, gamma and whitening do not apply)."""
+def _grpo(scores, process_rewards, mask, group_size, *, outcome_coef, process_coef, process_gamma, outcome_gamma,
+           whiten):
+    """GRPO: the group-normalised outcome on every token (the coefficients, gammas and whitening do not apply)."""
     return grpo_advantages(scores, mask, group_size)

@@ -15,6 +15,7 @@ import torch
 import transformers
 from omegaconf import DictConfig, OmegaConf
 
+from prm_rl import core
 from prm_rl.config import Config
 from prm_rl.data.files import DataError, file_splits
 from prm_rl.data.prompts import PromptSplits, PromptStream, builtin_splits
@@ -207,7 +208,7 @@ class PrimeTrainer:
         ``filter.fill_rounds`` is reached; returns that many buffered groups (or fewer, or none)."""
         cfg, m = self.cfg, self.models
         k, wanted = cfg.rollout.samples_per_prompt, cfg.rollout.prompts_per_step
-        scores_all, lengths, truncated, kept_rows, failures, rounds = [], [], [], 0, 0, 0
+        scores_all, lengths, truncated, repeats, kept_rows, failures, rounds = [], [], [], [], 0, 0, 0
         while rounds < cfg.filter.fill_rounds and len(self.buffer) < wanted:
             prompts = self.prompts.take(wanted)
             with timed("generate"):
@@ -223,6 +224,7 @@ class PrimeTrainer:
             scores_all.append(scores)
             lengths.append(rollout.response_mask.sum(dim=1).float())
             truncated.append(rollout.truncated.float())
+            repeats.append(core.repeated_ngram_fraction(rollout.response_ids, rollout.response_mask))
             kept_rows, failures, rounds = kept_rows + kept.numel(), failures + n_failed, rounds + 1
         scores, lengths, truncated = torch.cat(scores_all), torch.cat(lengths), torch.cat(truncated)
         metrics = {
@@ -233,6 +235,7 @@ class PrimeTrainer:
             "response/length_mean": lengths.mean().item(),
             "response/length_max": lengths.max().item(),
             "response/truncated_frac": truncated.mean().item(),
+            "watch/repeated_4gram_frac": torch.cat(repeats).mean().item(),  # reward hacking: looping text
         }
         generated_tokens = lengths.sum().item()
         if len(self.buffer) == 0:

@@ -189,6 +189,9 @@ def process_reward_stage(log_ratio: torch.Tensor, batch: Rollout, step_ends: tor
                                    reward_eos=r.reward_eos)
     if r.normalize == "batch_max_return":
         rewards = core.normalize_by_max_return(rewards, mask)
+    if r.credit != "sum":  # after normalising: softmin's temperature reads rewards on that scale
+        carriers = core.reward_carriers(mask, r.granularity, step_end_mask(step_ends, batch), r.reward_eos)
+        rewards = core.credit_rewards(rewards, carriers, r.credit, r.softmin_temperature)
     return rewards
 
 
@@ -197,7 +200,8 @@ def advantage_stage(scores: torch.Tensor, process_rewards: torch.Tensor | None, 
     """``[N, T]`` advantages from the estimator registered as ``algorithm.advantage``."""
     estimator = core.ADVANTAGE_ESTIMATORS[a.advantage]
     return estimator.fn(scores, process_rewards, mask, k, outcome_coef=r.outcome_coef,
-                        process_coef=r.process_coef, gamma=a.gamma, whiten=a.whiten)
+                        process_coef=r.process_coef, process_gamma=a.process_gamma,
+                        outcome_gamma=a.outcome_gamma, whiten=a.whiten)
 
 
 # --- policy update --------------------------------------------------------------------------------

@@ -102,6 +102,9 @@ def _prm_log_ratios(prm, batch: Rollout, scores: torch.Tensor, ref_logp: torch.T
         if p.update == "before":
             log_ratio = stages.implicit_log_ratio_stage(prm, batch, ref_logp, p.micro_batch_size)
     seq = core.sequence_reward(log_ratio, batch.response_mask, p.beta)
+    # reward-hacking watch: the PRM's reward should rise with the verifier's score, not apart from it
+    metrics["watch/prm_reward_mean"] = float(seq.mean())
+    metrics["watch/prm_outcome_corr"] = core.correlation(seq, scores)
     correct, weight = core.pairwise_ranking_accuracy(seq, scores, k)
     if weight > 0:
         metrics["prm/ranking_acc"] = float(correct / weight)

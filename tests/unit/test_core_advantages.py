@@ -97,8 +97,8 @@ def test_prime_advantages_outcome_only():
     expected = torch.tensor([[1.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])
     torch.testing.assert_close(ret, expected)
     torch.testing.assert_close(adv, expected)
-    # gamma 0.5: the first token of row 0 sees 0.5 * 1
-    _, ret = prime_advantages(scores, None, MASK, 2, gamma=0.5, whiten=False)
+    # outcome_gamma 0.5: the first token of row 0 sees 0.5 * 1
+    _, ret = prime_advantages(scores, None, MASK, 2, outcome_gamma=0.5, whiten=False)
     torch.testing.assert_close(ret, torch.tensor([[0.5, 1.0, 0.0], [-1.0, 0.0, 0.0]]))
     # whitened: values {1, 1, -1}, mean 1/3, unbiased var (4/9+4/9+16/9)/2 = 4/3, std 1.154701
     adv, _ = prime_advantages(scores, None, MASK, 2)
@@ -119,6 +119,23 @@ def test_prime_advantages_both_sources_with_coefficients():
                                rtol=1e-5, atol=1e-5)
 
 
+def test_process_and_outcome_returns_have_their_own_discounts():
+    """Row 0 (two tokens): outcome RLOO (0, 2) x coef 2 -> returns with outcome_gamma 1: (2, 2); process RLOO
+    (-4, 0) x coef 0.5 = (-2, 0) -> returns with process_gamma 0.5: (-2 + 0.5 * 0, 0) = (-2, 0). Sum (0, 2).
+    With process_gamma 1 and outcome_gamma 0.5 instead: outcome (1, 2), process (-2, 0): (-1, 2)."""
+    scores = torch.tensor([1.0, 0.0])
+    process = torch.tensor([[1.0, 3.0, NAN], [4.0, 7.0, 7.0]])
+    knobs = dict(outcome_coef=2.0, process_coef=0.5, whiten=False)
+    _, ret = prime_advantages(scores, process, MASK, 2, process_gamma=0.5, **knobs)
+    torch.testing.assert_close(ret[0, :2], torch.tensor([0.0, 2.0]))
+    _, ret = prime_advantages(scores, process, MASK, 2, outcome_gamma=0.5, **knobs)
+    torch.testing.assert_close(ret[0, :2], torch.tensor([-1.0, 2.0]))
+    one = prime_advantages(scores, process, MASK, 2, process_gamma=0.7, outcome_gamma=0.7, **knobs)[1]
+    total = discounted_returns(2.0 * place_on_last_token(rloo_outcome(scores, 2), MASK)
+                               + 0.5 * rloo_process(process, MASK, 2), MASK, 0.7)
+    torch.testing.assert_close(one, total)  # one gamma for both: the returns of the summed rewards
+
+
 def test_grpo_advantages_broadcast():
     out = grpo_advantages(torch.tensor([1.0, 0.0]), MASK, 2)
     torch.testing.assert_close(out, torch.tensor([[0.707107, 0.707107, 0.0], [-0.707107, 0.0, 0.0]]),
@@ -132,7 +149,7 @@ def test_registered_estimators_are_the_documented_functions():
     mask = (torch.rand(8, 5, generator=g) > 0.2).float()
     mask[:, 0] = 1
     rewards = torch.randn(8, 5, generator=g) * mask
-    knobs = dict(outcome_coef=1.0, process_coef=0.5, gamma=0.9, whiten=True)
+    knobs = dict(outcome_coef=1.0, process_coef=0.5, process_gamma=0.9, outcome_gamma=0.8, whiten=True)
     run = {name: est.fn(scores, rewards if est.uses_prm else None, mask, 4, **knobs)
            for name, est in core.ADVANTAGE_ESTIMATORS.items()}
     assert set(run) == {"prime", "rloo", "grpo"}
@@ -147,7 +164,7 @@ def test_a_registered_estimator_becomes_a_config_choice(monkeypatch):
 
     monkeypatch.setattr(core.advantages, "ADVANTAGE_ESTIMATORS", dict(core.ADVANTAGE_ESTIMATORS))
     monkeypatch.setattr(core, "ADVANTAGE_ESTIMATORS", core.advantages.ADVANTAGE_ESTIMATORS)
-    section = AlgorithmSection(advantage="outcome_sign", gamma=1.0, whiten=False)
+    section = AlgorithmSection(advantage="outcome_sign", whiten=False)
     with pytest.raises(ConfigError, match="algorithm.advantage='outcome_sign': must be one of prime, rloo, grpo"):
         section.check()
 

@@ -147,3 +147,4 @@ def test_eval_prm_reads_run_configs_saved_before_tasks_had_their_own_sections():
     assert code["task"] == {"name": "code", "code": {"max_slope": 5, "max_intercept": 10}}
     today = {"task": {"name": "code", "code": {"max_slope": 3}}}
     assert migrate_legacy(today) == {"task": {"name": "code", "code": {"max_slope": 3}}}
+    assert migrate_legacy({"algorithm": {"gamma": 0.9}}) == {"algorithm": {"process_gamma": 0.9, "outcome_gamma": 0.9}}
