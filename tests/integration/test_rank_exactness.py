@@ -23,7 +23,8 @@ CASES = {
     "ce-after-seqmean-zero2": ["deepspeed.zero_stage=2"],
     "dpo-before-tokenmean-kl-entropy-zero3": [
         "deepspeed.zero_stage=3", "prm.loss=dpo", "prm.update=before", "policy.loss_agg=token-mean",
-        "policy.kl_coef=0.1", "policy.entropy_coef=0.01", "reward.granularity=step", "policy.ppo_epochs=2"],
+        "policy.kl_coef=0.1", "policy.entropy_coef=0.01", "reward.granularity=step", "policy.ppo_epochs=2",
+        "reward.credit=softmin", "algorithm.process_gamma=0.9", "algorithm.outcome_gamma=0.95"],
 }
 
 

@@ -94,12 +94,14 @@ def test_authors_filter_and_double_forward_options_run(tmp_path, warm_cache):
     proc = launch(warm_cache, run_dir, ["trainer.max_steps=2", "filter.low=0.2", "filter.high=0.8",
                                         "filter.fill_rounds=3", "filter.drop_truncated=true", "prm.update=before",
                                         "prm.reference=policy", "prm.loss=dpo", "reward.granularity=step",
-                                        "prm.epochs=2"])
+                                        "prm.epochs=2", "reward.credit=min"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = metrics(run_dir)
     assert [r["step"] for r in rows] == [1, 2]
     assert all(1 <= r["filter/rounds"] <= 3 for r in rows)
     assert any("policy/loss" in r and "prm/loss" in r for r in rows), "no step trained: nothing passed the band"
+    assert all(0 <= r["watch/repeated_4gram_frac"] < 1 for r in rows)
+    assert any("watch/prm_outcome_corr" in r for r in rows)
     # Either the batch filled up in fewer rounds than allowed, or all three rounds were used.
     assert all(r.get("filter/groups", 0) == 8 or r["filter/rounds"] == 3 for r in rows)
 
