@@ -206,14 +206,18 @@ def advantage_stage(scores: torch.Tensor, process_rewards: torch.Tensor | None, 
 
 # --- policy update --------------------------------------------------------------------------------
 
-def policy_update_stage(policy, batch: Rollout, old_logp: torch.Tensor, advantages: torch.Tensor,
+def policy_update_stage(policy, batch: Rollout, old_logp: torch.Tensor | None, advantages: torch.Tensor,
                         ref_logp: torch.Tensor | None, pc: PolicySection, temperature: float,
                         generator: torch.Generator) -> tuple[dict[str, float], float]:
     """PPO-clip epochs over shuffled mini-batches of sequences; returns globally averaged metrics and the
     number of optimiser updates skipped for NaN/inf.
 
     ``temperature``: the sampling temperature (``rollout.temperature``), so log-probs match the sampler's.
+    ``old_logp=None``: an on-policy update (one epoch, one mini-batch), pi_old = the forward's own detached
+    log-probs, which is the value a separate pass before the update would give.
     """
+    if old_logp is None and (pc.ppo_epochs != 1 or pc.mini_batches != 1):
+        raise ValueError("old_logp may be omitted only for an on-policy update (one epoch, one mini-batch)")
     mask = batch.response_mask
     sums = {k: 0.0 for k in ("loss", "steps", "grad_norm", "clip_frac", "approx_kl", "entropy", "tokens",
                              "skipped_updates")}
@@ -225,7 +229,8 @@ def policy_update_stage(policy, batch: Rollout, old_logp: torch.Tensor, advantag
                 m = sub.response_mask
                 logp, entropy = response_logprobs(policy, sub, temperature, with_entropy=True,
                                                   entropy_grad=pc.entropy_coef != 0)
-                adv, old = advantages[mb.rows].to(logp.device), old_logp[mb.rows].to(logp.device)
+                adv = advantages[mb.rows].to(logp.device)
+                old = logp.detach() if old_logp is None else old_logp[mb.rows].to(logp.device)
                 token_loss, clipped = core.ppo_clip_loss(logp, old, adv, m, pc.clip_eps, pc.dual_clip)
                 loss = core.aggregate(token_loss, m, pc.loss_agg, denom)
                 if pc.entropy_coef:

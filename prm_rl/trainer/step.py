@@ -36,7 +36,8 @@ class LearnSections:
 
 @dataclass
 class LearnResult:
-    old_logp: torch.Tensor  # [N, T] the policy's log-probs before the update (PPO's pi_old)
+    old_logp: torch.Tensor | None  # [N, T] the policy's log-probs before the update (PPO's pi_old); None when
+    # the update is on-policy (one epoch, one mini-batch) and the update's own forward served as pi_old
     log_ratio: torch.Tensor | None  # [N, T] log pi_phi - log pi_ref the rewards came from; None without a PRM
     process_rewards: torch.Tensor | None  # [N, T] dense rewards; None without a PRM
     advantages: torch.Tensor  # [N, T]
@@ -58,8 +59,14 @@ def learn(models: stages.Models, batch: Rollout, scores: torch.Tensor, sections:
     metrics: dict[str, float] = {}
     timer = stages.Timings()
 
+    # One epoch in one mini-batch updates exactly on-policy: pi_old is the policy of the update's own forward,
+    # so the PPO ratio is 1 and a separate old-log-prob pass would only repeat that forward (skipped, as TRL
+    # does), unless the PRM reads the policy as its reference.
+    on_policy = s.policy.ppo_epochs == 1 and s.policy.mini_batches == 1
+    needs_old = not on_policy or (s.algorithm.uses_prm and s.prm.reference == "policy")
     with timer("old_logprobs"):
-        old_logp = stages.logprob_stage(m.policy, batch, s.policy.micro_batch_size, s.rollout.temperature)
+        old_logp = stages.logprob_stage(m.policy, batch, s.policy.micro_batch_size, s.rollout.temperature) \
+            if needs_old else None
         ref_logp = stages.logprob_stage(m.ref, batch, s.policy.micro_batch_size) if m.ref is not None else None
 
     log_ratio = process_rewards = None

@@ -75,6 +75,14 @@ def main() -> None:
     ref_logp = stages.logprob_stage(ref, batch, cfg.policy.micro_batch_size)
     rescored = stages.implicit_log_ratio_stage(prm, batch, ref_logp, cfg.prm.micro_batch_size)
     weights = {name: flat_weights(engine) for name, engine in (("policy", policy), ("prm", prm))}
+    if result.old_logp is None:  # on-policy: learn skipped the old-log-prob pass; a twin takes it, same update
+        twin = trainable_engine(build_tiny_model(tiny, tok, seed=0), ds, dtype=dtype, lr=cfg.policy.learning_rate,
+                                weight_decay=cfg.policy.weight_decay, grad_clip=cfg.policy.grad_clip)
+        t = cfg.rollout.temperature
+        old_logp = stages.logprob_stage(twin, batch, cfg.policy.micro_batch_size, t)
+        stages.policy_update_stage(twin, batch, old_logp, result.advantages, ref_logp, cfg.policy, t,
+                                   torch.Generator().manual_seed(0))
+        weights["policy_with_old_pass"] = flat_weights(twin)
     if dist.is_main():
         metrics = {k: v for k, v in result.metrics.items() if not k.startswith("time/")}
         torch.save({"old_logp": result.old_logp, "log_ratio": result.log_ratio, "advantages": result.advantages,

@@ -21,6 +21,7 @@ COMMON = ["rollout.prompts_per_step=4", "rollout.samples_per_prompt=4", "policy.
           "policy.mini_batches=2", "prm.mini_batches=2", "policy.learning_rate=1e-3", "prm.learning_rate=1e-3"]
 CASES = {
     "ce-after-seqmean-zero2": ["deepspeed.zero_stage=2"],
+    "on-policy-zero2": ["deepspeed.zero_stage=2", "policy.mini_batches=1"],
     "dpo-before-tokenmean-kl-entropy-zero3": [
         "deepspeed.zero_stage=3", "prm.loss=dpo", "prm.update=before", "policy.loss_agg=token-mean",
         "policy.kl_coef=0.1", "policy.entropy_coef=0.01", "reward.granularity=step", "policy.ppo_epochs=2",
@@ -43,8 +44,14 @@ def run_probe(tmp_path: Path, ranks: int, overrides: list[str]) -> dict:
 def test_two_ranks_match_one_rank(tmp_path, case):
     one = run_probe(tmp_path, 1, CASES[case])
     two = run_probe(tmp_path, 2, CASES[case])
-    for key in ("old_logp", "log_ratio", "advantages"):
+    on_policy = "policy.mini_batches=1" in CASES[case]
+    assert (one["old_logp"] is None) == on_policy  # one epoch in one mini-batch: no separate old-log-prob pass
+    for key in ("old_logp", "log_ratio", "advantages")[on_policy:]:
         torch.testing.assert_close(two[key], one[key], rtol=1e-5, atol=1e-6, msg=key)
+    if on_policy:  # the skipped pass changes nothing: a twin that takes it makes the same update (its ratio is
+        # 1 +- 1e-7 of forward noise; Adam's first step turns that into ~1e-6 on weights whose gradient is ~0,
+        # against steps of lr = 1e-3 on the others)
+        torch.testing.assert_close(one["policy_with_old_pass"], one["policy"], rtol=1e-4, atol=1e-5)
     for key in ("policy", "prm"):
         assert not torch.equal(one[key], one["initial"]), f"{key} weights did not change"
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-6, msg=key)
