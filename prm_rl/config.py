@@ -365,7 +365,7 @@ class AlgorithmSection:
     """The advantage estimator (registered by name in prm_rl/core/advantages.py)"""
 
     advantage: str = "prime"
-    """prime (RLOO process + RLOO outcome) | rloo (outcome only; no PRM loaded) | grpo"""
+    """prime (RLOO process + RLOO outcome) | rloo (outcome only; no PRM loaded) | grpo | spro (policy as its own PRM)"""
     process_gamma: float = 1.0
     """discount of the process-reward returns (the authors' reward_model_gamma)"""
     outcome_gamma: float = 1.0
@@ -387,6 +387,13 @@ class AlgorithmSection:
         from prm_rl.core import ADVANTAGE_ESTIMATORS
 
         return ADVANTAGE_ESTIMATORS[self.advantage].uses_prm
+
+    @property
+    def self_guided(self) -> bool:
+        """The estimator reads the policy's own implicit rewards against the reference (SPRO): no PRM."""
+        from prm_rl.core import ADVANTAGE_ESTIMATORS
+
+        return ADVANTAGE_ESTIMATORS[self.advantage].self_guided
 
 
 @dataclass

@@ -15,6 +15,7 @@ from .advantages import (
     register_advantage,
     rloo_outcome,
     rloo_process,
+    spro_advantages,
 )
 from .credit import CREDITS, credit_rewards, masked_step_advantage, reward_carriers
 from .watch import correlation, repeated_ngram_fraction
@@ -84,6 +85,7 @@ __all__ = [
     "normalize_by_max_return",
     "rloo_outcome",
     "rloo_process",
+    "spro_advantages",
     "grpo_outcome",
     "place_on_last_token",
     "discounted_returns",

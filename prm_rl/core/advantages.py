@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 
+from .credit import masked_step_advantage
 from .filters import _as_groups
 from .masked import _last_token_mask, _valid, masked_mean, masked_whiten
 
@@ -22,6 +23,7 @@ __all__ = [
     "discounted_returns",
     "prime_advantages",
     "grpo_advantages",
+    "spro_advantages",
     "AdvantageEstimator",
     "ADVANTAGE_ESTIMATORS",
     "register_advantage",
@@ -165,28 +167,49 @@ def grpo_advantages(
     return torch.where(_valid(mask), adv[:, None], _zero(adv))
 
 
+def spro_advantages(outcome_scores: torch.Tensor, token_rewards: torch.Tensor, mask: torch.Tensor,
+                    group_size: int, *, outcome_coef: float = 1.0, process_coef: float = 1.0) -> torch.Tensor:
+    """SPRO, self-guided process rewards (arXiv 2507.01551): the policy is its own implicit PRM.
+
+    Shapes: ``outcome_scores`` [N], ``token_rewards`` [N, T] (beta * log(pi_theta / pi_ref) of each token,
+    under the policy that sampled them), ``mask`` [N, T] -> [N, T], 0 on invalid positions.
+    Formula: CPR_{i,t} = sum_{s<=t} token_rewards_{i,s}; MSA_{i,t} = CPR_{i,t} - mean over the responses j of
+    the group still running at t of CPR_{j,t} (:func:`~prm_rl.core.credit.masked_step_advantage`);
+    A_{i,t} = outcome_coef * grpo_outcome(o)_i + process_coef * MSA_{i,t}. No whitening, no discount.
+    """
+    valid = _valid(mask)
+    rewards = torch.where(valid, _float(token_rewards), _zero(_float(token_rewards)))
+    msa = masked_step_advantage(rewards.cumsum(dim=-1), mask, group_size)
+    adv = outcome_coef * grpo_outcome(outcome_scores, group_size)[:, None] + process_coef * msa
+    return torch.where(valid, adv, _zero(adv))
+
+
 # ----------------------------------------------------------------------------------------- the registry
 @dataclass(frozen=True)
 class AdvantageEstimator:
     """``fn(scores [N], process_rewards [N, T] | None, mask [N, T], group_size, *, outcome_coef,
-    process_coef, process_gamma, outcome_gamma, whiten) -> advantages [N, T]``; ``uses_prm``: the trainer builds and trains a PRM
-    and passes its dense rewards (None otherwise)."""
+    process_coef, process_gamma, outcome_gamma, whiten) -> advantages [N, T]``.
+
+    ``uses_prm``: the trainer builds and trains a PRM and passes its dense rewards (None otherwise);
+    ``self_guided``: no PRM, the trainer passes the policy's own beta * log(pi_theta / pi_ref) per token (SPRO).
+    """
 
     fn: Callable[..., torch.Tensor]
     uses_prm: bool
+    self_guided: bool = False
 
 
 # ``algorithm.advantage`` names a key here; the config's allowed values are these keys.
 ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {}
 
 
-def register_advantage(name: str, *, uses_prm: bool):
+def register_advantage(name: str, *, uses_prm: bool, self_guided: bool = False):
     """Decorator: make ``fn`` selectable as ``algorithm.advantage=name`` (docs/contributing.md)."""
 
     def add(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         if name in ADVANTAGE_ESTIMATORS:
             raise ValueError(f"advantage estimator {name!r} is already registered")
-        ADVANTAGE_ESTIMATORS[name] = AdvantageEstimator(fn, uses_prm)
+        ADVANTAGE_ESTIMATORS[name] = AdvantageEstimator(fn, uses_prm, self_guided)
         return fn
 
     return add
@@ -214,3 +237,12 @@ def _grpo(scores, process_rewards, mask, group_size, *, outcome_coef, process_co
            whiten):
     """GRPO: the group-normalised outcome on every token (the coefficients, gammas and whitening do not apply)."""
     return grpo_advantages(scores, mask, group_size)
+
+
+@register_advantage("spro", uses_prm=False, self_guided=True)
+def _spro(scores, process_rewards, mask, group_size, *, outcome_coef, process_coef, process_gamma, outcome_gamma,
+          whiten):
+    """SPRO: GRPO's outcome advantage plus the masked step advantage of the policy's own implicit rewards
+    (two models: policy and reference; the gammas and whitening do not apply)."""
+    return spro_advantages(scores, process_rewards, mask, group_size, outcome_coef=outcome_coef,
+                           process_coef=process_coef)

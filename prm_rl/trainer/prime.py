@@ -134,7 +134,7 @@ class PrimeTrainer:
             prm_start = load_causal_lm(cfg.prm.init_path or checkpoint, mc.dtype, mc.gradient_checkpointing)
             prm = trainable_engine(prm_start, ds, dtype=mc.dtype, lr=cfg.prm.learning_rate,
                                    weight_decay=cfg.prm.weight_decay, grad_clip=cfg.prm.grad_clip)
-        if (cfg.algorithm.uses_prm and cfg.prm.reference == "sft") or cfg.policy.kl_coef:
+        if (cfg.algorithm.uses_prm and cfg.prm.reference == "sft") or cfg.policy.kl_coef or cfg.algorithm.self_guided:
             ref = frozen_model(load_causal_lm(checkpoint, mc.dtype), ds, dtype=mc.dtype)
         synced = ds.zero_stage == 3 and dist.world_size() > 1
         return stages.Models(policy, prm, ref, tokenizer, synced)

@@ -63,7 +63,7 @@ def learn(models: stages.Models, batch: Rollout, scores: torch.Tensor, sections:
     # so the PPO ratio is 1 and a separate old-log-prob pass would only repeat that forward (skipped, as TRL
     # does), unless the PRM reads the policy as its reference.
     on_policy = s.policy.ppo_epochs == 1 and s.policy.mini_batches == 1
-    needs_old = not on_policy or (s.algorithm.uses_prm and s.prm.reference == "policy")
+    needs_old = not on_policy or s.algorithm.self_guided or (s.algorithm.uses_prm and s.prm.reference == "policy")
     with timer("old_logprobs"):
         old_logp = stages.logprob_stage(m.policy, batch, s.policy.micro_batch_size, s.rollout.temperature) \
             if needs_old else None
@@ -76,6 +76,8 @@ def learn(models: stages.Models, batch: Rollout, scores: torch.Tensor, sections:
         with timer("prm"):
             log_ratio, prm_skipped = _prm_log_ratios(m.prm, batch, scores, prm_ref, k, s.prm, generator, metrics)
             process_rewards = stages.process_reward_stage(log_ratio, batch, step_ends, s.reward, s.prm.beta)
+    elif s.algorithm.self_guided:  # SPRO: the policy is its own implicit PRM, read before its update
+        process_rewards = s.prm.beta * core.implicit_log_ratio(old_logp, ref_logp, batch.response_mask)
 
     with timer("advantages"):
         advantages = stages.advantage_stage(scores, process_rewards, batch.response_mask, k, s.algorithm, s.reward)

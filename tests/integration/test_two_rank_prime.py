@@ -116,6 +116,19 @@ def test_outcome_only_rloo_loads_no_prm(tmp_path, warm_cache):
 
 
 @pytest.mark.slow
+def test_self_guided_spro_trains_the_policy_without_a_prm(tmp_path, warm_cache):
+    """SPRO: two models (policy, reference), the policy's own log-ratios as process rewards; on-policy settings
+    (one mini-batch) still take the old-log-prob pass, which those rewards are read from."""
+    run_dir = tmp_path / "run"
+    proc = launch(warm_cache, run_dir, ["trainer.max_steps=2", "algorithm.advantage=spro", "policy.mini_batches=1"],
+                  num_ranks=1)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = metrics(run_dir)
+    assert not (run_dir / "prm").exists() and not any(k.startswith("prm/") for r in rows for k in r)
+    assert any(r.get("policy/grad_norm", 0) > 0 for r in rows)
+
+
+@pytest.mark.slow
 def test_the_prm_can_start_from_another_checkpoint(tmp_path, warm_cache):
     """prm.init_path: the PRM starts from that model (here a smaller one with the same tokenizer), the reference
     stays the SFT model, so before any update the PRM already differs from its reference."""

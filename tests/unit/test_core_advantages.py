@@ -150,10 +150,13 @@ def test_registered_estimators_are_the_documented_functions():
     mask[:, 0] = 1
     rewards = torch.randn(8, 5, generator=g) * mask
     knobs = dict(outcome_coef=1.0, process_coef=0.5, process_gamma=0.9, outcome_gamma=0.8, whiten=True)
-    run = {name: est.fn(scores, rewards if est.uses_prm else None, mask, 4, **knobs)
+    run = {name: est.fn(scores, rewards if est.uses_prm or est.self_guided else None, mask, 4, **knobs)
            for name, est in core.ADVANTAGE_ESTIMATORS.items()}
-    assert set(run) == {"prime", "rloo", "grpo"}
+    assert set(run) == {"prime", "rloo", "grpo", "spro"}
     assert [n for n, e in core.ADVANTAGE_ESTIMATORS.items() if e.uses_prm] == ["prime"]
+    assert [n for n, e in core.ADVANTAGE_ESTIMATORS.items() if e.self_guided] == ["spro"]
+    torch.testing.assert_close(run["spro"], core.spro_advantages(scores, rewards, mask, 4, outcome_coef=1.0,
+                                                                 process_coef=0.5))
     torch.testing.assert_close(run["prime"], core.prime_advantages(scores, rewards, mask, 4, **knobs)[0])
     torch.testing.assert_close(run["rloo"], core.prime_advantages(scores, None, mask, 4, **knobs)[0])
     torch.testing.assert_close(run["grpo"], core.grpo_advantages(scores, mask, 4))
@@ -165,7 +168,7 @@ def test_a_registered_estimator_becomes_a_config_choice(monkeypatch):
     monkeypatch.setattr(core.advantages, "ADVANTAGE_ESTIMATORS", dict(core.ADVANTAGE_ESTIMATORS))
     monkeypatch.setattr(core, "ADVANTAGE_ESTIMATORS", core.advantages.ADVANTAGE_ESTIMATORS)
     section = AlgorithmSection(advantage="outcome_sign", whiten=False)
-    with pytest.raises(ConfigError, match="algorithm.advantage='outcome_sign': must be one of prime, rloo, grpo"):
+    with pytest.raises(ConfigError, match="algorithm.advantage='outcome_sign': must be one of prime, rloo, grpo, spro"):
         section.check()
 
     @core.register_advantage("outcome_sign", uses_prm=False)

@@ -94,3 +94,18 @@ def test_correlation_is_pearson_and_nan_when_constant():
 
     assert correlation(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([2.0, 4.0, 7.0])) == pytest.approx(0.9933992)
     assert math.isnan(correlation(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 1.0])))
+
+
+def test_spro_adds_the_masked_step_advantage_to_grpo():
+    """Group of 2, outcomes (1, 0): GRPO (1 - .5)/(std .7071 + 1e-6) = +-0.70711. Token rewards row 0 (1, 2, 3),
+    row 1 (2, 0) over 2 tokens: CPR (1, 3, 6) and (2, 2); MSA (-0.5, 0.5, 0) and (0.5, -0.5) (see above)."""
+    from prm_rl.core import spro_advantages
+
+    rewards = torch.tensor([[1.0, 2.0, 3.0], [2.0, 0.0, 5.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    adv = spro_advantages(torch.tensor([1.0, 0.0]), rewards, mask, 2)
+    g = 0.5 / (math.sqrt(0.5) + 1e-6)
+    expected = torch.tensor([[g - 0.5, g + 0.5, g], [-g + 0.5, -g - 0.5, 0.0]])
+    torch.testing.assert_close(adv, expected)
+    half = spro_advantages(torch.tensor([1.0, 0.0]), rewards, mask, 2, outcome_coef=0.0, process_coef=2.0)
+    torch.testing.assert_close(half, torch.tensor([[-1.0, 1.0, 0.0], [1.0, -1.0, 0.0]]))
