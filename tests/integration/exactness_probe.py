@@ -60,11 +60,19 @@ def main() -> None:
     scores = (torch.rand(len(batch), generator=torch.Generator().manual_seed(3)) < 0.5).float()
 
     ds, dtype = cfg.deepspeed, cfg.model.dtype
-    policy = trainable_engine(build_tiny_model(tiny, tok, seed=0), ds, dtype=dtype, lr=cfg.policy.learning_rate,
+
+    def model(seed: int, trained: bool = True) -> torch.nn.Module:
+        """The tiny model as load_causal_lm would hand it over under model.dtype / gradient_checkpointing."""
+        built = build_tiny_model(tiny, tok, seed=seed).to(torch.bfloat16 if dtype == "bfloat16" else torch.float32)
+        if trained and cfg.model.gradient_checkpointing:
+            built.gradient_checkpointing_enable()
+        return built
+
+    policy = trainable_engine(model(0), ds, dtype=dtype, lr=cfg.policy.learning_rate,
                               weight_decay=cfg.policy.weight_decay, grad_clip=cfg.policy.grad_clip)
-    prm = trainable_engine(build_tiny_model(tiny, tok, seed=0), ds, dtype=dtype, lr=cfg.prm.learning_rate,
+    prm = trainable_engine(model(0), ds, dtype=dtype, lr=cfg.prm.learning_rate,
                            weight_decay=cfg.prm.weight_decay, grad_clip=cfg.prm.grad_clip)
-    ref = frozen_model(build_tiny_model(tiny, tok, seed=1), ds, dtype=dtype)
+    ref = frozen_model(model(1, trained=False), ds, dtype=dtype)
     initial = flat_weights(policy)
 
     models = stages.Models(policy, prm, ref, tok, synced_generation=False)
@@ -76,7 +84,7 @@ def main() -> None:
     rescored = stages.implicit_log_ratio_stage(prm, batch, ref_logp, cfg.prm.micro_batch_size)
     weights = {name: flat_weights(engine) for name, engine in (("policy", policy), ("prm", prm))}
     if result.old_logp is None:  # on-policy: learn skipped the old-log-prob pass; a twin takes it, same update
-        twin = trainable_engine(build_tiny_model(tiny, tok, seed=0), ds, dtype=dtype, lr=cfg.policy.learning_rate,
+        twin = trainable_engine(model(0), ds, dtype=dtype, lr=cfg.policy.learning_rate,
                                 weight_decay=cfg.policy.weight_decay, grad_clip=cfg.policy.grad_clip)
         t = cfg.rollout.temperature
         old_logp = stages.logprob_stage(twin, batch, cfg.policy.micro_batch_size, t)

@@ -31,6 +31,7 @@ CASES = {
 
 def run_probe(tmp_path: Path, ranks: int, overrides: list[str]) -> dict:
     out = tmp_path / f"probe-{ranks}.pt"
+    out.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
            "--master_port", str(29600 + ranks + os.getpid() % 500), str(PROBE), str(out), *COMMON, *overrides]
@@ -62,3 +63,29 @@ def test_two_ranks_match_one_rank(tmp_path, case):
     assert one["metrics"].keys() == two["metrics"].keys()
     for key, value in one["metrics"].items():
         assert two["metrics"][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+
+
+# The memory-saving switches: each must train like the plain path (fp32, no checkpointing, ZeRO-2, no offload).
+SWITCHES = {
+    "gradient-checkpointing": (["model.gradient_checkpointing=true"], 1e-5),
+    "zero3-offload": (["deepspeed.zero_stage=3", "deepspeed.offload=true"], 1e-5),
+    "bf16": (["model.dtype=bfloat16"], 3e-2),  # bf16 keeps ~3 significant digits
+}
+
+
+@pytest.mark.slow
+def test_memory_switches_give_the_plain_paths_losses_and_update(tmp_path):
+    """One step of learn() on the fixed batch (1 rank): the same PRM and policy losses, log-ratios and
+    advantages as the plain path within each switch's tolerance, and weights that moved the same way."""
+    plain = run_probe(tmp_path / "plain", 1, [])
+    for name, (overrides, tol) in SWITCHES.items():
+        got = run_probe(tmp_path / name, 1, overrides)
+        for key in ("prm/loss", "policy/loss"):
+            assert got["metrics"][key] == pytest.approx(plain["metrics"][key], rel=tol, abs=tol), (name, key)
+        for key in ("log_ratio", "advantages"):
+            torch.testing.assert_close(got[key].float(), plain[key].float(), rtol=tol, atol=tol * 10,
+                                       msg=f"{name}: {key}")
+        for key in ("policy", "prm"):
+            moved, moved_plain = got[key].float() - got["initial"].float(), plain[key] - plain["initial"]
+            cosine = torch.nn.functional.cosine_similarity(moved, moved_plain, dim=0)
+            assert cosine > (0.999 if tol < 1e-3 else 0.9), (name, key, float(cosine))
