@@ -6,6 +6,7 @@ PRM update (and token log-ratios) -> process rewards -> advantages -> policy upd
 """
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,19 +33,38 @@ class Models:
 
 
 class Timings:
-    """Wall seconds per stage of one step, logged as ``time/<stage>`` (a stage may run in several rounds)."""
+    """Wall seconds and memory per stage of one step (a stage may run in several rounds), logged as
+    ``time/<stage>`` and ``mem/<stage>_gb``: on a GPU the peak memory allocated during the stage, on CPU the
+    resident memory at its end (a peak within it cannot be read back); the largest over ranks, in GiB.
+    Collective: every rank calls :meth:`metrics`."""
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
+        self.memory: dict[str, float] = {}
 
     @contextmanager
     def __call__(self, stage: str):
         start = time.time()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
         yield
         self.seconds[stage] = self.seconds.get(stage, 0.0) + time.time() - start
+        self.memory[stage] = max(self.memory.get(stage, 0.0), _stage_memory_gb())
 
     def metrics(self) -> dict[str, float]:
-        return {f"time/{stage}": s for stage, s in self.seconds.items()}
+        stages = sorted(self.memory)
+        if not stages:
+            return {}
+        peaks = dist.all_reduce_max(torch.tensor([self.memory[s] for s in stages], dtype=torch.float64))
+        return ({f"time/{stage}": s for stage, s in self.seconds.items()}
+                | {f"mem/{stage}_gb": float(gb) for stage, gb in zip(stages, peaks.tolist())})
+
+
+def _stage_memory_gb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    with open("/proc/self/statm") as f:  # resident pages
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
 
 
 def _sums_to_means(sums: dict[str, float], counts: dict[str, str | None]) -> dict[str, float]:

@@ -92,7 +92,7 @@ def main() -> None:
                                    torch.Generator().manual_seed(0))
         weights["policy_with_old_pass"] = flat_weights(twin)
     if dist.is_main():
-        metrics = {k: v for k, v in result.metrics.items() if not k.startswith("time/")}
+        metrics = {k: v for k, v in result.metrics.items() if not k.startswith(("time/", "mem/"))}
         torch.save({"old_logp": result.old_logp, "log_ratio": result.log_ratio, "advantages": result.advantages,
                     "rescored": rescored, "metrics": metrics, "initial": initial, **weights}, out)
 

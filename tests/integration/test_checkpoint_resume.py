@@ -34,8 +34,8 @@ def kill_all(proc: subprocess.Popen) -> None:
 
 
 def comparable(rows: list[dict]) -> list[dict]:
-    """Metrics without wall-clock ones (those differ run to run)."""
-    return [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))} for r in rows]
+    """Metrics without wall-clock and memory ones (those differ run to run)."""
+    return [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/", "mem/"))} for r in rows]
 
 
 def assert_same_run(a: Path, b: Path) -> None:

@@ -30,6 +30,7 @@ def test_two_rank_prime_run_updates_and_saves(tmp_path, warm_cache):
     updated = [r for r in rows if "policy/loss" in r]
     assert updated, "no step kept any group: the warm start is too weak for this test"
     assert all("prm/loss" in r and "time/generate" in r for r in updated)
+    assert all(0 < r["mem/generate_gb"] < 20 and 0 < r["mem/policy_gb"] < 20 for r in updated)  # RSS, GiB
 
     # The PRM is evaluated before training (a step-0 line), every trainer.eval_every steps and at the end.
     start = all_rows(run_dir)[0]
