@@ -254,6 +254,8 @@ class PrmSection:
     """PRM optimiser steps per pass (the kept batch, by group, in this many parts)"""
     micro_batch_size: int = 64
     """sequences per PRM forward/backward on one rank (whole groups; gradient accumulation)"""
+    micro_batch_tokens: int = 0
+    """also cap each PRM forward/backward at this many padded tokens (rows x longest row); 0 = no cap"""
     epochs: int = 1
     """passes over the kept batch per training step (loss and rewards from the first)"""
 
@@ -270,6 +272,7 @@ class PrmSection:
         _positive("prm.grad_clip", self.grad_clip)
         _positive("prm.mini_batches", self.mini_batches)
         _positive("prm.micro_batch_size", self.micro_batch_size)
+        _non_negative("prm.micro_batch_tokens", self.micro_batch_tokens)
 
 
 @dataclass
@@ -424,6 +427,8 @@ class PolicySection:
     """optimiser steps per epoch (the kept batch, shuffled, in this many parts)"""
     micro_batch_size: int = 64
     """sequences per forward/backward on one rank (gradient accumulation within a mini-batch)"""
+    micro_batch_tokens: int = 0
+    """also cap each policy and reference forward/backward at this many padded tokens (rows x longest row); 0: none"""
 
     def check(self) -> None:
         _positive("policy.learning_rate", self.learning_rate)
@@ -439,6 +444,7 @@ class PolicySection:
         _positive("policy.ppo_epochs", self.ppo_epochs)
         _positive("policy.mini_batches", self.mini_batches)
         _positive("policy.micro_batch_size", self.micro_batch_size)
+        _non_negative("policy.micro_batch_tokens", self.micro_batch_tokens)
 
 
 @dataclass

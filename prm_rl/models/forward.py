@@ -13,8 +13,31 @@ def response_logprobs(model, batch: Rollout, temperature: float = 1.0, with_entr
 
     Position ids count real tokens only, matching what ``generate`` used for the left-padded prompts.
     Logits are divided by the sampling temperature so the PPO ratio compares the distributions that
-    were actually sampled from.
+    were actually sampled from. Columns that are padding in every row (the left of the prompts, the right of
+    the responses) are cut before the forward, so a micro-batch of short rows runs a short forward; outputs
+    are 0 past each row's response, so they do not depend on which rows shared a micro-batch.
     """
+    valid = batch.response_mask.bool()
+    logp, entropy = _forward(model, _trimmed(batch), temperature, with_entropy, entropy_grad)
+    pad = valid.shape[1] - logp.shape[1]
+    logp = torch.nn.functional.pad(logp, (0, pad)).masked_fill(~valid, 0.0)
+    if entropy is not None:
+        entropy = torch.nn.functional.pad(entropy, (0, pad)).masked_fill(~valid, 0.0)
+    return logp, entropy
+
+
+def _trimmed(batch: Rollout) -> Rollout:
+    """Drop prompt columns that are padding in every row and response columns past the longest response."""
+    used = batch.prompt_mask.any(dim=0).nonzero()
+    first = int(used[0]) if used.numel() else batch.prompt_mask.shape[1] - 1
+    first = min(first, batch.prompt_mask.shape[1] - 1)  # keep one prompt column: it predicts response token 1
+    longest = max(1, int(batch.response_mask.sum(dim=1).max())) if batch.response_mask.numel() else 1
+    return Rollout(batch.prompt_ids[:, first:], batch.prompt_mask[:, first:], batch.response_ids[:, :longest],
+                   batch.response_mask[:, :longest], batch.truncated)
+
+
+def _forward(model, batch: Rollout, temperature: float, with_entropy: bool,
+             entropy_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     ids = torch.cat([batch.prompt_ids, batch.response_ids], dim=1)
     mask = torch.cat([batch.prompt_mask, batch.response_mask], dim=1)
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)

@@ -189,7 +189,8 @@ class PrimeTrainer:
         cfg, m = self.cfg, self.models
         ref, ref_temperature = (m.ref, 1.0) if cfg.prm.reference == "sft" else (m.policy, cfg.rollout.temperature)
         return prm_eval.evaluate_prm(m.prm, ref, groups, beta=cfg.prm.beta, step_end_table=self.step_ends,
-                                     micro_batch_size=cfg.prm.micro_batch_size, ref_temperature=ref_temperature)
+                                     micro_batch_size=cfg.prm.micro_batch_size, ref_temperature=ref_temperature,
+                                     max_tokens=cfg.prm.micro_batch_tokens)
 
     def step(self, step: int) -> StepOutcome:
         """One PRIME iteration. Every rank runs every stage; each returns global results."""

@@ -119,15 +119,16 @@ def first_error_by_operation(groups: HeldoutGroups, log_ratio: torch.Tensor, ste
 
 @torch.no_grad()
 def evaluate_prm(prm, ref, groups: HeldoutGroups, *, beta: float, step_end_table: torch.Tensor,
-                 micro_batch_size: int, ref_temperature: float = 1.0) -> tuple[dict[str, float], torch.Tensor]:
+                 micro_batch_size: int, ref_temperature: float = 1.0,
+                 max_tokens: int = 0) -> tuple[dict[str, float], torch.Tensor]:
     """Metrics of ``prm`` (engine or module) against ``ref`` on ``groups``; also returns the log-ratios [N, T].
 
     ``ref`` is the PRM's reference model: the frozen SFT model, or the policy (``prm.reference=policy``,
     read at the sampling temperature as in training).
     """
     batch = groups.rollout
-    prm_logp = stages.logprob_stage(prm, batch, micro_batch_size)
-    ref_logp = stages.logprob_stage(ref, batch, micro_batch_size, ref_temperature)
+    prm_logp = stages.logprob_stage(prm, batch, micro_batch_size, max_tokens=max_tokens)
+    ref_logp = stages.logprob_stage(ref, batch, micro_batch_size, ref_temperature, max_tokens)
     log_ratio = core.implicit_log_ratio(prm_logp, ref_logp, batch.response_mask)
     metrics = prm_metrics(log_ratio, batch.response_mask, groups.scores, groups.k, beta,
                           stages.step_end_mask(step_end_table, batch),

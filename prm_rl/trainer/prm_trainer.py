@@ -83,7 +83,8 @@ class PrmTrainer:
         self.synced = cfg.deepspeed.zero_stage == 3 and dist.world_size() > 1  # ZeRO-3 generation in lockstep
         self.step_ends = stages.step_end_table(self.tokenizer, cfg.reward.step_delimiter)
         self.data = self._training_set(labelled, splits.train)
-        self.ref_logp = stages.logprob_stage(self.ref, self.data.batch, p.micro_batch_size)
+        self.ref_logp = stages.logprob_stage(self.ref, self.data.batch, p.micro_batch_size,
+                                             max_tokens=p.micro_batch_tokens)
         self.heldout = self._heldout_groups(splits.eval)
         self.guard = NonFiniteGuard(cfg.trainer.max_bad_steps)
         groups = len(self.data.labels) // self.data.k
@@ -150,7 +151,8 @@ class PrmTrainer:
             return {}
         metrics, _ = prm_eval.evaluate_prm(self.prm, self.ref, self.heldout, beta=self.cfg.prm.beta,
                                            step_end_table=self.step_ends,
-                                           micro_batch_size=self.cfg.prm.micro_batch_size)
+                                           micro_batch_size=self.cfg.prm.micro_batch_size,
+                                           max_tokens=self.cfg.prm.micro_batch_tokens)
         return {f"prm_eval/{k}": v for k, v in metrics.items()}
 
     # --- training ---------------------------------------------------------------------------------------

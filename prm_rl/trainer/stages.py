@@ -129,11 +129,18 @@ def filter_stage(scores: torch.Tensor, truncated: torch.Tensor, k: int, f: Filte
 
 # --- log-probs under a frozen or not-yet-updated model ---------------------------------------------
 
+def row_lengths(batch: Rollout) -> torch.Tensor:
+    """[N] prompt + response tokens of each row: what a token budget of micro-batches counts."""
+    return batch.prompt_mask.sum(dim=1) + batch.response_mask.sum(dim=1)
+
+
 @torch.no_grad()
-def logprob_stage(model, batch: Rollout, micro_batch_size: int, temperature: float = 1.0) -> torch.Tensor:
+def logprob_stage(model, batch: Rollout, micro_batch_size: int, temperature: float = 1.0,
+                  max_tokens: int = 0) -> torch.Tensor:
     """Response-token log-probs ``[N, T]`` of every row, each rank computing the rows it owns."""
     out = torch.zeros(batch.response_ids.shape, dtype=torch.float32)
-    for mb in micro_batches(torch.arange(len(batch)), micro_batch_size):
+    for mb in micro_batches(torch.arange(len(batch)), micro_batch_size, lengths=row_lengths(batch),
+                            max_tokens=max_tokens):
         logp, _ = response_logprobs(model, batch.select(mb.rows), temperature)
         if mb.weight:
             out[mb.rows] = logp.float().cpu()
@@ -161,7 +168,8 @@ def prm_update_stage(prm, batch: Rollout, scores: torch.Tensor, ref_logp: torch.
     for epoch, part in parts:
         rows = (part[:, None] * k + torch.arange(k)).reshape(-1)
         denom = float(max(1, prm_loss.terms(scores[rows], k)))  # the loss is a mean over the whole mini-batch
-        for mb in micro_batches(rows, p.micro_batch_size, group_size=k):
+        for mb in micro_batches(rows, p.micro_batch_size, group_size=k, lengths=row_lengths(batch),
+                                max_tokens=p.micro_batch_tokens):
             sub = batch.select(mb.rows)
             logp, _ = response_logprobs(prm, sub)
             lr = core.implicit_log_ratio(logp, ref_logp[mb.rows].to(logp.device), sub.response_mask)
@@ -181,9 +189,10 @@ def prm_update_stage(prm, batch: Rollout, scores: torch.Tensor, ref_logp: torch.
 
 
 @torch.no_grad()
-def implicit_log_ratio_stage(prm, batch: Rollout, ref_logp: torch.Tensor, micro_batch_size: int) -> torch.Tensor:
+def implicit_log_ratio_stage(prm, batch: Rollout, ref_logp: torch.Tensor, micro_batch_size: int,
+                             max_tokens: int = 0) -> torch.Tensor:
     """Token log-ratios ``log pi_phi - log pi_ref`` ``[N, T]`` under the PRM as it is now."""
-    prm_logp = logprob_stage(prm, batch, micro_batch_size)
+    prm_logp = logprob_stage(prm, batch, micro_batch_size, max_tokens=max_tokens)
     return core.implicit_log_ratio(prm_logp, ref_logp, batch.response_mask)
 
 
@@ -244,7 +253,8 @@ def policy_update_stage(policy, batch: Rollout, old_logp: torch.Tensor | None, a
     for _ in range(pc.ppo_epochs):
         for part in split_minibatches(torch.randperm(len(batch), generator=generator), pc.mini_batches):
             denom = float(part.numel()) if pc.loss_agg == "seq-mean-token-mean" else float(mask[part].sum())
-            for mb in micro_batches(part, pc.micro_batch_size):
+            for mb in micro_batches(part, pc.micro_batch_size, lengths=row_lengths(batch),
+                                    max_tokens=pc.micro_batch_tokens):
                 sub = batch.select(mb.rows)
                 m = sub.response_mask
                 logp, entropy = response_logprobs(policy, sub, temperature, with_entropy=True,

@@ -65,9 +65,9 @@ def learn(models: stages.Models, batch: Rollout, scores: torch.Tensor, sections:
     on_policy = s.policy.ppo_epochs == 1 and s.policy.mini_batches == 1
     needs_old = not on_policy or s.algorithm.self_guided or (s.algorithm.uses_prm and s.prm.reference == "policy")
     with timer("old_logprobs"):
-        old_logp = stages.logprob_stage(m.policy, batch, s.policy.micro_batch_size, s.rollout.temperature) \
-            if needs_old else None
-        ref_logp = stages.logprob_stage(m.ref, batch, s.policy.micro_batch_size) if m.ref is not None else None
+        size, tokens = s.policy.micro_batch_size, s.policy.micro_batch_tokens
+        old_logp = stages.logprob_stage(m.policy, batch, size, s.rollout.temperature, tokens) if needs_old else None
+        ref_logp = stages.logprob_stage(m.ref, batch, size, max_tokens=tokens) if m.ref is not None else None
 
     log_ratio = process_rewards = None
     prm_skipped = 0.0
@@ -102,14 +102,14 @@ def _prm_log_ratios(prm, batch: Rollout, scores: torch.Tensor, ref_logp: torch.T
     """
     skipped = 0.0
     if p.update == "none":
-        log_ratio = stages.implicit_log_ratio_stage(prm, batch, ref_logp, p.micro_batch_size)
+        log_ratio = stages.implicit_log_ratio_stage(prm, batch, ref_logp, p.micro_batch_size, p.micro_batch_tokens)
     else:
         log_ratio, prm_metrics, skipped = stages.prm_update_stage(prm, batch, scores, ref_logp, k, p, generator)
         metrics.update(prm_metrics)
         if p.loss == "ce":  # prm/loss above this = worse than predicting the batch's mean outcome
             metrics["prm/loss_constant_guess"] = core.constant_guess_ce(scores)
         if p.update == "before":
-            log_ratio = stages.implicit_log_ratio_stage(prm, batch, ref_logp, p.micro_batch_size)
+            log_ratio = stages.implicit_log_ratio_stage(prm, batch, ref_logp, p.micro_batch_size, p.micro_batch_tokens)
     seq = core.sequence_reward(log_ratio, batch.response_mask, p.beta)
     # reward-hacking watch: the PRM's reward should rise with the verifier's score, not apart from it
     metrics["watch/prm_reward_mean"] = float(seq.mean())

@@ -26,6 +26,28 @@ def test_groups_stay_together():
     assert [mb.rows.tolist() for mb in plan] == [[0, 1, 2, 3], [8, 9, 10, 11]]
 
 
+def test_a_token_budget_packs_short_rows_together_and_long_rows_apart():
+    """Lengths 10, 10, 10, 40, 10, 10 (one rank, budget 40 padded tokens, at most 4 rows): [0,1,2] (3 x 10),
+    then row 3 alone (40), then [4,5]."""
+    lengths = torch.tensor([10, 10, 10, 40, 10, 10])
+    mbs = micro_batches(torch.arange(6), 4, lengths=lengths, max_tokens=40, rank=0, world=1)
+    assert [mb.rows.tolist() for mb in mbs] == [[0, 1, 2], [3], [4, 5]]
+    assert [mb.is_last for mb in mbs] == [False, False, True]
+    four = micro_batches(torch.arange(6), 4, lengths=torch.full((6,), 5), max_tokens=1000, rank=0, world=1)
+    assert [mb.rows.tolist() for mb in four] == [[0, 1, 2, 3], [4, 5]]  # the row cap still holds
+
+
+def test_under_a_token_budget_ranks_still_run_equal_counts_and_keep_groups():
+    """Groups of 2, round-robin: rank 0 owns groups 0, 2 (rows 0,1,4,5), rank 1 groups 1, 3 (rows 2,3,6,7).
+    Rank 1's groups are long (30 each): one per micro-batch; rank 0's short ones share one, then a stand-in."""
+    lengths = torch.tensor([5, 5, 30, 30, 5, 5, 30, 30])
+    zero, one = (micro_batches(torch.arange(8), 8, group_size=2, lengths=lengths, max_tokens=64, rank=r, world=2)
+                 for r in (0, 1))
+    assert [mb.rows.tolist() for mb in one] == [[2, 3], [6, 7]] and [mb.weight for mb in one] == [1.0, 1.0]
+    assert [mb.rows.tolist() for mb in zero][0] == [0, 1, 4, 5] and [mb.weight for mb in zero] == [1.0, 0.0]
+    assert zero[-1].is_last and one[-1].is_last
+
+
 def test_split_minibatches_never_returns_empty_parts():
     parts = split_minibatches(torch.arange(3), 4)
     assert [p.tolist() for p in parts] == [[0], [1], [2]]
