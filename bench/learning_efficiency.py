@@ -7,7 +7,9 @@ start and prompts (docs/benchmarks.md):
 Each method is ``launch/train.py +recipe=math_ppo`` plus the setting's and the method's overrides (below),
 one rank, run ``--parallel`` at a time (one thread each); a finished run directory is reused, so an
 interrupted benchmark continues. Per method and seed: the greedy held-out accuracy at every evaluation, the
-mean seconds per step and per stage. Writes OUT.json (everything), OUT.md (final accuracy and steps to
+mean seconds per step and per stage (the first two steps left out: warm-up). For per-step cost alone, run the
+methods one at a time on an idle machine: ``--steps 14 --eval-every 0 --parallel 1``. Writes OUT.json
+(everything), OUT.md (final accuracy and steps to
 RLOO's final accuracy, mean and min-max over seeds; seconds per step and its ratio to RLOO's) and OUT.png
 (accuracy against steps and against seconds, mean over seeds with min-max bands).
 """
@@ -59,12 +61,13 @@ def run_one(setting: str, method: str, seed: int, steps: int, eval_every: int, r
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     summary = json.loads((out / "summary.json").read_text())
     trained = [r for r in rows if "time/step" in r]
-    seconds = [r["time/step"] for r in trained]
+    steady = trained[2:] if len(trained) > 4 else trained  # the first steps warm up (allocator, JIT-built ops)
+    seconds = [r["time/step"] for r in steady]
     along = [(r["step"], r["eval/accuracy"]) for r in rows if "eval/accuracy" in r]
     curve = [(0, summary["eval_accuracy_start"]), *along, (steps, summary["eval_accuracy_final"])]
     return {"method": method, "seed": seed, "run_dir": str(out), "curve": curve,
             "seconds_per_step": sum(seconds) / len(seconds),
-            "stage_seconds": {s: sum(r.get(f"time/{s}", 0.0) for r in trained) / len(trained) for s in STAGES},
+            "stage_seconds": {s: sum(r.get(f"time/{s}", 0.0) for r in steady) / len(steady) for s in STAGES},
             "watch": {k: [r.get(k) for r in trained] for k in ("response/length_mean", "watch/repeated_4gram_frac",
                                                                 "watch/prm_outcome_corr")}}
 
