@@ -9,9 +9,9 @@ one rank, run ``--parallel`` at a time (one thread each); a finished run directo
 interrupted benchmark continues. Per method and seed: the greedy held-out accuracy at every evaluation, the
 mean seconds per step and per stage (the first two steps left out: warm-up). For per-step cost alone, run the
 methods one at a time on an idle machine: ``--steps 14 --eval-every 0 --parallel 1``. Writes OUT.json
-(everything), OUT.md (final accuracy and steps to
-RLOO's final accuracy, mean and min-max over seeds; seconds per step and its ratio to RLOO's) and OUT.png
-(accuracy against steps and against seconds, mean over seeds with min-max bands).
+(everything), OUT.md (final accuracy and steps to RLOO's final accuracy, mean and min-max over seeds; seconds
+per step and its ratio to RLOO's) and OUT.png (accuracy against steps and against seconds, mean over seeds
+with min-max bands).
 """
 from __future__ import annotations
 
