@@ -144,6 +144,12 @@ def test_a_second_start_on_a_live_run_directory_is_refused(tmp_path, warm_cache)
     assert (run_dir / ".lock").read_text() == ""  # released at exit
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """A suite started in the background (``make test &``, nohup) passes SIGINT down ignored, and Python then
+    installs no KeyboardInterrupt handler; a terminal's foreground job has the default."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_while_starting_is_one_line_and_exit_130(tmp_path):
     """Ctrl-C during the warm start (a fresh cache: SFT runs in a child process), sent to the process group as a
     terminal does: one line, exit 130, no traceback from the trainer or its child, no half-written cache."""
@@ -151,7 +157,7 @@ def test_ctrl_c_while_starting_is_one_line_and_exit_130(tmp_path):
     proc = subprocess.Popen([sys.executable, "launch/train.py", "+recipe=math_ppo", "wandb.mode=disabled",
                              f"warm_start.cache_dir={cache}", f"trainer.output_dir={run_dir}"],
                             cwd=REPO, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_sigint_as_in_a_terminal)
     try:
         wait_for(lambda: any(p.name.count(".tmp-") for p in cache.glob("*")), proc, timeout=300)  # SFT has begun
         os.killpg(proc.pid, signal.SIGINT)
