@@ -358,10 +358,12 @@ def _run_asserts(source, tests, start, res_fd, nonce):
         sys.stderr.flush()
         exit_now(1)
     report(b"L")
-    # The tests' scope: the solution's names, except those that shadow a builtin, over the saved builtins.
-    scope = {k: v for k, v in namespace.items() if k not in pristine or k.startswith("__")}
-    scope["__builtins__"], scope[_GUARD] = pristine, _plain
+    # The tests' scope: the solution's names, except those that shadow a builtin, over the saved builtins;
+    # refreshed before each test (a function may have changed a global), keeping the names tests assigned.
+    scope = {}
     for i, code in compiled:
+        scope.update({k: v for k, v in namespace.items() if k not in pristine or k.startswith("__")})
+        scope["__builtins__"], scope[_GUARD] = pristine, _plain
         ok = False
         if code is not None:
             try:

@@ -403,11 +403,13 @@ def test_plain_results_in_every_test_shape_still_pass(tmp_root):
     code = ("def f(x):\n    return x + 0.5\n"
             "def pair(x):\n    return (x, {'k': [x, None]}, {x}, b'x', 2j)\n"
             "def apply(g, x):\n    return g(x)\n"
-            "LIMIT = 3\n")
+            "LIMIT = 3\n"
+            "COUNT = 0\n"
+            "def bump():\n    global COUNT\n    COUNT += 1\n")
     tests = ["assert abs(f(1) - 1.5) < 1e-9", "assert f(1) in [1.5, 2.5]", "assert not f(-0.5)",
              "assert pair(1) == (1, {'k': [1, None]}, {1}, b'x', 2j)", "assert pair(1)[1]['k'][0] == 1",
              "assert apply(f, 2) == 2.5", "assert all(f(i) == i + 0.5 for i in range(3))",
              "assert sorted([f(2), f(1)]) == [1.5, 2.5]", "assert LIMIT == 3", "x = f(0)", "assert x == 0.5",
-             "assert f(1) is not None and 0 < f(1) < 2"]
+             "assert f(1) is not None and 0 < f(1) < 2", "bump()", "assert COUNT == 1"]
     v = verify_code("", block(code), {"tests": tests}, tmp_root=tmp_root, partial="all", **RUN)
     assert float(v) == 1.0, v.reason
