@@ -5,10 +5,10 @@ start and prompts (docs/benchmarks.md):
         --steps 100 --eval-every 20 --parallel 2 --out docs/benchmarks/hard
 
 Each method is ``launch/train.py +recipe=math_ppo`` plus the setting's and the method's overrides (below),
-one rank, run ``--parallel`` at a time (one thread each); a finished run directory is reused, so an
-interrupted benchmark continues. Per method and seed: the greedy held-out accuracy at every evaluation, the
-mean seconds per step and per stage (the first two steps left out: warm-up). For per-step cost alone, run the
-methods one at a time on an idle machine: ``--steps 14 --eval-every 0 --parallel 1``. Writes OUT.json
+one rank (``trainer.cpu_ranks=1``), run ``--parallel`` at a time (one thread each); a finished run directory
+is reused, so an interrupted benchmark continues. Per method and seed: the greedy held-out accuracy at every
+evaluation, the mean seconds per step and per stage (the first two steps left out: warm-up). For per-step cost
+alone, run the methods one at a time on an idle machine: ``--steps 14 --eval-every 0 --parallel 1``. Writes OUT.json
 (everything), OUT.md (final accuracy and steps to RLOO's final accuracy, mean and min-max over seeds; seconds
 per step and its ratio to RLOO's) and OUT.png (accuracy against steps and against seconds, mean over seeds
 with min-max bands).
@@ -38,7 +38,9 @@ METHODS: dict[str, list[str]] = {
     "prime-min": ["reward.credit=min"],  # PURE's strict min-form credit
     "prime-softmin": ["reward.credit=softmin"],  # PURE's default, T = 0.1
     "spro": ["algorithm.advantage=spro"],  # the policy as its own implicit PRM
+    "trl-grpo": ["algorithm.advantage=grpo"],  # TRL's GRPOTrainer on the same job (bench/trl_grpo.py; no filter)
 }
+ENTRY = {"trl-grpo": "bench/trl_grpo.py"}  # every other method: our trainer
 STAGES = ("generate", "verify", "filter", "old_logprobs", "prm", "advantages", "policy")
 
 
@@ -46,10 +48,10 @@ def run_one(setting: str, method: str, seed: int, steps: int, eval_every: int, r
             common: list[str]) -> dict:
     out = root / f"{method}-s{seed}"
     if not (out / "summary.json").exists():
-        cmd = [sys.executable, "launch/train.py", "+recipe=math_ppo", *common, *SETTINGS[setting], *METHODS[method],
-               f"trainer.seed={seed}", f"trainer.max_steps={steps}", f"trainer.eval_every={eval_every}",
-               f"trainer.output_dir={out}", "trainer.checkpoint_every=0", "trainer.progress_bar=false",
-               "wandb.mode=disabled", "prm_eval.num_prompts=0"]
+        cmd = [sys.executable, ENTRY.get(method, "launch/train.py"), "+recipe=math_ppo", "trainer.cpu_ranks=1",
+               *common, *SETTINGS[setting], *METHODS[method], f"trainer.seed={seed}", f"trainer.max_steps={steps}",
+               f"trainer.eval_every={eval_every}", f"trainer.output_dir={out}", "trainer.checkpoint_every=0",
+               "trainer.progress_bar=false", "wandb.mode=disabled", "prm_eval.num_prompts=0"]
         out.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         with (out / "bench.log").open("w") as log:

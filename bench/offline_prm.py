@@ -68,8 +68,9 @@ def main() -> None:
         for seed in args.seeds:
             run = args.out / f"{loss}-s{seed}"
             subprocess.run([sys.executable, str(REPO / "launch" / "train_prm.py"), "+recipe=prm_math",
-                            f"prm.loss={loss}", f"trainer.seed={seed}", f"trainer.output_dir={run}",
-                            "wandb.mode=disabled", "trainer.progress_bar=false", *args.overrides], check=True)
+                            "trainer.cpu_ranks=1", f"prm.loss={loss}", f"trainer.seed={seed}",
+                            f"trainer.output_dir={run}", "wandb.mode=disabled", "trainer.progress_bar=false",
+                            *args.overrides], check=True)
             runs.setdefault(loss, []).append(run)
     sft = json.loads((runs[args.losses[0]][0] / "summary.json").read_text())["reference"]
     for loss, dirs in runs.items():

@@ -4,7 +4,7 @@ One command per sweep, e.g.::
 
     python bench/prm_sweep.py --grid screen --steps 70 --seeds 0 --parallel 2 --out docs/prm_learning/screen
 
-Each variant is ``launch/train.py +recipe=math_ppo`` plus the variant's overrides, run with
+Each variant is ``launch/train.py +recipe=math_ppo`` plus the variant's overrides (one rank), run with
 ``trainer.eval_every`` so that ``prm_eval/*`` is measured at the start, along the way and at the end. Writes
 ``OUT.json`` (every run's evaluations), ``OUT.md`` (a table: mean and min-max over seeds at the last step)
 and ``OUT.png`` (the PRM metrics against steps). Runs are independent processes, ``--parallel`` at a time
@@ -70,7 +70,8 @@ def run_one(name: str, overrides: list[str], seed: int, steps: int, eval_every: 
             common: list[str]) -> dict:
     out = root / f"{name.split(' ')[0]}-s{seed}"
     if not (out / "summary.json").exists():
-        cmd = [sys.executable, "launch/train.py", "+recipe=math_ppo", *common, *overrides, f"trainer.seed={seed}",
+        cmd = [sys.executable, "launch/train.py", "+recipe=math_ppo", "trainer.cpu_ranks=1", *common, *overrides,
+               f"trainer.seed={seed}",
                f"trainer.max_steps={steps}", f"trainer.eval_every={eval_every}", f"trainer.output_dir={out}",
                "trainer.checkpoint_every=0", "trainer.progress_bar=false", "wandb.mode=disabled"]
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")

@@ -14,7 +14,8 @@ from prm_rl import cli  # noqa: E402
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 sys.argv = cli.strip_launcher_args(sys.argv)
 sys.argv[1:] = cli.with_default_recipe(sys.argv[1:])
-cli.check_overrides(RECIPES, "base", sys.argv[1:])  # a bad override: one line, exit 2 (not Hydra's exit 1)
+composed = cli.check_overrides(RECIPES, "base", sys.argv[1:])  # a bad override: one line, exit 2 (not Hydra's exit 1)
+cli.start_cpu_ranks(composed, sys.argv)  # no GPU: one rank per core (trainer.cpu_ranks)
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402

@@ -14,7 +14,8 @@ from prm_rl import cli  # noqa: E402
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 sys.argv = cli.strip_launcher_args(sys.argv)
 sys.argv[1:] = cli.with_default_recipe(sys.argv[1:], recipe="prm_math")
-cli.check_overrides(RECIPES, "base", sys.argv[1:])
+composed = cli.check_overrides(RECIPES, "base", sys.argv[1:])
+cli.start_cpu_ranks(composed, sys.argv, offline_prm=True)  # no GPU: one rank per core (trainer.cpu_ranks)
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402

@@ -46,14 +46,15 @@ def fail(line: str, code: int) -> None:
     sys.exit(code)
 
 
-def check_overrides(config_dir: Path, config_name: str, overrides: list[str]) -> None:
+def check_overrides(config_dir: Path, config_name: str, overrides: list[str]) -> DictConfig | None:
     """Compose once with the command line's overrides, so that a typo, an unknown key or recipe, or a value of
-    the wrong type is one line and exit 2 (Hydra's own handler prints several lines and exits 1).
+    the wrong type is one line and exit 2 (Hydra's own handler prints several lines and exits 1). Returns the
+    composed config.
 
-    Skipped when Hydra's own flags are given (``--cfg``, ``-m``, ...): Hydra then reports as it does.
+    Skipped (None) when Hydra's own flags are given (``--cfg``, ``-m``, ...): Hydra then reports as it does.
     """
     if any(a.startswith("-") for a in overrides):
-        return
+        return None
     from hydra import compose, initialize_config_dir
 
     from prm_rl.config import register_schema
@@ -61,9 +62,37 @@ def check_overrides(config_dir: Path, config_name: str, overrides: list[str]) ->
     register_schema()
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base=None):
-            compose(config_name=config_name, overrides=overrides)
+            return compose(config_name=config_name, overrides=overrides)
     except Exception as err:  # noqa: BLE001 - Hydra raises several unrelated classes for bad overrides
         fail(f"config error: {hydra_error_line(err)}", EXIT_USAGE)
+
+
+def start_cpu_ranks(cfg: DictConfig | None, argv: list[str], offline_prm: bool = False) -> None:
+    """On a machine without a GPU, launched as one process: run ``argv`` as ``trainer.cpu_ranks`` ranks
+    (:mod:`prm_rl.engine.cpu_ranks`) and exit with their status. Returns when one rank is to run here."""
+    import torch
+
+    from prm_rl.config import to_config
+    from prm_rl.engine import cpu_ranks
+    from prm_rl.errors import UsageError
+
+    if cfg is None or not cpu_ranks.should_spawn(dict(os.environ), gpu=torch.cuda.is_available()):
+        return
+
+    def accepts(world_size: int) -> bool:
+        try:
+            to_config(cfg, world_size=world_size, offline_prm=offline_prm)
+        except UsageError:
+            return False
+        return True
+
+    ranks = cpu_ranks.ranks_to_start(int(cfg.trainer.cpu_ranks), cpu_ranks.available_cores(), accepts)
+    if ranks == 1:
+        return
+    how = "one per core" if cfg.trainer.cpu_ranks == 0 else "trainer.cpu_ranks"
+    print(f"[prm_rl] no GPU: starting {ranks} ranks of one thread ({how}; trainer.cpu_ranks=1 runs one)",
+          flush=True)
+    sys.exit(cpu_ranks.run_ranks(argv, ranks))
 
 
 def hydra_error_line(err: BaseException) -> str:

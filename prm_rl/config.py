@@ -482,9 +482,13 @@ class TrainerSection:
     """newest checkpoints kept; older ones are deleted once a newer one is complete"""
     max_bad_steps: int = 3
     """stop after this many steps in a row whose updates were skipped for NaN/inf"""
+    cpu_ranks: int = 0
+    """no GPU and one process launched: start this many ranks of one thread; 0 = one per core (at most 8)"""
 
     def check(self) -> None:
         _positive("trainer.max_steps", self.max_steps)
+        if self.cpu_ranks < 0:
+            raise ConfigError(f"trainer.cpu_ranks={self.cpu_ranks}: must be >= 0 (0 = one rank per core)")
         if self.checkpoint_every < 0:
             raise ConfigError(f"trainer.checkpoint_every={self.checkpoint_every}: must be >= 0 (0 = only at the end)")
         _positive("trainer.keep_checkpoints", self.keep_checkpoints)

@@ -63,6 +63,13 @@ def ensure_warm_start(cache_dir: str, spec: dict, log=print) -> Path:
     return path
 
 
+def checkpointing_option(args_class, enabled: bool) -> dict:
+    """Activation checkpointing for a TRL config class, which turns it on by default; transformers >= 5.x
+    renamed the option and warns about the old name."""
+    fields = args_class.__dataclass_fields__
+    return {("activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"): enabled}
+
+
 def train(spec: dict, out: Path) -> None:
     """Train the SFT model described by ``spec`` and move it to ``out`` once complete."""
     import datasets
@@ -81,11 +88,8 @@ def train(spec: dict, out: Path) -> None:
     tokenizer = build_char_tokenizer(BUILTIN_TASKS[name][1].CHARACTERS)
     model = build_tiny_model(TinyModelConfig(**spec["model"]), tokenizer, seed=warm["seed"])
     staging = out.with_name(out.name + f".tmp-{os.getpid()}")
-    # Off (SFTConfig turns it on); transformers >= 5.x renamed the option and warns about the old name.
-    no_checkpointing = {("activation_checkpointing" if "activation_checkpointing" in SFTConfig.__dataclass_fields__
-                         else "gradient_checkpointing"): False}
     args = SFTConfig(
-        **no_checkpointing,
+        **checkpointing_option(SFTConfig, False),
         output_dir=str(staging / "trainer"),
         max_steps=warm["max_steps"],
         per_device_train_batch_size=warm["batch_size"],

@@ -67,12 +67,14 @@ def test_offline_prm_bench_runs_on_a_tiny_budget(tmp_path, warm_cache):
 def test_learning_efficiency_bench_runs_on_a_tiny_budget(tmp_path, warm_cache):
     out = tmp_path / "eff"
     proc = subprocess.run([sys.executable, "bench/learning_efficiency.py", "--setting", "main", "--methods", "rloo",
-                           "prime-softmin", "--seeds", "0", "--steps", "2", "--eval-every", "1", "--parallel", "1",
+                           "prime-softmin", "trl-grpo", "--seeds", "0", "--steps", "2", "--eval-every", "1",
+                           "--parallel", "1",
                            "--runs", str(tmp_path / "runs"), "--out", str(out), "--set", *TINY,
                            f"warm_start.cache_dir={warm_cache}"],
                           cwd=REPO, env=environment(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads(out.with_suffix(".json").read_text())["results"]
-    assert [r["method"] for r in results] == ["rloo", "prime-softmin"]
-    assert [step for step, _ in results[0]["curve"]] == [0, 1, 2]
+    assert [r["method"] for r in results] == ["rloo", "prime-softmin", "trl-grpo"]
+    assert all([step for step, _ in r["curve"]] == [0, 1, 2] for r in results)
+    assert results[2]["stage_seconds"]["generate"] > 0  # TRL's generation call, timed
     assert "| prime-softmin | 0 |" in out.with_suffix(".md").read_text() and out.with_suffix(".png").exists()
