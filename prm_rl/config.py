@@ -56,6 +56,8 @@ class ModelSection:
     """float32 | bfloat16: weights and compute of policy, PRM and reference"""
     gradient_checkpointing: bool = False
     """trade compute for activation memory in policy and PRM updates"""
+    offload_reference: bool = False
+    """keep the frozen reference in host memory, on the GPU only for its forwards (no effect on CPU or at ZeRO-3)"""
 
     def check(self) -> None:
         _choice("model.dtype", self.dtype, ("float32", "bfloat16"))
@@ -197,6 +199,8 @@ class RolloutSection:
     """response length cap; a response without EOS by then counts as truncated"""
     eval_batch_size: int = 256
     """prompts per batch in greedy held-out evaluation"""
+    release_cache: bool = False
+    """hand the GPU memory cached by generation (KV cache blocks) back before the updates; no effect on CPU"""
 
     def check(self) -> None:
         _positive("rollout.prompts_per_step", self.prompts_per_step)

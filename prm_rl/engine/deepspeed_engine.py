@@ -64,8 +64,10 @@ def set_optimizer_hyperparameters(engine, *, lr: float, weight_decay: float) -> 
         group["lr"], group["weight_decay"] = lr, weight_decay
 
 
-def frozen_model(model: torch.nn.Module, ds: DeepSpeedSection, *, dtype: str) -> torch.nn.Module:
-    """A reference model that is never trained: sharded by ZeRO-3 when the run uses stage 3, else replicated."""
+def frozen_model(model: torch.nn.Module, ds: DeepSpeedSection, *, dtype: str,
+                 offload: bool = False) -> torch.nn.Module:
+    """A reference model that is never trained: sharded by ZeRO-3 when the run uses stage 3, else replicated
+    (``offload``: kept in host memory, see :func:`resident`)."""
     model.requires_grad_(False)
     model.eval()
     if ds.zero_stage == 3 and dist.world_size() > 1:
@@ -73,7 +75,32 @@ def frozen_model(model: torch.nn.Module, ds: DeepSpeedSection, *, dtype: str) ->
         engine.eval()
         return engine
     dtype_t = torch.bfloat16 if dtype == "bfloat16" else torch.float32
-    return model.to(device=dist.device(), dtype=dtype_t)
+    return model.to(device="cpu" if offload else dist.device(), dtype=dtype_t)
+
+
+def release_cached_memory() -> None:
+    """Hand the memory PyTorch's allocator keeps cached (e.g. a finished generation's KV cache blocks) back to
+    the GPU, for the next stage or another process (``rollout.release_cache``); nothing to do on CPU."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@contextmanager
+def resident(model: torch.nn.Module | None, offload: bool) -> Iterator[torch.nn.Module | None]:
+    """``model`` on the compute device for the ``with`` block, back in host memory after it when ``offload``.
+
+    The frozen reference is read once per step (and at evaluations); between those reads its memory is the
+    updates' (``model.offload_reference``). A ZeRO-3 engine shards itself and is left alone.
+    """
+    if model is None or not offload or isinstance(model, deepspeed.DeepSpeedEngine) or \
+            dist.device().type == "cpu":
+        yield model
+        return
+    model.to(dist.device())
+    try:
+        yield model
+    finally:
+        model.to("cpu")
 
 
 def backward_and_step(engine, loss: torch.Tensor, is_last_micro_batch: bool) -> bool:

@@ -20,7 +20,8 @@ from prm_rl.config import Config
 from prm_rl.data.files import DataError, file_splits
 from prm_rl.data.prompts import PromptSplits, PromptStream, builtin_splits
 from prm_rl.engine import dist
-from prm_rl.engine.deepspeed_engine import frozen_model, set_optimizer_hyperparameters, trainable_engine
+from prm_rl.engine.deepspeed_engine import (frozen_model, release_cached_memory, resident,
+                                            set_optimizer_hyperparameters, trainable_engine)
 from prm_rl.models.loading import load_causal_lm, load_tokenizer, start_checkpoint
 from prm_rl.rewards import build_scorer
 from prm_rl.rollout.generate import Rollout
@@ -135,9 +136,9 @@ class PrimeTrainer:
             prm = trainable_engine(prm_start, ds, dtype=mc.dtype, lr=cfg.prm.learning_rate,
                                    weight_decay=cfg.prm.weight_decay, grad_clip=cfg.prm.grad_clip)
         if (cfg.algorithm.uses_prm and cfg.prm.reference == "sft") or cfg.policy.kl_coef or cfg.algorithm.self_guided:
-            ref = frozen_model(load_causal_lm(checkpoint, mc.dtype), ds, dtype=mc.dtype)
+            ref = frozen_model(load_causal_lm(checkpoint, mc.dtype), ds, dtype=mc.dtype, offload=mc.offload_reference)
         synced = ds.zero_stage == 3 and dist.world_size() > 1
-        return stages.Models(policy, prm, ref, tokenizer, synced)
+        return stages.Models(policy, prm, ref, tokenizer, synced, offload_reference=mc.offload_reference)
 
     def evaluate(self) -> float:
         """Greedy held-out accuracy; NaN when there is no held-out set (data.train without data.eval)."""
@@ -160,13 +161,14 @@ class PrimeTrainer:
         settings = cfg.prm_eval
         if m.prm is None or min(len(self.eval_samples), settings.num_prompts) < dist.world_size():
             return {}
-        groups = self._sample_heldout(m.policy)
-        metrics, log_ratio = self._score_prm(groups)
-        out = {f"prm_eval/{k}": v for k, v in metrics.items()}
-        if m.ref is not None:
-            if self.sft_groups is None:
-                self.sft_groups = self._sample_heldout(m.ref)
-            out |= {f"prm_eval_sft/{k}": v for k, v in self._score_prm(self.sft_groups)[0].items()}
+        with resident(m.ref, m.offload_reference):  # read by both sample sets below
+            groups = self._sample_heldout(m.policy)
+            metrics, log_ratio = self._score_prm(groups)
+            out = {f"prm_eval/{k}": v for k, v in metrics.items()}
+            if m.ref is not None:
+                if self.sft_groups is None:
+                    self.sft_groups = self._sample_heldout(m.ref)
+                out |= {f"prm_eval_sft/{k}": v for k, v in self._score_prm(self.sft_groups)[0].items()}
         if dist.is_main() and settings.table_rows:
             shown = prm_eval.heatmap_rows(groups, log_ratio, m.tokenizer, self.step_ends, cfg.prm.beta,
                                           settings.table_rows)
@@ -217,6 +219,8 @@ class PrimeTrainer:
                 rollout = stages.generate_stage(m.policy.module, m.tokenizer, prompts, k,
                                                 max_new_tokens=r.max_new_tokens, temperature=r.temperature,
                                                 top_p=r.top_p, synced_gpus=m.synced_generation)
+                if r.release_cache:
+                    release_cached_memory()
             with timed("verify"):
                 scores, n_failed = stages.verify_stage(self.scorer, m.tokenizer, rollout, prompts, k)
             with timed("filter"):

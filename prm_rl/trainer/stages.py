@@ -30,6 +30,7 @@ class Models:
     ref: torch.nn.Module | None  # frozen reference, None when nothing needs it
     tokenizer: object
     synced_generation: bool  # ZeRO-3 over several ranks: every rank steps generate() until all finish
+    offload_reference: bool = False  # ref lives in host memory: bring it over with engine.resident() to read it
 
 
 class Timings:

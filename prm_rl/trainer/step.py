@@ -15,6 +15,7 @@ import torch
 
 from prm_rl import core
 from prm_rl.config import AlgorithmSection, PolicySection, PrmSection, RewardSection, RolloutSection
+from prm_rl.engine.deepspeed_engine import resident
 from prm_rl.rollout.generate import Rollout
 from prm_rl.trainer import stages
 
@@ -67,7 +68,8 @@ def learn(models: stages.Models, batch: Rollout, scores: torch.Tensor, sections:
     with timer("old_logprobs"):
         size, tokens = s.policy.micro_batch_size, s.policy.micro_batch_tokens
         old_logp = stages.logprob_stage(m.policy, batch, size, s.rollout.temperature, tokens) if needs_old else None
-        ref_logp = stages.logprob_stage(m.ref, batch, size, max_tokens=tokens) if m.ref is not None else None
+        with resident(m.ref, m.offload_reference) as ref:
+            ref_logp = stages.logprob_stage(ref, batch, size, max_tokens=tokens) if ref is not None else None
 
     log_ratio = process_rewards = None
     prm_skipped = 0.0

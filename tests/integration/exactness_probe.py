@@ -72,10 +72,11 @@ def main() -> None:
                               weight_decay=cfg.policy.weight_decay, grad_clip=cfg.policy.grad_clip)
     prm = trainable_engine(model(0), ds, dtype=dtype, lr=cfg.prm.learning_rate,
                            weight_decay=cfg.prm.weight_decay, grad_clip=cfg.prm.grad_clip)
-    ref = frozen_model(model(1, trained=False), ds, dtype=dtype)
+    offload_ref = cfg.model.offload_reference
+    ref = frozen_model(model(1, trained=False), ds, dtype=dtype, offload=offload_ref)
     initial = flat_weights(policy)
 
-    models = stages.Models(policy, prm, ref, tok, synced_generation=False)
+    models = stages.Models(policy, prm, ref, tok, synced_generation=False, offload_reference=offload_ref)
     result = learn(models, batch, scores, LearnSections.of(cfg), stages.step_end_table(tok, "\n"),
                    torch.Generator().manual_seed(0))
 

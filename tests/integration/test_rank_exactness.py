@@ -73,6 +73,8 @@ SWITCHES = {
     "zero3-offload": (["deepspeed.zero_stage=3", "deepspeed.offload=true"], 1e-5),
     "bf16": (["model.dtype=bfloat16"], 3e-2),  # bf16 keeps ~3 significant digits
     "token-budget": (["policy.micro_batch_tokens=40", "prm.micro_batch_tokens=40"], 1e-5),  # other micro-batches
+    # On a GPU: the reference read from host memory, the generation's cache handed back; on CPU the same path.
+    "offload-reference": (["model.offload_reference=true", "rollout.release_cache=true"], 1e-6),
 }
 
 

@@ -1,0 +1,208 @@
+"""prm_rl.estimate: parameter counts against real models, each memory term against hand-derived values, the CLI."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+from prm_rl import estimate as est
+from prm_rl.data import arithmetic
+from prm_rl.models.tiny import TinyModelConfig, build_char_tokenizer, build_tiny_model
+
+SMALL = ["+recipe=math_ppo", "task.train_size=200", "task.eval_size=32"]  # fast to compose and to scan for prompts
+TINY = TinyModelConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return est.compose(SMALL, world_size=2)
+
+
+def with_(cfg, **changes):
+    """A copy of ``cfg`` with ``section__field=value`` changes."""
+    out = copy.deepcopy(cfg)
+    for key, value in changes.items():
+        section, name = key.split("__")
+        setattr(getattr(out, section), name, value)
+    return out
+
+
+def numel(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_tiny_model_parameters_by_hand_and_against_the_real_model():
+    tokenizer = build_char_tokenizer(arithmetic.CHARACTERS)
+    vocab = len(tokenizer)  # 4 special tokens + 24 characters
+    assert vocab == 28
+    # embedding 28*16 (tied lm_head) + layer (q,k,v,o 4*16*16 + gate,up,down 3*16*32 + 2 norms 2*16) + final norm 16
+    by_hand = 28 * 16 + (4 * 16 * 16 + 3 * 16 * 32 + 2 * 16) + 16
+    shape = est.shape_of_tiny(TINY, vocab)
+    assert est.param_count(shape) == by_hand == 3056 == numel(build_tiny_model(TINY, tokenizer, seed=0))
+
+
+@pytest.mark.parametrize("config_class, model_class, extra", [
+    (LlamaConfig, LlamaForCausalLM, dict(num_key_value_heads=2, tie_word_embeddings=False, attention_bias=True,
+                                         mlp_bias=True)),
+    (Qwen2Config, Qwen2ForCausalLM, dict(num_key_value_heads=1, tie_word_embeddings=False)),  # q/k/v biases
+    (Qwen3Config, Qwen3ForCausalLM, dict(num_key_value_heads=2, head_dim=12, tie_word_embeddings=True)),  # q/k norms
+])
+def test_hf_configs_count_as_many_parameters_as_their_models(config_class, model_class, extra):
+    config = config_class(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                          intermediate_size=48, **extra)
+    assert est.param_count(est.shape_from_hf(config)) == numel(model_class(config))
+
+
+def test_an_unsupported_architecture_is_one_line():
+    from transformers import GPT2Config
+
+    with pytest.raises(est.EstimateError, match="^model_type 'gpt2': only Llama-style decoders"):
+        est.shape_from_hf(GPT2Config())
+
+
+N = 1000  # parameters of a made-up model for the ZeRO arithmetic
+
+
+@pytest.mark.parametrize("stage, world, params, grads, optimizer", [
+    # fp32: params 4 B, grads 4 B, AdamW 8 B; stages 1-3 add DeepSpeed's fp32 master copy (4 B), sharded with
+    # the optimiser states from stage 1; gradients sharded from 2, parameters at 3
+    (0, 1, 4000, 4000, 8000), (0, 2, 4000, 4000, 8000),
+    (1, 1, 4000, 4000, 12000), (1, 2, 4000, 4000, 6000),
+    (2, 1, 4000, 4000, 12000), (2, 2, 4000, 2000, 6000),
+    (3, 1, 4000, 4000, 12000), (3, 2, 2000, 2000, 6000),
+])
+def test_zero_stages_divide_the_terms(stage, world, params, grads, optimizer):
+    assert est.param_bytes(N, 4, stage, world, offload=False) == est.Bytes(params, 0)
+    assert est.grad_bytes(N, 4, stage, world) == grads
+    assert est.optimizer_bytes(N, 4, stage, world, offload=False) == est.Bytes(optimizer, 0)
+
+
+def test_offload_moves_optimizer_states_and_stage3_parameters_to_the_host():
+    # optimiser: AdamW 8 + master 4 + the master's fp32 gradient 4, over 2 ranks, all host-side
+    assert est.optimizer_bytes(N, 4, 2, 2, offload=True) == est.Bytes(0, 8000)
+    assert est.param_bytes(N, 4, 2, 2, offload=True) == est.Bytes(4000, 0)  # parameters stay below stage 3
+    assert est.param_bytes(N, 4, 3, 2, offload=True) == est.Bytes(0, 2000)
+    assert est.optimizer_bytes(N, 4, 0, 2, offload=True) == est.Bytes(8000, 0)  # stage 0: nothing to offload
+    assert est.step_bytes(N, 4, 2, 2, offload=True) == 0  # DeepSpeed's CPU Adam works in place
+
+
+def test_bf16_halves_parameters_and_gradients_and_adds_fp32_master_weights():
+    assert est.param_bytes(N, 2, 0, 1, offload=False).device == 2000
+    assert est.grad_bytes(N, 2, 0, 1) == 2000
+    assert est.optimizer_bytes(N, 2, 0, 1, offload=False).device == 8000 + 4000  # stage 0 fp32 has no master
+    assert est.step_bytes(N, 2, 0, 1, offload=False) == 8000  # the master's fp32 gradient + AdamW's temporary
+
+
+def test_the_reduce_bucket_is_whole_on_a_gpu():
+    assert est.bucket_bytes(N, 4, 0, resident=False) == 0
+    assert est.bucket_bytes(N, 2, 2, resident=False) == est.REDUCE_BUCKET * 2
+    assert est.bucket_bytes(N, 2, 3, resident=True) == N * 2  # on CPU: the part gradients fill
+
+
+def test_estimate_holds_and_frees_the_terms_of_each_model_by_zero_stage(cfg):
+    shape = est.shape_of_tiny(TINY, 28)
+    n = est.param_count(shape)
+    for stage in range(4):
+        for world in (1, 2):
+            e = est.estimate(with_(cfg, deepspeed__zero_stage=stage), world, shape)
+            policy, prm, ref = e.models
+            assert policy.params == est.param_bytes(n, 4, stage, world, False)
+            assert prm.optimizer == est.optimizer_bytes(n, 4, stage, world, False)
+            assert prm.grads == est.grad_bytes(n, 4, stage, world)
+            # gradients and bucket are held for the run at stage 3 only, else part of each update
+            held = prm.grads + prm.bucket if stage == 3 else 0
+            assert prm.static.device == prm.params.device + prm.optimizer.device + prm.gathered + held
+            assert prm.transient == max(prm.grads + prm.bucket - held + prm.activations,
+                                        prm.grads + prm.bucket - held + prm.step)
+            # the frozen reference is sharded only by ZeRO-3 over several ranks (engine.frozen_model)
+            assert ref.params.device == (4 * n // world if stage == 3 and world > 1 else 4 * n)
+            assert ref.grads == ref.bucket == 0 and ref.optimizer == est.Bytes()
+            static = sum(m.static.device for m in e.models)
+            assert e.device == static + max(m.transient for m in e.models) and e.host == 0
+
+
+def test_an_offloaded_reference_waits_in_host_memory(cfg):
+    shape = est.shape_of_tiny(TINY, 28)
+    on_device = est.estimate(cfg, 2, shape).models[2]
+    offloaded = est.estimate(with_(cfg, model__offload_reference=True), 2, shape).models[2]
+    assert offloaded.static == est.Bytes(0, on_device.params.device)
+    assert offloaded.activations == on_device.activations + on_device.params.device  # on the device while it runs
+
+
+def test_gradient_checkpointing_lowers_activations(cfg):
+    shape = est.shape_of_tiny(TinyModelConfig(hidden_size=64, num_layers=8, num_heads=4, intermediate_size=256), 28)
+    plain = est.estimate(cfg, 2, shape).models[0].activations
+    checkpointed = est.estimate(with_(cfg, model__gradient_checkpointing=True), 2, shape).models[0].activations
+    assert checkpointed < plain / 2
+
+
+def test_which_models_are_loaded(cfg):
+    def names(c) -> list[str]:
+        return [m.name for m in est.estimate(c, 2, est.shape_of_tiny(TINY, 28)).models]
+
+    assert names(cfg) == ["policy", "prm", "reference"]
+    assert names(with_(cfg, algorithm__advantage="rloo")) == ["policy"]  # no PRM, no reference
+    assert names(with_(cfg, algorithm__advantage="rloo", policy__kl_coef=0.1)) == ["policy", "reference"]
+    assert names(with_(cfg, prm__reference="policy")) == ["policy", "prm"]
+
+
+def test_micro_batch_rows_follow_the_batch_config(cfg):
+    c = with_(cfg, rollout__prompts_per_step=8, rollout__samples_per_prompt=4, policy__micro_batch_size=64,
+              prm__micro_batch_size=6, policy__mini_batches=2)
+    assert est.policy_rows(c, world=2, length=50) == 8  # 32 rows / 2 mini-batches / 2 ranks
+    assert est.prm_rows(c, world=2, length=50) == 4  # 6 rounded down to whole groups of 4
+    assert est.policy_rows(with_(c, policy__micro_batch_tokens=120), world=2, length=50) == 2  # 120 // 50 rows
+    assert est.kv_cache_bytes(est.shape_of_tiny(TINY, 28), 4, rows=3, length=10) == 3 * 1 * 2 * 2 * 8 * 10 * 4
+
+
+def test_saved_activations_match_what_autograd_keeps():
+    """The per-layer formula against the tensors autograd saves in a real forward (sdpa, fp32 and bf16)."""
+    shape = est.ModelShape(vocab=30, hidden=64, layers=2, heads=4, kv_heads=4, head_dim=16, intermediate=256,
+                           tied=True)
+    rows, length = 4, 32
+    for dtype, p in ((torch.float32, 4), (torch.bfloat16, 2)):
+        config = LlamaConfig(vocab_size=30, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                             intermediate_size=256, tie_word_embeddings=True, attn_implementation="sdpa")
+        model = LlamaForCausalLM(config).to(dtype).train()
+        params = {q.untyped_storage().data_ptr() for q in model.parameters()}
+        saved: dict[int, int] = {}
+
+        def keep(t):
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in params:
+                saved[storage.data_ptr()] = storage.nbytes()
+            return t
+
+        mask = torch.ones(rows, length, dtype=torch.long)
+        mask[0, :5] = 0  # padding: sdpa gets an explicit mask
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+            model(input_ids=torch.randint(0, 30, (rows, length)), attention_mask=mask, use_cache=False)
+        t = rows * length
+        formula = (shape.layers * est.layer_bytes_per_token(shape, p) * t + rows * length * length * p
+                   + (4 * 64 + 4 + 2 * 64 * p + 8) * t)  # layers, mask, final norm and token ids
+        assert sum(saved.values()) == pytest.approx(formula, rel=0.02)
+
+
+def test_cli_exits_1_with_one_line_when_it_does_not_fit(capsys):
+    assert est.main([*SMALL, "--world-size", "2", "--gpu-gib", "0.01"]) == 1
+    out, err = capsys.readouterr()
+    assert "total/rank" in out
+    assert err.strip().count("\n") == 0 and err.startswith("estimate: ") and "does not fit in 0.0 GiB" in err
+    assert est.main([*SMALL, "--world-size", "2", "--gpu-gib", "80", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["fits"] and set(report["models"]) == {"policy", "prm", "reference"}
+    assert report["total"]["device"] < 80 * est.GIB
+
+
+def test_check_fits(cfg):
+    assert est.check_fits(cfg, 2, 80 * est.GIB) is None
+    assert est.check_fits(cfg, 2, 1).startswith("estimate: ")
+
+
+def test_cli_config_errors_are_one_line_exit_2(capsys):
+    assert est.main([*SMALL, "rollout.prompts_per_step=3", "--world-size", "2"]) == 2
+    assert capsys.readouterr().err.strip() == ("config error: rollout.prompts_per_step=3: must divide evenly over 2 "
+                                               "ranks")
