@@ -433,6 +433,8 @@ class PolicySection:
     """sequences per forward/backward on one rank (gradient accumulation within a mini-batch)"""
     micro_batch_tokens: int = 0
     """also cap each policy and reference forward/backward at this many padded tokens (rows x longest row); 0: none"""
+    skip_zero_advantage: bool = True
+    """skip forward/backward of rows with advantage 0 at every token (zero gradient); off with entropy or KL terms"""
 
     def check(self) -> None:
         _positive("policy.learning_rate", self.learning_rate)

@@ -47,6 +47,7 @@ from .policy_loss import (
     approx_kl,
     kl_penalty,
     ppo_clip_loss,
+    rows_with_gradient,
 )
 from .prm_metrics import (
     SCORE_AGGREGATIONS,

@@ -89,6 +89,16 @@ def approx_kl(logp: torch.Tensor, old_logp: torch.Tensor) -> torch.Tensor:
     return 0.5 * (logp - old_logp) ** 2
 
 
+def rows_with_gradient(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[N] bool: rows with a nonzero advantage at some valid token.
+
+    Shapes: ``advantages``, ``mask`` [N, T] -> [N]. With A = 0 at every token, the PPO-clip loss
+    -min(r A, clip(r) A) is 0 whatever the ratio r, so such a row adds nothing to the gradient (unless an
+    entropy or KL term is in the loss); :func:`aggregate`'s global denominator still counts it.
+    """
+    return ((advantages != 0) & (mask != 0)).any(dim=-1)
+
+
 def aggregate(token_values: torch.Tensor, mask: torch.Tensor, mode: str, denominator: float) -> torch.Tensor:
     """Reduce per-token loss terms to a scalar, with a denominator taken over the global mini-batch.
 

@@ -245,16 +245,23 @@ def policy_update_stage(policy, batch: Rollout, old_logp: torch.Tensor | None, a
     ``temperature``: the sampling temperature (``rollout.temperature``), so log-probs match the sampler's.
     ``old_logp=None``: an on-policy update (one epoch, one mini-batch), pi_old = the forward's own detached
     log-probs, which is the value a separate pass before the update would give.
+    ``policy.skip_zero_advantage``: rows with no gradient are not run, so clip_frac, approx_kl and entropy
+    average over the rows that ran; ``policy/zero_advantage_frac`` is the share left out.
     """
     if old_logp is None and (pc.ppo_epochs != 1 or pc.mini_batches != 1):
         raise ValueError("old_logp may be omitted only for an on-policy update (one epoch, one mini-batch)")
     mask = batch.response_mask
     sums = {k: 0.0 for k in ("loss", "steps", "grad_norm", "clip_frac", "approx_kl", "entropy", "tokens",
                              "skipped_updates")}
+    # Rows without a gradient are left out of the forwards; the denominators still count them. Every rank
+    # holds the same advantages, so all agree on the rows and run the same number of micro-batches.
+    skip = pc.skip_zero_advantage and not pc.entropy_coef and not pc.kl_coef
+    live = core.rows_with_gradient(advantages, mask).cpu() if skip else torch.ones(len(batch), dtype=torch.bool)
     for _ in range(pc.ppo_epochs):
         for part in split_minibatches(torch.randperm(len(batch), generator=generator), pc.mini_batches):
             denom = float(part.numel()) if pc.loss_agg == "seq-mean-token-mean" else float(mask[part].sum())
-            for mb in micro_batches(part, pc.micro_batch_size, lengths=row_lengths(batch),
+            running = part[live[part]] if live[part].any() else part[:1]  # a zero-gradient row keeps the step
+            for mb in micro_batches(running, pc.micro_batch_size, lengths=row_lengths(batch),
                                     max_tokens=pc.micro_batch_tokens):
                 sub = batch.select(mb.rows)
                 m = sub.response_mask
@@ -282,4 +289,5 @@ def policy_update_stage(policy, batch: Rollout, old_logp: torch.Tensor | None, a
             sums["grad_norm"] += grad_norm(policy) / dist.world_size()
     per_token = {k: "tokens" for k in ("clip_frac", "approx_kl", "entropy")}
     metrics = _sums_to_means(sums, {"loss": "steps", "grad_norm": "steps", "skipped_updates": None, **per_token})
+    metrics["zero_advantage_frac"] = 1.0 - float(live.float().mean())
     return {f"policy/{k}": v for k, v in metrics.items()}, metrics["skipped_updates"]

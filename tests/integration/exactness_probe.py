@@ -58,6 +58,8 @@ def main() -> None:
     k = cfg.rollout.samples_per_prompt
     batch = fixed_batch(cfg.rollout.prompts_per_step * k, len(tok), tok.eos_token_id)
     scores = (torch.rand(len(batch), generator=torch.Generator().manual_seed(3)) < 0.5).float()
+    scores[:k], scores[k:2 * k] = 1.0, 0.0  # a group all right and one all wrong: no outcome advantage,
+    scores[2 * k::k] = 1.0 - scores[2 * k + 1::k]  # and every other group mixed
 
     ds, dtype = cfg.deepspeed, cfg.model.dtype
 

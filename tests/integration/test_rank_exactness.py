@@ -94,3 +94,17 @@ def test_memory_switches_give_the_plain_paths_losses_and_update(tmp_path):
             moved, moved_plain = got[key].float() - got["initial"].float(), plain[key] - plain["initial"]
             cosine = torch.nn.functional.cosine_similarity(moved, moved_plain, dim=0)
             assert cosine > (0.999 if tol < 1e-3 else 0.9), (name, key, float(cosine))
+
+
+@pytest.mark.slow
+def test_rows_without_advantage_are_skipped_without_changing_the_update(tmp_path):
+    """GRPO on a batch with a group all right and one all wrong (advantage 0, not whitened): leaving their rows
+    out of the forwards (2 ranks) updates the policy as running every row does (1 rank)."""
+    grpo = ["algorithm.advantage=grpo"]
+    every_row = run_probe(tmp_path / "every-row", 1, [*grpo, "policy.skip_zero_advantage=false"])
+    skipping = run_probe(tmp_path / "skipping", 2, [*grpo, "policy.skip_zero_advantage=true"])
+    assert every_row["metrics"]["policy/zero_advantage_frac"] == 0.0
+    assert skipping["metrics"]["policy/zero_advantage_frac"] == 0.5  # 2 of the 4 groups
+    assert skipping["metrics"]["policy/loss"] == pytest.approx(every_row["metrics"]["policy/loss"], abs=1e-6)
+    assert not torch.equal(skipping["policy"], skipping["initial"])
+    torch.testing.assert_close(skipping["policy"], every_row["policy"], rtol=1e-4, atol=1e-5)

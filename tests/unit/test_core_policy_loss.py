@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from prm_rl.core import aggregate, approx_kl, kl_penalty, ppo_clip_loss
+from prm_rl.core import aggregate, approx_kl, kl_penalty, ppo_clip_loss, rows_with_gradient
 
 LN = math.log
 
@@ -100,3 +100,20 @@ def test_aggregate_split_batch_matches_whole(mode):
     (g_whole,) = torch.autograd.grad(whole, w, retain_graph=True)
     g_ranks = [torch.autograd.grad(2 * h, w, retain_graph=True)[0] for h in halves]
     torch.testing.assert_close((g_ranks[0] + g_ranks[1]) / 2, g_whole)
+
+
+def test_rows_with_gradient_are_those_with_a_nonzero_advantage_at_a_valid_token():
+    adv = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.5, 0.0], [0.0, 0.0, 2.0], [-1.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 1, 0], [1, 0, 0]])
+    # row 2's only nonzero value sits on padding
+    assert rows_with_gradient(adv, mask).tolist() == [False, True, False, True]
+
+
+def test_a_row_with_zero_advantage_has_zero_gradient_whatever_its_ratio():
+    logp = torch.tensor([[-1.0, -2.0], [-0.5, -3.0]], requires_grad=True)
+    old = torch.tensor([[-1.5, -1.0], [-0.4, -2.0]])
+    adv = torch.tensor([[0.0, 0.0], [1.0, -1.0]])
+    mask = torch.ones(2, 2)
+    loss, _ = ppo_clip_loss(logp, old, adv, mask, 0.2, 3.0)
+    aggregate(loss, mask, "seq-mean-token-mean", 2.0).backward()
+    assert torch.equal(logp.grad[0], torch.zeros(2)) and logp.grad[1].abs().sum() > 0
