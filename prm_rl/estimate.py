@@ -422,6 +422,27 @@ def check_fits(cfg: Config, world_size: int, capacity_bytes: int) -> str | None:
     return fit_message(estimate(cfg, world_size), capacity_bytes)
 
 
+def machine_capacity(world_size: int) -> int:
+    """Bytes one rank may use here: one GPU's memory, or without a GPU the host memory shared by this node's ranks."""
+    import os
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // max(ranks_here, 1)
+
+
+def launch_warning(cfg: Config, world_size: int) -> str | None:
+    """:func:`check_fits` against :func:`machine_capacity`, for the trainer to print before its models load;
+    None when the run fits or its model's shape cannot be read (no estimate, no warning)."""
+    try:
+        return check_fits(cfg, world_size, machine_capacity(world_size))
+    except EstimateError:
+        return None
+
+
 # ------------------------------------------------------------------------------------------------- output
 COLUMNS = ("params", "grads", "optimizer", "bucket", "gathered", "activations", "step", "kv_cache")
 

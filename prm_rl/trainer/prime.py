@@ -20,6 +20,7 @@ from prm_rl.config import Config
 from prm_rl.data.files import DataError, file_splits
 from prm_rl.data.prompts import PromptSplits, PromptStream, builtin_splits
 from prm_rl.engine import dist
+from prm_rl.estimate import launch_warning
 from prm_rl.engine.deepspeed_engine import (frozen_model, release_cached_memory, resident,
                                             set_optimizer_hyperparameters, trainable_engine)
 from prm_rl.models.loading import load_causal_lm, load_tokenizer, start_checkpoint
@@ -109,6 +110,8 @@ class PrimeTrainer:
         self.eval_samples = splits.eval
         self.prompts = PromptStream(splits.train, seed=cfg.trainer.seed)
 
+        if dist.is_main() and (too_big := launch_warning(cfg, dist.world_size())):
+            log(f"warning: {too_big}")  # the run goes on: the estimate errs high (docs/benchmarks.md)
         self.models = self._build_models(sft, tokenizer)
         self.step_ends = stages.step_end_table(tokenizer, cfg.reward.step_delimiter)
         self.buffer = GroupBuffer(cfg.rollout.samples_per_prompt, tokenizer.pad_token_id)

@@ -202,6 +202,14 @@ def test_check_fits(cfg):
     assert est.check_fits(cfg, 2, 1).startswith("estimate: ")
 
 
+def test_launch_warning_against_this_machine(cfg, monkeypatch):
+    assert est.launch_warning(cfg, 2) is None  # the built-in job fits a CPU box
+    monkeypatch.setattr(est, "machine_capacity", lambda world_size: 1)
+    assert est.launch_warning(cfg, 2).startswith("estimate: ")
+    unreadable = with_(cfg, model__path="/nonexistent/model")
+    assert est.launch_warning(unreadable, 2) is None  # no shape, no estimate: the loader reports the path
+
+
 def test_cli_config_errors_are_one_line_exit_2(capsys):
     assert est.main([*SMALL, "rollout.prompts_per_step=3", "--world-size", "2"]) == 2
     assert capsys.readouterr().err.strip() == ("config error: rollout.prompts_per_step=3: must divide evenly over 2 "
