@@ -48,7 +48,8 @@ class Timings:
         start = time.time()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        yield
+        with torch.profiler.record_function(f"stage/{stage}"):  # the stage, named in any torch profile
+            yield
         self.seconds[stage] = self.seconds.get(stage, 0.0) + time.time() - start
         self.memory[stage] = max(self.memory.get(stage, 0.0), _stage_memory_gb())
 

@@ -78,3 +78,15 @@ def test_learning_efficiency_bench_runs_on_a_tiny_budget(tmp_path, warm_cache):
     assert all([step for step, _ in r["curve"]] == [0, 1, 2] for r in results)
     assert results[2]["stage_seconds"]["generate"] > 0  # TRL's generation call, timed
     assert "| prime-softmin | 0 |" in out.with_suffix(".md").read_text() and out.with_suffix(".png").exists()
+
+
+def test_profile_bench_runs_on_a_tiny_budget(tmp_path, warm_cache):
+    out = tmp_path / "profile"
+    proc = subprocess.run([sys.executable, "bench/profile_step.py", "--out", str(out), "--warmup", "1", "--steps", "1",
+                           *TINY, f"warm_start.cache_dir={warm_cache}"],
+                          cwd=REPO, env=environment(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert {"generate", "prm", "policy"} <= set(report["stage_seconds"])  # the stages' profiler ranges
+    assert report["kind_seconds"]["matmul"] > 0
+    assert "| matmul |" in out.with_suffix(".md").read_text() and out.with_suffix(".png").stat().st_size > 1000
