@@ -235,6 +235,21 @@ def advantage_stage(scores: torch.Tensor, process_rewards: torch.Tensor | None, 
                         outcome_gamma=a.outcome_gamma, whiten=a.whiten)
 
 
+def advantage_parts(scores: torch.Tensor, process_rewards: torch.Tensor, mask: torch.Tensor, k: int,
+                    a: AlgorithmSection, r: RewardSection) -> dict[str, float]:
+    """How the dense rewards move the advantages: the spread over valid tokens of the outcome part and of the
+    process part of the estimator's unwhitened value (the two add up to it), and their correlation. A process
+    part much wider than the outcome part and uncorrelated with it adds noise, not credit."""
+    estimator = core.ADVANTAGE_ESTIMATORS[a.advantage]
+    common = dict(process_gamma=a.process_gamma, outcome_gamma=a.outcome_gamma, whiten=False)
+    outcome = estimator.fn(scores, process_rewards, mask, k, outcome_coef=r.outcome_coef, process_coef=0.0, **common)
+    process = estimator.fn(scores, process_rewards, mask, k, outcome_coef=0.0, process_coef=r.process_coef, **common)
+    valid = mask.bool()
+    o, p = outcome[valid].double(), process[valid].double()
+    return {"adv/outcome_std": float(o.std()), "adv/process_std": float(p.std()),
+            "adv/process_outcome_corr": core.correlation(p, o)}
+
+
 # --- policy update --------------------------------------------------------------------------------
 
 def policy_update_stage(policy, batch: Rollout, old_logp: torch.Tensor | None, advantages: torch.Tensor,

@@ -85,6 +85,9 @@ def learn(models: stages.Models, batch: Rollout, scores: torch.Tensor, sections:
         advantages = stages.advantage_stage(scores, process_rewards, batch.response_mask, k, s.algorithm, s.reward)
         if advantage_hook is not None:
             advantages = advantage_hook(advantages)
+        if process_rewards is not None:
+            metrics.update(stages.advantage_parts(scores, process_rewards, batch.response_mask, k, s.algorithm,
+                                                  s.reward))
     with timer("policy"):
         policy_metrics, policy_skipped = stages.policy_update_stage(
             m.policy, batch, old_logp, advantages, ref_logp, s.policy, s.rollout.temperature, generator)

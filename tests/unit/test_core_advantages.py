@@ -190,3 +190,24 @@ def test_registered_prm_losses_sum_and_count_like_the_functions():
     chosen, rejected = core.dpo_pairs(labels, 4)
     torch.testing.assert_close(dpo.summed(seq, labels, 4), core.prm_dpo_loss(seq, chosen, rejected).sum())
     assert dpo.terms(labels, 4) == 4 + 5  # group 1: 2 correct x 2 wrong; group 2 (0, 0, 1, .5): 1 > .5 and both > 0 x2
+
+
+def test_advantage_parts_split_primes_unwhitened_value_into_outcome_and_process():
+    from prm_rl.config import AlgorithmSection, RewardSection
+    from prm_rl.trainer.stages import advantage_parts
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
+    rewards = torch.randn(4, 4, generator=g) * mask
+    a, r = AlgorithmSection(advantage="prime", process_gamma=0.9), RewardSection()
+    parts = advantage_parts(scores, rewards, mask, 2, a, r)
+    _, returns = prime_advantages(scores, rewards, mask, 2, process_gamma=0.9, outcome_coef=r.outcome_coef,
+                                  process_coef=r.process_coef)
+    outcome = prime_advantages(scores, None, mask, 2, outcome_coef=r.outcome_coef)[1]
+    process = returns - outcome
+    valid = mask.bool()
+    assert parts["adv/outcome_std"] == pytest.approx(float(outcome[valid].double().std()))
+    assert parts["adv/process_std"] == pytest.approx(float(process[valid].double().std()))
+    expected = torch.corrcoef(torch.stack([process[valid].double(), outcome[valid].double()]))[0, 1]
+    assert parts["adv/process_outcome_corr"] == pytest.approx(float(expected))
