@@ -42,6 +42,12 @@ METHODS: dict[str, list[str]] = {
 }
 ENTRY = {"trl-grpo": "bench/trl_grpo.py"}  # every other method: our trainer
 STAGES = ("generate", "verify", "filter", "old_logprobs", "prm", "advantages", "policy")
+# Per step: reward hacking (length, repetition), and what the dense rewards do (docs/algorithm.md).
+WATCHED = ("response/length_mean", "watch/repeated_4gram_frac", "watch/prm_outcome_corr", "acc/kept_fraction",
+           "prm/ranking_acc", "adv/outcome_std", "adv/process_std", "adv/process_outcome_corr")
+# At each evaluation, with prm_eval.num_prompts > 0: the PRM on fresh held-out samples (docs/prm_eval.md).
+PRM_EVAL = ("prm_eval/ranking_acc", "prm_eval/step_auroc", "prm_eval/first_error_hit_rate",
+            "prm_eval/first_error_random")
 
 
 def run_one(setting: str, method: str, seed: int, steps: int, eval_every: int, root: Path,
@@ -49,9 +55,9 @@ def run_one(setting: str, method: str, seed: int, steps: int, eval_every: int, r
     out = root / f"{method}-s{seed}"
     if not (out / "summary.json").exists():
         cmd = [sys.executable, ENTRY.get(method, "launch/train.py"), "+recipe=math_ppo", "trainer.cpu_ranks=1",
-               *common, *SETTINGS[setting], *METHODS[method], f"trainer.seed={seed}", f"trainer.max_steps={steps}",
-               f"trainer.eval_every={eval_every}", f"trainer.output_dir={out}", "trainer.checkpoint_every=0",
-               "trainer.progress_bar=false", "wandb.mode=disabled", "prm_eval.num_prompts=0"]
+               "trainer.checkpoint_every=0", "trainer.progress_bar=false", "wandb.mode=disabled",
+               "prm_eval.num_prompts=0", *SETTINGS[setting], *METHODS[method], *common, f"trainer.seed={seed}",
+               f"trainer.max_steps={steps}", f"trainer.eval_every={eval_every}", f"trainer.output_dir={out}"]
         out.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         with (out / "bench.log").open("w") as log:
@@ -70,8 +76,9 @@ def run_one(setting: str, method: str, seed: int, steps: int, eval_every: int, r
     return {"method": method, "seed": seed, "run_dir": str(out), "curve": curve,
             "seconds_per_step": sum(seconds) / len(seconds),
             "stage_seconds": {s: sum(r.get(f"time/{s}", 0.0) for r in steady) / len(steady) for s in STAGES},
-            "watch": {k: [r.get(k) for r in trained] for k in ("response/length_mean", "watch/repeated_4gram_frac",
-                                                                "watch/prm_outcome_corr")}}
+            "watch": {k: [r.get(k) for r in trained] for k in WATCHED},
+            "prm_eval": [{"step": r["step"], **{k: r[k] for k in PRM_EVAL if k in r}} for r in rows
+                         if "prm_eval/ranking_acc" in r]}
 
 
 def steps_to(curve: list[tuple[int, float]], target: float) -> int | None:
@@ -122,7 +129,50 @@ def table(results: list[dict]) -> str:
         stages.append(f"| {m} | " + " | ".join(f"{sum(r['stage_seconds'][s] for r in runs) / len(runs):.2f}"
                                                for s in STAGES) + " |")
     by_stage = "\n\nSeconds per step by stage (mean over steps and seeds):\n\n" + "\n".join(stages)
-    return "\n".join(lines) + by_stage + "\n"
+    return "\n".join(lines) + by_stage + "\n" + dense_reward_table(results)
+
+
+def _window(values: list, last: bool, size: int = 10) -> float | None:
+    """Mean of the first (or last) ``size`` logged values that are numbers."""
+    numbers = [v for v in values if v is not None]
+    part = numbers[-size:] if last else numbers[:size]
+    return sum(part) / len(part) if part else None
+
+
+def dense_reward_table(results: list[dict]) -> str:
+    """What the dense rewards did, for methods that log them: first and last 10 steps, mean over seeds."""
+    def dense(r: dict) -> bool:
+        return any(v is not None for v in r["watch"].get("adv/process_std", []))
+
+    methods = [m for m in dict.fromkeys(r["method"] for r in results) if any(dense(r) for r in results
+                                                                              if r["method"] == m)]
+    if not methods:
+        return ""
+    keys = ("acc/kept_fraction", "prm/ranking_acc", "watch/prm_outcome_corr", "adv/outcome_std", "adv/process_std",
+            "adv/process_outcome_corr")
+    lines = ["\nDense rewards, first 10 steps -> last 10 steps (mean over seeds; online, on the kept batch):\n",
+             "| method | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for m in methods:
+        runs = [r for r in results if r["method"] == m]
+        cells = []
+        for k in keys:
+            ends = [[_window(r["watch"].get(k, []), last) for r in runs] for last in (False, True)]
+            ends = [[v for v in e if v is not None] for e in ends]
+            cells.append(" -> ".join(f"{sum(e) / len(e):.3f}" if e else "-" for e in ends))
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    evals = [r for r in results if r["method"] in methods and r.get("prm_eval")]
+    if evals:
+        lines += ["\nThe PRM on fresh held-out samples of the current policy, per evaluation (mean over seeds):\n",
+                  "| method | step | " + " | ".join(k.removeprefix("prm_eval/") for k in PRM_EVAL) + " |",
+                  "|---" * (len(PRM_EVAL) + 2) + "|"]
+        for m in methods:
+            runs = [r for r in evals if r["method"] == m]
+            for i, point in enumerate(runs[0]["prm_eval"] if runs else []):
+                values = [[r["prm_eval"][i].get(k) for r in runs if i < len(r["prm_eval"])] for k in PRM_EVAL]
+                lines.append(f"| {m} | {point['step']} | " + " | ".join(
+                    f"{sum(v for v in vs if v is not None) / max(1, sum(v is not None for v in vs)):.3f}"
+                    for vs in values) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -165,7 +215,7 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "learning_efficiency")
     parser.add_argument("--out", type=Path, required=True, help="OUT.json/.md/.png")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="overrides for every run, before the setting's and the method's (e.g. a smaller model)")
+                        help="overrides for every run, after the setting's and the method's (e.g. a smaller model)")
     args = parser.parse_args()
     root = args.runs / f"{args.setting}-{args.steps}"
     jobs = [(m, s) for s in args.seeds for m in args.methods]

@@ -77,7 +77,10 @@ def test_learning_efficiency_bench_runs_on_a_tiny_budget(tmp_path, warm_cache):
     assert [r["method"] for r in results] == ["rloo", "prime-softmin", "trl-grpo"]
     assert all([step for step, _ in r["curve"]] == [0, 1, 2] for r in results)
     assert results[2]["stage_seconds"]["generate"] > 0  # TRL's generation call, timed
-    assert "| prime-softmin | 0 |" in out.with_suffix(".md").read_text() and out.with_suffix(".png").exists()
+    report = out.with_suffix(".md").read_text()
+    assert "| prime-softmin | 0 |" in report and out.with_suffix(".png").exists()
+    assert "| prime-softmin | " in report.split("Dense rewards")[1]  # what its dense rewards did, and its PRM
+    assert results[1]["prm_eval"] and "| prime-softmin | 2 |" in report.split("fresh held-out samples")[1]
 
 
 def test_profile_bench_runs_on_a_tiny_budget(tmp_path, warm_cache):
