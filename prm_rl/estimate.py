@@ -430,7 +430,8 @@ def machine_capacity(world_size: int) -> int:
 
     if torch.cuda.is_available():
         return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
-    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    # the DeepSpeed launcher's LOCAL_SIZE, torchrun's LOCAL_WORLD_SIZE; our own CPU ranks are all local
+    ranks_here = int(os.environ.get("LOCAL_SIZE") or os.environ.get("LOCAL_WORLD_SIZE") or world_size)
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // max(ranks_here, 1)
 
 
