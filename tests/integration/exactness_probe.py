@@ -2,7 +2,7 @@
 on a fixed batch and save what it computed.
 
 Launched by tests/integration/test_rank_exactness.py as ``deepspeed --num_gpus R exactness_probe.py OUT
-key=value ...``; the same batch and the same initial weights on 1 and on 2 ranks must give the same
+[--uniform-groups] key=value ...``; the same batch and the same initial weights on 1 and on 2 ranks must give the same
 log-ratios, advantages, metrics and updated weights, up to float reduction order.
 """
 from __future__ import annotations
@@ -49,6 +49,8 @@ def flat_weights(engine) -> torch.Tensor:
 
 def main() -> None:
     out, overrides = sys.argv[1], sys.argv[2:]
+    uniform_groups = "--uniform-groups" in overrides  # two groups with one outcome throughout (no advantage)
+    overrides = [o for o in overrides if o != "--uniform-groups"]
     register_schema()
     with initialize_config_dir(config_dir=f"{REPO}/recipes", version_base=None):
         cfg = to_config(compose(config_name="base", overrides=["+recipe=math_ppo", *overrides]))
@@ -58,8 +60,9 @@ def main() -> None:
     k = cfg.rollout.samples_per_prompt
     batch = fixed_batch(cfg.rollout.prompts_per_step * k, len(tok), tok.eos_token_id)
     scores = (torch.rand(len(batch), generator=torch.Generator().manual_seed(3)) < 0.5).float()
-    scores[:k], scores[k:2 * k] = 1.0, 0.0  # a group all right and one all wrong: no outcome advantage,
-    scores[2 * k::k] = 1.0 - scores[2 * k + 1::k]  # and every other group mixed
+    if uniform_groups:  # a group all right and one all wrong, every other group mixed
+        scores[:k], scores[k:2 * k] = 1.0, 0.0
+        scores[2 * k::k] = 1.0 - scores[2 * k + 1::k]
 
     ds, dtype = cfg.deepspeed, cfg.model.dtype
 

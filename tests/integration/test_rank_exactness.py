@@ -100,7 +100,7 @@ def test_memory_switches_give_the_plain_paths_losses_and_update(tmp_path):
 def test_rows_without_advantage_are_skipped_without_changing_the_update(tmp_path):
     """GRPO on a batch with a group all right and one all wrong (advantage 0, not whitened): leaving their rows
     out of the forwards (2 ranks) updates the policy as running every row does (1 rank)."""
-    grpo = ["algorithm.advantage=grpo"]
+    grpo = ["--uniform-groups", "algorithm.advantage=grpo"]
     every_row = run_probe(tmp_path / "every-row", 1, [*grpo, "policy.skip_zero_advantage=false"])
     skipping = run_probe(tmp_path / "skipping", 2, [*grpo, "policy.skip_zero_advantage=true"])
     assert every_row["metrics"]["policy/zero_advantage_frac"] == 0.0
