@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-
-from omegaconf import DictConfig
+from typing import TYPE_CHECKING
 
 from prm_rl.errors import EXIT_USAGE, UsageError
 
+if TYPE_CHECKING:  # omegaconf loads in the entry point's guarded block, not before it
+    from omegaconf import DictConfig
+
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
+INTERRUPTED = "[prm_rl] interrupted (Ctrl-C); nothing saved since the last checkpoint"
 
 
 def strip_launcher_args(argv: list[str]) -> list[str]:
@@ -92,7 +96,10 @@ def start_cpu_ranks(cfg: DictConfig | None, argv: list[str], offline_prm: bool =
     how = "one per core" if cfg.trainer.cpu_ranks == 0 else "trainer.cpu_ranks"
     print(f"[prm_rl] no GPU: starting {ranks} ranks of one thread ({how}; trainer.cpu_ranks=1 runs one)",
           flush=True)
-    sys.exit(cpu_ranks.run_ranks(argv, ranks))
+    code = cpu_ranks.run_ranks(argv, ranks)
+    if code == EXIT_INTERRUPTED:  # the ranks stopped by Ctrl-C while starting said nothing (one_line_on_ctrl_c)
+        print(INTERRUPTED, file=sys.stderr, flush=True)
+    sys.exit(code)
 
 
 def hydra_error_line(err: BaseException) -> str:
@@ -135,5 +142,18 @@ def train(cfg: DictConfig, recipe: str, trainer: str = "prime") -> None:
         fail(err.one_line(), EXIT_USAGE)
     except RunStopped as stop:  # signal, NaN/inf guard, failed save: state on disk is consistent
         fail(f"[prm_rl] {stop}", stop.exit_code)
-    except KeyboardInterrupt:  # Ctrl-C while starting (training turns the first one into a graceful stop)
-        fail("[prm_rl] interrupted (Ctrl-C); nothing saved since the last checkpoint", EXIT_INTERRUPTED)
+
+
+@contextmanager
+def one_line_on_ctrl_c():
+    """Around an entry point: Ctrl-C before training turns it into a graceful stop (imports, config checks, the
+    warm start, loading models) ends as one line and exit 130. A CPU rank started by this process exits quietly:
+    its launcher says it once (:func:`start_cpu_ranks`), whichever rank saw it first."""
+    from prm_rl.engine.cpu_ranks import SPAWNED
+
+    try:
+        yield
+    except KeyboardInterrupt:
+        if os.environ.get(SPAWNED):
+            sys.exit(EXIT_INTERRUPTED)
+        fail(INTERRUPTED, EXIT_INTERRUPTED)

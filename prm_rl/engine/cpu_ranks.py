@@ -46,6 +46,10 @@ def should_spawn(env: dict[str, str], gpu: bool) -> bool:
     return not gpu and SPAWNED not in env and int(env.get("WORLD_SIZE", "1")) == 1
 
 
+def _default_ctrl_c() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # in the child, before exec: undo this process's SIG_IGN
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -55,20 +59,24 @@ def _free_port() -> int:
 def run_ranks(argv: list[str], ranks: int, grace_s: float = 30.0) -> int:
     """Run ``python argv...`` as ``ranks`` ranks on this machine; returns the exit code for the whole run."""
     port = str(_free_port())
-    children = []
-    for rank in range(ranks):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(ranks),
-                   LOCAL_WORLD_SIZE=str(ranks), MASTER_ADDR="127.0.0.1", MASTER_PORT=port, **{SPAWNED: "1"})
-        env.setdefault("OMP_NUM_THREADS", "1")
-        children.append(subprocess.Popen([sys.executable, *argv], env=env))
+    children: list[subprocess.Popen] = []
 
     def forward(signum, _frame):
         for child in children:
             if child.poll() is None:
                 child.send_signal(signum)
 
+    # SIGINT ignored here (from before the first rank starts, so that this process cannot stop without its
+    # ranks): the terminal's Ctrl-C reaches each rank itself, which takes it as this process would have.
+    takes_ctrl_c = signal.getsignal(signal.SIGINT) is not signal.SIG_IGN  # not a background job
     before = signal.signal(signal.SIGTERM, forward), signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:  # SIGINT ignored here: the terminal's Ctrl-C reaches each rank itself
+    try:
+        for rank in range(ranks):
+            env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(ranks),
+                       LOCAL_WORLD_SIZE=str(ranks), MASTER_ADDR="127.0.0.1", MASTER_PORT=port, **{SPAWNED: "1"})
+            env.setdefault("OMP_NUM_THREADS", "1")
+            children.append(subprocess.Popen([sys.executable, *argv], env=env,
+                                             preexec_fn=_default_ctrl_c if takes_ctrl_c else None))
         failed = _wait(children, grace_s)
     finally:
         signal.signal(signal.SIGTERM, before[0])
