@@ -93,6 +93,7 @@ __all__ = [
     "prime_advantages",
     "grpo_advantages",
     "ppo_clip_loss",
+    "rows_with_gradient",
     "kl_penalty",
     "approx_kl",
     "aggregate",
