@@ -113,8 +113,8 @@ def table(results: list[dict]) -> str:
         runs = by[m]
         reached = [steps_to(r["curve"], target) for r in runs]
         sec = sum(r["seconds_per_step"] for r in runs) / len(runs)
-        steps_ratio = _mean_reached(reached) / _mean_reached(base_steps) if _mean_reached(reached) and \
-            _mean_reached(base_steps) else None
+        mine, theirs = _mean_reached(reached), _mean_reached(base_steps)
+        steps_ratio = mine / theirs if mine and theirs else None
         seconds = "-" if steps_ratio is None else f"{steps_ratio * sec / base_seconds:.2f}x"
         lines.append(f"| {m} | {', '.join(str(r['seed']) for r in runs)} | {_spread([r['curve'][-1][1] for r in runs])}"
                      f" | {', '.join('never' if s is None else str(s) for s in reached)} | {sec:.2f} | "

@@ -43,17 +43,14 @@ def kind_of(name: str) -> str:
 
 
 def build_trainer(overrides: list[str], out: Path):
-    from hydra import compose, initialize_config_dir
-
-    from prm_rl.config import register_schema, to_config
+    from prm_rl import cli
+    from prm_rl.config import to_config
     from prm_rl.engine import dist
     from prm_rl.trainer.prime import PrimeTrainer
 
-    register_schema()
-    with initialize_config_dir(config_dir=str(REPO / "recipes"), version_base=None):
-        raw = compose(config_name="base", overrides=[
-            "+recipe=math_ppo", "trainer.cpu_ranks=1", "wandb.mode=disabled", "prm_eval.num_prompts=0",
-            "trainer.progress_bar=false", f"trainer.output_dir={out}", *overrides])
+    raw = cli.check_overrides(REPO / "recipes", "base", [  # composed as launch/train.py composes it
+        "+recipe=math_ppo", "trainer.cpu_ranks=1", "wandb.mode=disabled", "prm_eval.num_prompts=0",
+        "trainer.progress_bar=false", f"trainer.output_dir={out}", *overrides])
     cfg = to_config(raw)
     dist.init()
     return PrimeTrainer(cfg, raw, name="profile")

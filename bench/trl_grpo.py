@@ -29,13 +29,10 @@ sys.path.insert(0, str(REPO))
 
 
 def load_config(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
+    from prm_rl import cli
+    from prm_rl.config import to_config
 
-    from prm_rl.config import register_schema, to_config
-
-    register_schema()
-    with initialize_config_dir(config_dir=str(REPO / "recipes"), version_base=None):
-        return to_config(compose(config_name="base", overrides=overrides))
+    return to_config(cli.check_overrides(REPO / "recipes", "base", overrides))  # as launch/train.py composes it
 
 
 def main(overrides: list[str]) -> None:

@@ -33,6 +33,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -424,8 +425,6 @@ def check_fits(cfg: Config, world_size: int, capacity_bytes: int) -> str | None:
 
 def machine_capacity(world_size: int) -> int:
     """Bytes one rank may use here: one GPU's memory, or without a GPU the host memory shared by this node's ranks."""
-    import os
-
     import torch
 
     if torch.cuda.is_available():
