@@ -39,22 +39,34 @@ METHODS: dict[str, list[str]] = {
     "prime-softmin": ["reward.credit=softmin"],  # PURE's default, T = 0.1
     "spro": ["algorithm.advantage=spro"],  # the policy as its own implicit PRM
     "trl-grpo": ["algorithm.advantage=grpo"],  # TRL's GRPOTrainer on the same job (bench/trl_grpo.py; no filter)
+    "prime-paper": [],  # the paper's regime: K=4, PRM lr 2x the policy's, 4 PRM steps (recipe math_ppo_paper)
+    "tree": ["algorithm.advantage=tree"],  # RLOO + the group's prefix-tree credit, no PRM
+    "prime-tree": ["algorithm.advantage=prime-tree"],  # PRIME + prefix-tree credit
+    # the implicit PRM learns per-prefix values (IPVRM's loss at step ends): the outcome, or the tree's value
+    "prime-prefix": ["prm.loss=prefix", "prm.targets=outcome", "prm.beta=2.0"],
+    "prime-prefix-tree": ["prm.loss=prefix", "prm.targets=tree", "prm.beta=2.0"],
+    "prime-tree-prefix-tree": ["algorithm.advantage=prime-tree", "prm.loss=prefix", "prm.targets=tree",
+                               "prm.beta=2.0"],
 }
 ENTRY = {"trl-grpo": "bench/trl_grpo.py"}  # every other method: our trainer
+RECIPE = {"prime-paper": "math_ppo_paper"}  # every other method: math_ppo
 STAGES = ("generate", "verify", "filter", "old_logprobs", "prm", "advantages", "policy")
 # Per step: reward hacking (length, repetition), and what the dense rewards do (docs/algorithm.md).
 WATCHED = ("response/length_mean", "watch/repeated_4gram_frac", "watch/prm_outcome_corr", "acc/kept_fraction",
-           "prm/ranking_acc", "adv/outcome_std", "adv/process_std", "adv/process_outcome_corr")
-# At each evaluation, with prm_eval.num_prompts > 0: the PRM on fresh held-out samples (docs/prm_eval.md).
+           "prm/ranking_acc", "adv/outcome_std", "adv/process_std", "adv/process_outcome_corr", "adv/tree_std",
+           "adv/tree_outcome_corr")
+# At each evaluation, with prm_eval.num_prompts > 0: the PRM on fresh held-out samples (docs/prm_eval.md), and the
+# group's prefix-tree values on the same samples (the free estimate).
 PRM_EVAL = ("prm_eval/ranking_acc", "prm_eval/step_auroc", "prm_eval/first_error_hit_rate",
-            "prm_eval/first_error_random")
+            "prm_eval/first_error_random", "prm_eval/tree_step_auroc", "prm_eval/tree_first_error_hit_rate")
 
 
 def run_one(setting: str, method: str, seed: int, steps: int, eval_every: int, root: Path,
             common: list[str]) -> dict:
     out = root / f"{method}-s{seed}"
     if not (out / "summary.json").exists():
-        cmd = [sys.executable, ENTRY.get(method, "launch/train.py"), "+recipe=math_ppo", "trainer.cpu_ranks=1",
+        cmd = [sys.executable, ENTRY.get(method, "launch/train.py"), f"+recipe={RECIPE.get(method, 'math_ppo')}",
+               "trainer.cpu_ranks=1",
                "trainer.checkpoint_every=0", "trainer.progress_bar=false", "wandb.mode=disabled",
                "prm_eval.num_prompts=0", *SETTINGS[setting], *METHODS[method], *common, f"trainer.seed={seed}",
                f"trainer.max_steps={steps}", f"trainer.eval_every={eval_every}", f"trainer.output_dir={out}"]
@@ -142,14 +154,14 @@ def _window(values: list, last: bool, size: int = 10) -> float | None:
 def dense_reward_table(results: list[dict]) -> str:
     """What the dense rewards did, for methods that log them: first and last 10 steps, mean over seeds."""
     def dense(r: dict) -> bool:
-        return any(v is not None for v in r["watch"].get("adv/process_std", []))
+        return any(v is not None for k in ("adv/process_std", "adv/tree_std") for v in r["watch"].get(k, []))
 
     methods = [m for m in dict.fromkeys(r["method"] for r in results) if any(dense(r) for r in results
                                                                               if r["method"] == m)]
     if not methods:
         return ""
     keys = ("acc/kept_fraction", "prm/ranking_acc", "watch/prm_outcome_corr", "adv/outcome_std", "adv/process_std",
-            "adv/process_outcome_corr")
+            "adv/process_outcome_corr", "adv/tree_std", "adv/tree_outcome_corr")
     lines = ["\nDense rewards, first 10 steps -> last 10 steps (mean over seeds; online, on the kept batch):\n",
              "| method | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for m in methods:

@@ -241,13 +241,17 @@ class PrmSection:
     update: str = "after"
     """none (frozen) | after (rewards from the update's own forward) | before (update, then re-score)"""
     loss: str = "ce"
-    """ce: BCE(sigmoid(beta * sum_t log-ratio), outcome) | dpo: pairwise within a group"""
+    """ce: BCE(sigmoid(beta * sum_t log-ratio), outcome) | dpo: pairwise within a group | prefix: BCE at every step end"""
+    targets: str = "outcome"
+    """loss=prefix: what each prefix learns: outcome (the response's, IPVRM) | tree (the group's prefix-tree value)"""
+    margin: float = 0.0
+    """loss=prefix: symmetric margin m of BCE(sigmoid(v - m), y) and BCE(sigmoid(-(v + m)), 1 - y) (IPVRM)"""
     reference: str = "sft"
     """sft: frozen copy of the starting model | policy: the rollout policy's old log-probs"""
     init_path: Optional[str] = None
     """checkpoint dir the PRM starts from (e.g. an offline-trained PRM, same tokenizer); null = the starting model"""
     beta: float = 0.05
-    """log-ratio scale in the PRM loss"""
+    """log-ratio scale in the PRM loss (loss=prefix: of the prefix's mean log-ratio, so set it far higher, ~1-10)"""
     learning_rate: float = 1e-06
     """AdamW, constant"""
     weight_decay: float = 0.0
@@ -269,6 +273,11 @@ class PrmSection:
         _choice("prm.update", self.update, ("none", "after", "before"))
         _positive("prm.epochs", self.epochs)
         _choice("prm.loss", self.loss, tuple(PRM_LOSSES))
+        _choice("prm.targets", self.targets, ("outcome", "tree"))
+        _non_negative("prm.margin", self.margin)
+        if self.loss != "prefix" and (self.targets != "outcome" or self.margin):
+            raise ConfigError(f"prm.targets={self.targets}, prm.margin={self.margin}: only prm.loss=prefix reads them "
+                              f"(prm.loss={self.loss})")
         _choice("prm.reference", self.reference, ("sft", "policy"))
         _positive("prm.beta", self.beta)
         _positive("prm.learning_rate", self.learning_rate)
@@ -372,18 +381,25 @@ class AlgorithmSection:
     """The advantage estimator (registered by name in prm_rl/core/advantages.py)"""
 
     advantage: str = "prime"
-    """prime (RLOO process + RLOO outcome) | rloo (outcome only; no PRM loaded) | grpo | spro (policy as its own PRM)"""
+    """prime (RLOO process + RLOO outcome) | rloo (outcome only; no PRM loaded) | grpo | spro (policy as its own PRM) |
+    tree (RLOO outcome + prefix-tree credit; no PRM) | prime-tree (prime + prefix-tree credit)"""
     process_gamma: float = 1.0
     """discount of the process-reward returns (the authors' reward_model_gamma)"""
     outcome_gamma: float = 1.0
     """discount of the outcome reward back from the last token (the authors' verifier_gamma)"""
     whiten: bool = True
     """whiten advantages over all valid tokens of the batch (global statistics)"""
+    tree_coef: float = 1.0
+    """tree | prime-tree: weight of the group's prefix-tree credit V(node) - V(parent) on each segment's tokens"""
+    tree_split: str = "step"
+    """tree | prime-tree: where the tree branches: step (at reward.step_delimiter) | token (at every token)"""
 
     def check(self) -> None:
-        from prm_rl.core import ADVANTAGE_ESTIMATORS
+        from prm_rl.core import ADVANTAGE_ESTIMATORS, TREE_SPLITS
 
         _choice("algorithm.advantage", self.advantage, tuple(ADVANTAGE_ESTIMATORS))
+        _choice("algorithm.tree_split", self.tree_split, TREE_SPLITS)
+        _non_negative("algorithm.tree_coef", self.tree_coef)
         for name in ("process_gamma", "outcome_gamma"):
             if not 0 < getattr(self, name) <= 1:
                 raise ConfigError(f"algorithm.{name}={getattr(self, name)}: must be in (0, 1]")
@@ -401,6 +417,13 @@ class AlgorithmSection:
         from prm_rl.core import ADVANTAGE_ESTIMATORS
 
         return ADVANTAGE_ESTIMATORS[self.advantage].self_guided
+
+    @property
+    def uses_tree(self) -> bool:
+        """The estimator adds the group's prefix-tree credit (algorithm.tree_coef, tree_split)."""
+        from prm_rl.core import ADVANTAGE_ESTIMATORS
+
+        return ADVANTAGE_ESTIMATORS[self.advantage].uses_tree
 
 
 @dataclass

@@ -16,7 +16,9 @@ from .advantages import (
     rloo_outcome,
     rloo_process,
     spro_advantages,
+    tree_advantages,
 )
+from .tree import TREE_SPLITS, prefix_values, segment_ends, tree_credit
 from .credit import CREDITS, credit_rewards, masked_step_advantage, reward_carriers
 from .watch import correlation, repeated_ngram_fraction
 from .filters import (
@@ -29,12 +31,15 @@ from .implicit import (
     GRANULARITIES,
     PRM_LOSSES,
     PrmLoss,
+    PrmLossInputs,
     dpo_pairs,
     implicit_log_ratio,
     normalize_by_max_return,
     pairwise_ranking_accuracy,
     prm_ce_loss,
     prm_dpo_loss,
+    prm_prefix_loss,
+    prefix_implicit_values,
     process_rewards,
     sequence_reward,
 )
@@ -87,6 +92,11 @@ __all__ = [
     "rloo_outcome",
     "rloo_process",
     "spro_advantages",
+    "tree_advantages",
+    "TREE_SPLITS",
+    "prefix_values",
+    "segment_ends",
+    "tree_credit",
     "grpo_outcome",
     "place_on_last_token",
     "discounted_returns",
@@ -114,6 +124,9 @@ __all__ = [
     "register_advantage",
     "PRM_LOSSES",
     "PrmLoss",
+    "PrmLossInputs",
+    "prm_prefix_loss",
+    "prefix_implicit_values",
     "SCORE_AGGREGATIONS",
     "pass_at_k",
     "best_of_n",

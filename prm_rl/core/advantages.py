@@ -24,6 +24,7 @@ __all__ = [
     "prime_advantages",
     "grpo_advantages",
     "spro_advantages",
+    "tree_advantages",
     "AdvantageEstimator",
     "ADVANTAGE_ESTIMATORS",
     "register_advantage",
@@ -184,32 +185,52 @@ def spro_advantages(outcome_scores: torch.Tensor, token_rewards: torch.Tensor, m
     return torch.where(valid, adv, _zero(adv))
 
 
+def tree_advantages(outcome_scores: torch.Tensor, tree_credit: torch.Tensor, mask: torch.Tensor, group_size: int,
+                    *, outcome_coef: float = 1.0, outcome_gamma: float = 1.0, whiten: bool = True) -> torch.Tensor:
+    """Outcome RLOO plus the group's prefix-tree credit (TEMPO / prefix-to-tree, arXiv 2509.18314).
+
+    Shapes: ``outcome_scores`` [N], ``tree_credit`` [N, T] (:func:`~prm_rl.core.tree.tree_credit`: each token
+    carries V(its segment's node) - V(the node before), 0 where the whole group shares the segment),
+    ``mask`` [N, T] -> [N, T], 0 on invalid positions.
+    Formula: A = whiten(outcome_coef * discounted_returns(place_on_last_token(rloo_outcome(o)), outcome_gamma)
+    + tree_credit), the credit scaled by the caller (``algorithm.tree_coef``). It is already an advantage (a
+    value difference), so it is neither baselined nor summed into returns again.
+    """
+    outcome = place_on_last_token(rloo_outcome(outcome_scores, group_size), mask)
+    returns = outcome_coef * discounted_returns(outcome, mask, outcome_gamma)
+    returns = returns + torch.where(_valid(mask), _float(tree_credit), _zero(returns))
+    return masked_whiten(returns, mask) if whiten else returns
+
+
 # ----------------------------------------------------------------------------------------- the registry
 @dataclass(frozen=True)
 class AdvantageEstimator:
     """``fn(scores [N], process_rewards [N, T] | None, mask [N, T], group_size, *, outcome_coef,
-    process_coef, process_gamma, outcome_gamma, whiten) -> advantages [N, T]``.
+    process_coef, process_gamma, outcome_gamma, whiten, tree_credit) -> advantages [N, T]``.
 
     ``uses_prm``: the trainer builds and trains a PRM and passes its dense rewards (None otherwise);
-    ``self_guided``: no PRM, the trainer passes the policy's own beta * log(pi_theta / pi_ref) per token (SPRO).
+    ``self_guided``: no PRM, the trainer passes the policy's own beta * log(pi_theta / pi_ref) per token (SPRO);
+    ``uses_tree``: the trainer passes ``tree_credit`` [N, T], the group's prefix-tree credit already scaled by
+    ``algorithm.tree_coef`` (None otherwise).
     """
 
     fn: Callable[..., torch.Tensor]
     uses_prm: bool
     self_guided: bool = False
+    uses_tree: bool = False
 
 
 # ``algorithm.advantage`` names a key here; the config's allowed values are these keys.
 ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {}
 
 
-def register_advantage(name: str, *, uses_prm: bool, self_guided: bool = False):
+def register_advantage(name: str, *, uses_prm: bool, self_guided: bool = False, uses_tree: bool = False):
     """Decorator: make ``fn`` selectable as ``algorithm.advantage=name`` (docs/contributing.md)."""
 
     def add(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         if name in ADVANTAGE_ESTIMATORS:
             raise ValueError(f"advantage estimator {name!r} is already registered")
-        ADVANTAGE_ESTIMATORS[name] = AdvantageEstimator(fn, uses_prm, self_guided)
+        ADVANTAGE_ESTIMATORS[name] = AdvantageEstimator(fn, uses_prm, self_guided, uses_tree)
         return fn
 
     return add
@@ -217,7 +238,7 @@ def register_advantage(name: str, *, uses_prm: bool, self_guided: bool = False):
 
 @register_advantage("prime", uses_prm=True)
 def _prime(scores, process_rewards, mask, group_size, *, outcome_coef, process_coef, process_gamma, outcome_gamma,
-           whiten):
+           whiten, tree_credit):
     """PRIME: outcome RLOO plus the PRM's dense rewards under their own RLOO baseline."""
     return prime_advantages(scores, process_rewards, mask, group_size, outcome_coef=outcome_coef,
                             process_coef=process_coef, process_gamma=process_gamma, outcome_gamma=outcome_gamma,
@@ -226,7 +247,7 @@ def _prime(scores, process_rewards, mask, group_size, *, outcome_coef, process_c
 
 @register_advantage("rloo", uses_prm=False)
 def _rloo(scores, process_rewards, mask, group_size, *, outcome_coef, process_coef, process_gamma, outcome_gamma,
-           whiten):
+           whiten, tree_credit):
     """Outcome-only RLOO: PRIME's estimator without process rewards (the ablation baseline)."""
     return prime_advantages(scores, None, mask, group_size, outcome_coef=outcome_coef,
                             outcome_gamma=outcome_gamma, whiten=whiten)[0]
@@ -234,15 +255,35 @@ def _rloo(scores, process_rewards, mask, group_size, *, outcome_coef, process_co
 
 @register_advantage("grpo", uses_prm=False)
 def _grpo(scores, process_rewards, mask, group_size, *, outcome_coef, process_coef, process_gamma, outcome_gamma,
-           whiten):
+           whiten, tree_credit):
     """GRPO: the group-normalised outcome on every token (the coefficients, gammas and whitening do not apply)."""
     return grpo_advantages(scores, mask, group_size)
 
 
 @register_advantage("spro", uses_prm=False, self_guided=True)
 def _spro(scores, process_rewards, mask, group_size, *, outcome_coef, process_coef, process_gamma, outcome_gamma,
-          whiten):
+          whiten, tree_credit):
     """SPRO: GRPO's outcome advantage plus the masked step advantage of the policy's own implicit rewards
     (two models: policy and reference; the gammas and whitening do not apply)."""
     return spro_advantages(scores, process_rewards, mask, group_size, outcome_coef=outcome_coef,
                            process_coef=process_coef)
+
+
+@register_advantage("tree", uses_prm=False, uses_tree=True)
+def _tree(scores, process_rewards, mask, group_size, *, outcome_coef, process_coef, process_gamma, outcome_gamma,
+          whiten, tree_credit):
+    """Tree credit: outcome RLOO plus the group's prefix-tree step values (no PRM, no extra rollout)."""
+    return tree_advantages(scores, tree_credit, mask, group_size, outcome_coef=outcome_coef,
+                           outcome_gamma=outcome_gamma, whiten=whiten)
+
+
+@register_advantage("prime-tree", uses_prm=True, uses_tree=True)
+def _prime_tree(scores, process_rewards, mask, group_size, *, outcome_coef, process_coef, process_gamma,
+                outcome_gamma, whiten, tree_credit):
+    """PRIME plus tree credit: outcome RLOO, the PRM's dense rewards under their RLOO baseline, and the group's
+    prefix-tree step values, summed before whitening."""
+    returns = prime_advantages(scores, process_rewards, mask, group_size, outcome_coef=outcome_coef,
+                               process_coef=process_coef, process_gamma=process_gamma, outcome_gamma=outcome_gamma,
+                               whiten=False)[1]
+    returns = returns + torch.where(_valid(mask), _float(tree_credit), _zero(returns))
+    return masked_whiten(returns, mask) if whiten else returns

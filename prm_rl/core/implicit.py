@@ -24,6 +24,8 @@ __all__ = [
     "prm_ce_loss",
     "dpo_pairs",
     "prm_dpo_loss",
+    "prefix_implicit_values",
+    "prm_prefix_loss",
     "pairwise_ranking_accuracy",
     "process_rewards",
     "normalize_by_max_return",
@@ -96,6 +98,39 @@ def prm_dpo_loss(seq_reward: torch.Tensor, chosen_idx: torch.Tensor, rejected_id
     paper's pairwise form.
     """
     return -F.logsigmoid(seq_reward[chosen_idx] - seq_reward[rejected_idx])
+
+
+def prefix_implicit_values(log_ratio: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor:
+    """Implicit value of every response prefix, length-normalised (IPVRM, arXiv 2604.13197).
+
+    Shapes: ``log_ratio``, ``mask`` [N, T] -> [N, T], 0 on invalid positions.
+    Formula: v_t = beta * (sum_{s<=t} log_ratio_s) / (number of valid tokens s <= t).
+    """
+    valid = _valid(mask)
+    lr = torch.where(valid, log_ratio, _zeros_like_scalar(log_ratio))
+    count = valid.to(lr.dtype).cumsum(dim=-1).clamp(min=1)
+    return torch.where(valid, beta * lr.cumsum(dim=-1) / count, _zeros_like_scalar(lr))
+
+
+def prm_prefix_loss(log_ratio: torch.Tensor, mask: torch.Tensor, ends: torch.Tensor, targets: torch.Tensor,
+                    beta: float, margin: float = 0.0) -> torch.Tensor:
+    """Per-response BCE of the implicit PRM on the value of every prefix that ends a step (IPVRM's per-prefix loss,
+    read at step ends).
+
+    Shapes: ``log_ratio``, ``mask``, ``ends`` (bool: the prefixes judged, e.g. each step's last token and the
+    row's last token), ``targets`` (in [0, 1] per position: the response's outcome broadcast, or a prefix-tree
+    value) [N, T] -> [N].
+    Formula: with v_t = :func:`prefix_implicit_values`, loss_i = mean over judged t of
+    -[y_t log sigmoid(v_t - m) + (1 - y_t) log sigmoid(-(v_t + m))]. The sequence loss (:func:`prm_ce_loss`)
+    constrains only the sum of the log-ratios; this one constrains every judged prefix. A row with no judged
+    prefix contributes 0.
+    """
+    judged = _valid(ends) & _valid(mask)
+    v = prefix_implicit_values(log_ratio, mask, beta)
+    y = targets.to(v.dtype)
+    per_prefix = -(y * F.logsigmoid(v - margin) + (1 - y) * F.logsigmoid(-(v + margin)))
+    per_prefix = torch.where(judged, per_prefix, _zeros_like_scalar(per_prefix))
+    return per_prefix.sum(dim=-1) / judged.sum(dim=-1).clamp(min=1)
 
 
 def pairwise_ranking_accuracy(
@@ -203,19 +238,45 @@ def normalize_by_max_return(rewards: torch.Tensor, mask: torch.Tensor, eps: floa
 
 # ----------------------------------------------------------------------------------------- the registry
 @dataclass(frozen=True)
-class PrmLoss:
-    """A PRM loss as the update needs it: ``summed(seq_reward [n], labels [n], group_size)`` is the loss summed
-    over a group-aligned micro-batch, and ``terms(labels [m], group_size)`` how many terms a whole mini-batch
-    has (the global denominator, so micro-batching and ranks do not change the mean)."""
+class PrmLossInputs:
+    """What a PRM loss reads from one group-aligned micro-batch of n responses."""
 
-    summed: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+    log_ratio: torch.Tensor  # [n, T] log pi_phi - log pi_ref, with gradient
+    mask: torch.Tensor  # [n, T] response tokens
+    labels: torch.Tensor  # [n] outcome scores in [0, 1]
+    group_size: int
+    beta: float
+    prefix_ends: torch.Tensor | None = None  # [n, T] bool: prefixes the prefix loss judges (step ends)
+    prefix_targets: torch.Tensor | None = None  # [n, T] each judged prefix's target; None: the row's outcome
+    margin: float = 0.0
+
+
+@dataclass(frozen=True)
+class PrmLoss:
+    """A PRM loss as the update needs it: ``summed(inputs)`` is the loss summed over a group-aligned micro-batch,
+    and ``terms(labels [m], group_size)`` how many terms a whole mini-batch has (the global denominator, so
+    micro-batching and ranks do not change the mean). ``per_prefix``: the loss reads step ends and per-prefix
+    targets."""
+
+    summed: Callable[[PrmLossInputs], torch.Tensor]
     terms: Callable[[torch.Tensor, int], int]
+    per_prefix: bool = False
+
+
+def _seq(x: PrmLossInputs) -> torch.Tensor:
+    return sequence_reward(x.log_ratio, x.mask, x.beta)
+
+
+def _prefix(x: PrmLossInputs) -> torch.Tensor:
+    targets = x.labels[:, None].expand_as(x.mask) if x.prefix_targets is None else x.prefix_targets
+    return prm_prefix_loss(x.log_ratio, x.mask, x.prefix_ends, targets, x.beta, x.margin).sum()
 
 
 # ``prm.loss`` names a key here; the config's allowed values are these keys.
 PRM_LOSSES: dict[str, PrmLoss] = {
-    "ce": PrmLoss(summed=lambda seq, labels, k: prm_ce_loss(seq, labels).sum(),
+    "ce": PrmLoss(summed=lambda x: prm_ce_loss(_seq(x), x.labels).sum(),
                   terms=lambda labels, k: labels.numel()),
-    "dpo": PrmLoss(summed=lambda seq, labels, k: prm_dpo_loss(seq, *dpo_pairs(labels, k)).sum(),
+    "dpo": PrmLoss(summed=lambda x: prm_dpo_loss(_seq(x), *dpo_pairs(x.labels, x.group_size)).sum(),
                    terms=lambda labels, k: dpo_pairs(labels, k)[0].numel()),
+    "prefix": PrmLoss(summed=_prefix, terms=lambda labels, k: labels.numel(), per_prefix=True),
 }

@@ -73,11 +73,13 @@ def first_wrong_steps(samples: list[Sample], responses: list[str]) -> torch.Tens
     return torch.tensor(out, dtype=torch.long)
 
 
-def prm_metrics(log_ratio: torch.Tensor, mask: torch.Tensor, scores: torch.Tensor, k: int, beta: float,
-                step_end: torch.Tensor, first_wrong: torch.Tensor) -> dict[str, float]:
+def prm_metrics(log_ratio: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, scores: torch.Tensor, k: int,
+                beta: float, step_end: torch.Tensor, first_wrong: torch.Tensor) -> dict[str, float]:
     """Every PRM metric of one held-out batch (keys without the ``prm_eval/`` prefix).
 
-    Shapes: ``log_ratio``, ``mask``, ``step_end`` [N, T]; ``scores``, ``first_wrong`` [N].
+    Shapes: ``log_ratio``, ``ids`` (response tokens), ``mask``, ``step_end`` [N, T]; ``scores``, ``first_wrong``
+    [N]. Beside the PRM's step metrics, ``tree_*`` are the same metrics of the free estimate: the step values of
+    the group's own prefix tree on the same samples (no model; :mod:`prm_rl.core.tree`).
     """
     seq = core.sequence_reward(log_ratio, mask, beta)
     correct, weight = core.pairwise_ranking_accuracy(seq, scores, k, tie_credit=0.5)
@@ -96,7 +98,19 @@ def prm_metrics(log_ratio: torch.Tensor, mask: torch.Tensor, scores: torch.Tenso
         hit, random_hit, n = core.first_error_hit_rate(rewards, valid, first_wrong[rows])
         out |= {"step_auroc": core.step_auroc(rewards, valid, first_wrong[rows]),
                 "first_error_hit_rate": hit, "first_error_random": random_hit, "first_error_n": float(n)}
+        tree = tree_step_values(ids, mask, scores, k, step_end)
+        tree_rewards, tree_valid, _ = core.step_rewards(tree[rows], mask[rows], step_end[rows], 1.0)
+        out |= {"tree_step_auroc": core.step_auroc(tree_rewards, tree_valid, first_wrong[rows]),
+                "tree_first_error_hit_rate": core.first_error_hit_rate(tree_rewards, tree_valid, first_wrong[rows])[0]}
     return out
+
+
+def tree_step_values(ids: torch.Tensor, mask: torch.Tensor, scores: torch.Tensor, k: int,
+                     step_end: torch.Tensor) -> torch.Tensor:
+    """``[N, T]`` each step's prefix-tree credit V(node) - V(parent) on its last token, 0 elsewhere: a step reward
+    tensor that :func:`prm_rl.core.step_rewards` (beta 1) reads like the PRM's log-ratios."""
+    ends = core.segment_ends(mask, step_end, "step")
+    return torch.where(ends, core.tree_credit(ids, mask, scores, k, ends), torch.zeros(()))
 
 
 def first_error_by_operation(groups: HeldoutGroups, log_ratio: torch.Tensor, step_end_table: torch.Tensor,
@@ -130,7 +144,7 @@ def evaluate_prm(prm, ref, groups: HeldoutGroups, *, beta: float, step_end_table
     prm_logp = stages.logprob_stage(prm, batch, micro_batch_size, max_tokens=max_tokens)
     ref_logp = stages.logprob_stage(ref, batch, micro_batch_size, ref_temperature, max_tokens)
     log_ratio = core.implicit_log_ratio(prm_logp, ref_logp, batch.response_mask)
-    metrics = prm_metrics(log_ratio, batch.response_mask, groups.scores, groups.k, beta,
+    metrics = prm_metrics(log_ratio, batch.response_ids, batch.response_mask, groups.scores, groups.k, beta,
                           stages.step_end_mask(step_end_table, batch),
                           first_wrong_steps(groups.samples, groups.responses))
     return metrics, log_ratio

@@ -183,7 +183,7 @@ class PrmTrainer:
         rows = (groups[:, None] * k + torch.arange(k)).reshape(-1)
         settings = replace(self.cfg.prm, mini_batches=1, epochs=1)
         _, metrics, skipped = stages.prm_update_stage(self.prm, self.data.batch.select(rows), self.data.labels[rows],
-                                                      self.ref_logp[rows], k, settings, self.shuffle)
+                                                      self.ref_logp[rows], k, settings, self.step_ends, self.shuffle)
         sums = self.loss_sums.setdefault(epoch, [0.0, 0.0])
         sums[0], sums[1] = sums[0] + metrics["prm/loss"], sums[1] + 1
         return metrics | {"prm/epoch": epoch + (index + 1) / self.steps_per_epoch, "prm/skipped": skipped}

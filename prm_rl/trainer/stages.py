@@ -152,10 +152,12 @@ def logprob_stage(model, batch: Rollout, micro_batch_size: int, temperature: flo
 # --- PRM update -----------------------------------------------------------------------------------
 
 def prm_update_stage(prm, batch: Rollout, scores: torch.Tensor, ref_logp: torch.Tensor, k: int, p: PrmSection,
-                     generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float], float]:
+                     step_ends: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float], float]:
     """Train the implicit PRM on outcome labels; returns the log-ratios of its forward passes, metrics and the
     number of optimiser updates skipped for NaN/inf.
 
+    ``step_ends`` [V] (:func:`step_end_table`): where the prefix loss judges a prefix; with ``prm.targets=tree``
+    each such prefix learns its value in the group's prefix tree, computed here once for the whole batch.
     ``prm.epochs`` passes, each splitting the batch by group into ``prm.mini_batches`` optimiser steps.
     The returned log-ratios, and the logged loss, are those of each row's first forward pass, before the
     PRM was updated on that row: the single-forward (``after``) mode of the authors' code uses them
@@ -163,6 +165,11 @@ def prm_update_stage(prm, batch: Rollout, scores: torch.Tensor, ref_logp: torch.
     """
     mask = batch.response_mask
     prm_loss = core.PRM_LOSSES[p.loss]
+    prefix_ends = prefix_targets = None
+    if prm_loss.per_prefix:
+        prefix_ends = core.segment_ends(mask, step_end_mask(step_ends, batch), "step")
+        if p.targets == "tree":
+            prefix_targets = core.prefix_values(batch.response_ids, mask, scores, k)
     log_ratio = torch.zeros(mask.shape, dtype=torch.float32)
     sums = {"loss": 0.0, "steps": 0.0, "grad_norm": 0.0, "skipped_updates": 0.0}
     parts = [(epoch, part) for epoch in range(p.epochs)
@@ -175,8 +182,12 @@ def prm_update_stage(prm, batch: Rollout, scores: torch.Tensor, ref_logp: torch.
             sub = batch.select(mb.rows)
             logp, _ = response_logprobs(prm, sub)
             lr = core.implicit_log_ratio(logp, ref_logp[mb.rows].to(logp.device), sub.response_mask)
-            seq = core.sequence_reward(lr, sub.response_mask, p.beta)
-            loss = prm_loss.summed(seq, scores[mb.rows].to(seq.device), k) / denom
+            on = lr.device
+            inputs = core.PrmLossInputs(
+                lr, sub.response_mask.to(on), scores[mb.rows].to(on), k, p.beta, margin=p.margin,
+                prefix_ends=None if prefix_ends is None else prefix_ends[mb.rows].to(on),
+                prefix_targets=None if prefix_targets is None else prefix_targets[mb.rows].to(on))
+            loss = prm_loss.summed(inputs) / denom
             if not backward_and_step(prm, loss * mb.weight * dist.world_size(), mb.is_last):
                 sums["skipped_updates"] += 1.0 / dist.world_size()  # every rank agrees: count it once
             if mb.weight and epoch == 0:
@@ -226,28 +237,49 @@ def process_reward_stage(log_ratio: torch.Tensor, batch: Rollout, step_ends: tor
     return rewards
 
 
+def tree_credit_stage(batch: Rollout, scores: torch.Tensor, step_ends: torch.Tensor, k: int,
+                      a: AlgorithmSection) -> torch.Tensor:
+    """``[N, T]`` the group's prefix-tree credit of every token, times ``algorithm.tree_coef`` (global batch: each
+    group is whole, so every rank computes the same values)."""
+    mask = batch.response_mask
+    ends = core.segment_ends(mask, step_end_mask(step_ends, batch), a.tree_split)
+    return a.tree_coef * core.tree_credit(batch.response_ids, mask, scores, k, ends)
+
+
 def advantage_stage(scores: torch.Tensor, process_rewards: torch.Tensor | None, mask: torch.Tensor, k: int,
-                    a: AlgorithmSection, r: RewardSection) -> torch.Tensor:
-    """``[N, T]`` advantages from the estimator registered as ``algorithm.advantage``."""
+                    a: AlgorithmSection, r: RewardSection, tree_credit: torch.Tensor | None = None) -> torch.Tensor:
+    """``[N, T]`` advantages from the estimator registered as ``algorithm.advantage`` (``tree_credit``: from
+    :func:`tree_credit_stage` when the estimator uses it)."""
     estimator = core.ADVANTAGE_ESTIMATORS[a.advantage]
     return estimator.fn(scores, process_rewards, mask, k, outcome_coef=r.outcome_coef,
                         process_coef=r.process_coef, process_gamma=a.process_gamma,
-                        outcome_gamma=a.outcome_gamma, whiten=a.whiten)
+                        outcome_gamma=a.outcome_gamma, whiten=a.whiten, tree_credit=tree_credit)
 
 
-def advantage_parts(scores: torch.Tensor, process_rewards: torch.Tensor, mask: torch.Tensor, k: int,
-                    a: AlgorithmSection, r: RewardSection) -> dict[str, float]:
-    """How the dense rewards move the advantages: the spread over valid tokens of the outcome part and of the
-    process part of the estimator's unwhitened value (the two add up to it), and their correlation. A process
-    part much wider than the outcome part and uncorrelated with it adds noise, not credit."""
+def advantage_parts(scores: torch.Tensor, process_rewards: torch.Tensor | None, mask: torch.Tensor, k: int,
+                    a: AlgorithmSection, r: RewardSection, tree_credit: torch.Tensor | None = None) -> dict[str, float]:
+    """How the dense parts move the advantages: the spread over valid tokens of the outcome part, of the process
+    part and of the tree part of the estimator's unwhitened value (they add up to it), and each dense part's
+    correlation with the outcome part. A dense part much wider than the outcome part and uncorrelated with it adds
+    noise, not credit."""
     estimator = core.ADVANTAGE_ESTIMATORS[a.advantage]
     common = dict(process_gamma=a.process_gamma, outcome_gamma=a.outcome_gamma, whiten=False)
-    outcome = estimator.fn(scores, process_rewards, mask, k, outcome_coef=r.outcome_coef, process_coef=0.0, **common)
-    process = estimator.fn(scores, process_rewards, mask, k, outcome_coef=0.0, process_coef=r.process_coef, **common)
-    valid = mask.bool()
-    o, p = outcome[valid].double(), process[valid].double()
-    return {"adv/outcome_std": float(o.std()), "adv/process_std": float(p.std()),
-            "adv/process_outcome_corr": core.correlation(p, o)}
+    no_tree = None if tree_credit is None else torch.zeros_like(tree_credit)
+
+    def part(outcome_coef: float, process_coef: float, tree: torch.Tensor | None) -> torch.Tensor:
+        value = estimator.fn(scores, process_rewards, mask, k, outcome_coef=outcome_coef, process_coef=process_coef,
+                             tree_credit=tree, **common)
+        return value[mask.bool()].double()
+
+    o = part(r.outcome_coef, 0.0, no_tree)
+    out = {"adv/outcome_std": float(o.std())}
+    if process_rewards is not None:
+        p = part(0.0, r.process_coef, no_tree)
+        out |= {"adv/process_std": float(p.std()), "adv/process_outcome_corr": core.correlation(p, o)}
+    if tree_credit is not None:
+        t = part(0.0, 0.0, tree_credit)
+        out |= {"adv/tree_std": float(t.std()), "adv/tree_outcome_corr": core.correlation(t, o)}
+    return out
 
 
 # --- policy update --------------------------------------------------------------------------------

@@ -76,18 +76,21 @@ def learn(models: stages.Models, batch: Rollout, scores: torch.Tensor, sections:
     if s.algorithm.uses_prm:
         prm_ref = ref_logp if s.prm.reference == "sft" else old_logp
         with timer("prm"):
-            log_ratio, prm_skipped = _prm_log_ratios(m.prm, batch, scores, prm_ref, k, s.prm, generator, metrics)
+            log_ratio, prm_skipped = _prm_log_ratios(m.prm, batch, scores, prm_ref, k, s.prm, step_ends, generator,
+                                                     metrics)
             process_rewards = stages.process_reward_stage(log_ratio, batch, step_ends, s.reward, s.prm.beta)
     elif s.algorithm.self_guided:  # SPRO: the policy is its own implicit PRM, read before its update
         process_rewards = s.prm.beta * core.implicit_log_ratio(old_logp, ref_logp, batch.response_mask)
 
     with timer("advantages"):
-        advantages = stages.advantage_stage(scores, process_rewards, batch.response_mask, k, s.algorithm, s.reward)
+        tree = stages.tree_credit_stage(batch, scores, step_ends, k, s.algorithm) if s.algorithm.uses_tree else None
+        advantages = stages.advantage_stage(scores, process_rewards, batch.response_mask, k, s.algorithm, s.reward,
+                                            tree)
         if advantage_hook is not None:
             advantages = advantage_hook(advantages)
-        if process_rewards is not None:
+        if process_rewards is not None or tree is not None:
             metrics.update(stages.advantage_parts(scores, process_rewards, batch.response_mask, k, s.algorithm,
-                                                  s.reward))
+                                                  s.reward, tree))
     with timer("policy"):
         policy_metrics, policy_skipped = stages.policy_update_stage(
             m.policy, batch, old_logp, advantages, ref_logp, s.policy, s.rollout.temperature, generator)
@@ -97,7 +100,8 @@ def learn(models: stages.Models, batch: Rollout, scores: torch.Tensor, sections:
 
 
 def _prm_log_ratios(prm, batch: Rollout, scores: torch.Tensor, ref_logp: torch.Tensor, k: int, p: PrmSection,
-                    generator: torch.Generator, metrics: dict[str, float]) -> tuple[torch.Tensor, float]:
+                    step_ends: torch.Tensor, generator: torch.Generator,
+                    metrics: dict[str, float]) -> tuple[torch.Tensor, float]:
     """Update the PRM per ``prm.update``; returns the token log-ratios the rewards come from and the number of
     optimiser updates skipped for NaN/inf.
 
@@ -109,7 +113,8 @@ def _prm_log_ratios(prm, batch: Rollout, scores: torch.Tensor, ref_logp: torch.T
     if p.update == "none":
         log_ratio = stages.implicit_log_ratio_stage(prm, batch, ref_logp, p.micro_batch_size, p.micro_batch_tokens)
     else:
-        log_ratio, prm_metrics, skipped = stages.prm_update_stage(prm, batch, scores, ref_logp, k, p, generator)
+        log_ratio, prm_metrics, skipped = stages.prm_update_stage(prm, batch, scores, ref_logp, k, p, step_ends,
+                                                                  generator)
         metrics.update(prm_metrics)
         if p.loss == "ce":  # prm/loss above this = worse than predicting the batch's mean outcome
             metrics["prm/loss_constant_guess"] = core.constant_guess_ce(scores)

@@ -26,14 +26,21 @@ from prm_rl.trainer.step import LearnSections, learn  # noqa: E402
 REPO = __file__.rsplit("/tests/", 1)[0]
 
 
-def fixed_batch(n: int, vocab: int, eos: int) -> Rollout:
-    """Random prompts and responses of varied lengths, identical on every rank (fixed seed)."""
+def fixed_batch(n: int, vocab: int, eos: int, k: int, newline: int) -> Rollout:
+    """Random prompts and responses of varied lengths, identical on every rank (fixed seed). The responses of a
+    group share prefixes of 0-8 tokens and have step delimiters at tokens 2 and 5, so the group's prefix tree
+    branches at different steps."""
     g = torch.Generator().manual_seed(7)
     prompt_ids = torch.randint(4, vocab, (n, 6), generator=g)
     prompt_mask = torch.ones_like(prompt_ids)
     prompt_mask[::3, :2] = 0  # some left padding
     prompt_ids = prompt_ids.masked_fill(prompt_mask == 0, 0)
     response_ids = torch.randint(4, vocab, (n, 12), generator=g)
+    response_ids = response_ids.masked_fill(response_ids == eos, 4)
+    response_ids[:, [2, 5]] = newline
+    shared = torch.randint(0, 9, (n,), generator=g)
+    for i, s in enumerate(shared.tolist()):
+        response_ids[i, :s] = response_ids[i - i % k, :s]
     stops = torch.randint(3, 13, (n,), generator=g)
     for i, s in enumerate(stops.tolist()):
         if s < 12:
@@ -58,7 +65,8 @@ def main() -> None:
     tok = build_char_tokenizer(arithmetic.CHARACTERS)
     tiny = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_positions=32)
     k = cfg.rollout.samples_per_prompt
-    batch = fixed_batch(cfg.rollout.prompts_per_step * k, len(tok), tok.eos_token_id)
+    batch = fixed_batch(cfg.rollout.prompts_per_step * k, len(tok), tok.eos_token_id, k,
+                        tok.convert_tokens_to_ids("\n"))
     scores = (torch.rand(len(batch), generator=torch.Generator().manual_seed(3)) < 0.5).float()
     if uniform_groups:  # a group all right and one all wrong, every other group mixed
         scores[:k], scores[k:2 * k] = 1.0, 0.0

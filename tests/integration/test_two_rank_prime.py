@@ -130,6 +130,33 @@ def test_self_guided_spro_trains_the_policy_without_a_prm(tmp_path, warm_cache):
 
 
 @pytest.mark.slow
+def test_tree_credit_trains_without_a_prm(tmp_path, warm_cache):
+    """algorithm.advantage=tree: the group's prefix-tree credit on top of RLOO; no PRM, no reference."""
+    run_dir = tmp_path / "run"
+    proc = launch(warm_cache, run_dir, ["trainer.max_steps=2", "algorithm.advantage=tree"], num_ranks=1)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = metrics(run_dir)
+    assert not (run_dir / "prm").exists() and not any(k.startswith("prm/") for r in rows for k in r)
+    trained = [r for r in rows if "adv/tree_std" in r]
+    assert trained and any(r["adv/tree_std"] > 0 for r in trained)  # the groups branch, so the credit is not all 0
+
+
+@pytest.mark.slow
+def test_prefix_loss_on_tree_targets_with_tree_credit_runs_and_reports_the_tree_baseline(tmp_path, warm_cache):
+    """The implicit PRM learns per-prefix values from the group's tree; held-out evaluation puts the tree's own
+    step metrics beside the PRM's."""
+    run_dir = tmp_path / "run"
+    proc = launch(warm_cache, run_dir, ["trainer.max_steps=2", "algorithm.advantage=prime-tree", "prm.loss=prefix",
+                                        "prm.targets=tree", "prm.beta=2.0", "prm.margin=0.1"], num_ranks=1)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = metrics(run_dir)
+    assert any("prm/loss" in r and "adv/tree_std" in r and "adv/process_std" in r for r in rows)
+    evaluated = [r for r in rows if "prm_eval/step_auroc" in r]
+    assert evaluated and all("prm_eval/tree_step_auroc" in r and "prm_eval/tree_first_error_hit_rate" in r
+                             for r in evaluated)
+
+
+@pytest.mark.slow
 def test_the_prm_can_start_from_another_checkpoint(tmp_path, warm_cache):
     """prm.init_path: the PRM starts from that model (here a smaller one with the same tokenizer), the reference
     stays the SFT model, so before any update the PRM already differs from its reference."""

@@ -149,12 +149,19 @@ def test_registered_estimators_are_the_documented_functions():
     mask = (torch.rand(8, 5, generator=g) > 0.2).float()
     mask[:, 0] = 1
     rewards = torch.randn(8, 5, generator=g) * mask
+    tree = torch.randn(8, 5, generator=g) * mask
     knobs = dict(outcome_coef=1.0, process_coef=0.5, process_gamma=0.9, outcome_gamma=0.8, whiten=True)
-    run = {name: est.fn(scores, rewards if est.uses_prm or est.self_guided else None, mask, 4, **knobs)
+    run = {name: est.fn(scores, rewards if est.uses_prm or est.self_guided else None, mask, 4,
+                        tree_credit=tree if est.uses_tree else None, **knobs)
            for name, est in core.ADVANTAGE_ESTIMATORS.items()}
-    assert set(run) == {"prime", "rloo", "grpo", "spro"}
-    assert [n for n, e in core.ADVANTAGE_ESTIMATORS.items() if e.uses_prm] == ["prime"]
+    assert set(run) == {"prime", "rloo", "grpo", "spro", "tree", "prime-tree"}
+    assert [n for n, e in core.ADVANTAGE_ESTIMATORS.items() if e.uses_prm] == ["prime", "prime-tree"]
     assert [n for n, e in core.ADVANTAGE_ESTIMATORS.items() if e.self_guided] == ["spro"]
+    assert [n for n, e in core.ADVANTAGE_ESTIMATORS.items() if e.uses_tree] == ["tree", "prime-tree"]
+    torch.testing.assert_close(run["tree"], core.tree_advantages(scores, tree, mask, 4, outcome_coef=1.0,
+                                                                 outcome_gamma=0.8))
+    unwhitened = core.prime_advantages(scores, rewards, mask, 4, **knobs)[1] + tree
+    torch.testing.assert_close(run["prime-tree"], core.masked_whiten(unwhitened, mask))
     torch.testing.assert_close(run["spro"], core.spro_advantages(scores, rewards, mask, 4, outcome_coef=1.0,
                                                                  process_coef=0.5))
     torch.testing.assert_close(run["prime"], core.prime_advantages(scores, rewards, mask, 4, **knobs)[0])
@@ -185,10 +192,13 @@ def test_registered_prm_losses_sum_and_count_like_the_functions():
     seq = torch.tensor([0.3, -0.2, 1.0, 0.1, -1.0, 0.4, 0.0, 0.2])
     labels = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.5])
     ce, dpo = core.PRM_LOSSES["ce"], core.PRM_LOSSES["dpo"]
-    torch.testing.assert_close(ce.summed(seq, labels, 4), core.prm_ce_loss(seq, labels).sum())
+    # one token per response, beta 0.5: the sequence reward is 0.5 * log_ratio
+    inputs = core.PrmLossInputs(log_ratio=(seq / 0.5)[:, None], mask=torch.ones(8, 1), labels=labels, group_size=4,
+                                beta=0.5)
+    torch.testing.assert_close(ce.summed(inputs), core.prm_ce_loss(seq, labels).sum())
     assert ce.terms(labels, 4) == 8
     chosen, rejected = core.dpo_pairs(labels, 4)
-    torch.testing.assert_close(dpo.summed(seq, labels, 4), core.prm_dpo_loss(seq, chosen, rejected).sum())
+    torch.testing.assert_close(dpo.summed(inputs), core.prm_dpo_loss(seq, chosen, rejected).sum())
     assert dpo.terms(labels, 4) == 4 + 5  # group 1: 2 correct x 2 wrong; group 2 (0, 0, 1, .5): 1 > .5 and both > 0 x2
 
 

@@ -4,6 +4,8 @@ import math
 import pytest
 import torch
 
+from prm_rl import core
+
 from prm_rl.core import (
     dpo_pairs,
     implicit_log_ratio,
@@ -149,3 +151,39 @@ def test_normalize_by_max_return():
     torch.testing.assert_close(normalize_by_max_return(rewards, mask, eps=0.0), expected)
     zeros = torch.zeros(2, 3)
     torch.testing.assert_close(normalize_by_max_return(zeros, torch.ones(2, 3)), zeros)
+
+
+def test_prefix_values_are_the_beta_scaled_running_mean_log_ratio():
+    log_ratio = torch.tensor([[2.0, 0.0, 4.0, 9.0]])
+    mask = torch.tensor([[1, 1, 1, 0]])
+    v = core.prefix_implicit_values(log_ratio, mask, beta=0.5)
+    assert v.tolist() == [[1.0, 0.5, 1.0, 0.0]]
+
+
+def test_prefix_loss_is_the_mean_bce_over_judged_prefixes_with_the_margin():
+    log_ratio = torch.tensor([[2.0, 0.0, 4.0], [1.0, -3.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    ends = torch.tensor([[0, 1, 1], [1, 1, 0]], dtype=torch.bool)
+    targets = torch.tensor([[1.0, 1.0, 1.0], [0.5, 0.0, 0.0]])
+    got = core.prm_prefix_loss(log_ratio, mask, ends, targets, beta=1.0, margin=0.25)
+    # row 0 judges v = 1 (t=1) and 2 (t=2), target 1; row 1 judges v = 1 (t=0, target 0.5) and -1 (t=1, target 0)
+    def bce(v, y, m=0.25):
+        return -(y * math.log(1 / (1 + math.exp(-(v - m)))) + (1 - y) * math.log(1 / (1 + math.exp(v + m))))
+    want = [(bce(1, 1) + bce(2, 1)) / 2, (bce(1, 0.5) + bce(-1, 0)) / 2]
+    assert got.tolist() == pytest.approx(want, rel=1e-6)
+    # the registered loss reads the row's outcome when no per-prefix target is given
+    inputs = core.PrmLossInputs(log_ratio, mask, torch.tensor([1.0, 0.0]), 2, 1.0, prefix_ends=ends, margin=0.25)
+    outcome_targets = torch.tensor([[1.0] * 3, [0.0] * 3])
+    torch.testing.assert_close(core.PRM_LOSSES["prefix"].summed(inputs),
+                               core.prm_prefix_loss(log_ratio, mask, ends, outcome_targets, 1.0, 0.25).sum())
+
+
+def test_prefix_loss_gradient_reaches_every_judged_prefix_unlike_the_sequence_loss():
+    # the sequence CE sees only the sum: moving log-ratio mass between tokens leaves it unchanged; the prefix loss
+    # does not (the per-token credit is identified)
+    mask, ends = torch.ones(1, 4), torch.tensor([[0, 1, 0, 1]], dtype=torch.bool)
+    a = torch.tensor([[3.0, 0.0, 0.0, 0.0]])
+    b = torch.tensor([[0.0, 0.0, 0.0, 3.0]])
+    ce = [core.prm_ce_loss(core.sequence_reward(x, mask, 1.0), torch.tensor([1.0])) for x in (a, b)]
+    prefix = [core.prm_prefix_loss(x, mask, ends, torch.ones(1, 4), 1.0) for x in (a, b)]
+    assert torch.equal(ce[0], ce[1]) and not torch.equal(prefix[0], prefix[1])

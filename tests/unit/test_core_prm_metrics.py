@@ -103,12 +103,19 @@ def test_prm_metrics_of_a_perfect_prm():
     step_end = torch.tensor([[0, 1, 0, 0]] * 4, dtype=torch.bool)  # steps: tokens 0-1, tokens 2-3
     log_ratio = torch.tensor([[1.0, 1, 1, 1], [1, 1, -5, -5], [1, 1, 1, 1], [1, 1, -5, -5]])
     scores = torch.tensor([1.0, 0.0, 1.0, 0.0])
-    m = prm_metrics(log_ratio, mask, scores, 2, 0.1, step_end, torch.tensor([0, 2, 0, 2]))
+    ids = torch.tensor([[1, 2, 3, 4], [1, 2, 5, 6]] * 2)  # each group shares its first step and branches at the 2nd
+    m = prm_metrics(log_ratio, ids, mask, scores, 2, 0.1, step_end, torch.tensor([0, 2, 0, 2]))
     assert m["ranking_acc"] == 1.0 and m["outcome_auroc"] == 1.0 and m["step_auroc"] == 1.0
     assert m["first_error_hit_rate"] == 1.0 and m["first_error_random"] == 0.5
     assert m["ce"] < m["ce_constant_guess"] == math.log(2)
-    m = prm_metrics(-log_ratio, mask, scores, 2, 0.1, step_end, torch.tensor([0, 2, 0, 2]))
+    # the tree's free estimate: 0 on the shared step, +-0.5 where the group branches: it finds the wrong step too
+    assert m["tree_step_auroc"] == 1.0 and m["tree_first_error_hit_rate"] == 1.0
+    m = prm_metrics(-log_ratio, ids, mask, scores, 2, 0.1, step_end, torch.tensor([0, 2, 0, 2]))
     assert m["ranking_acc"] == 0.0 and m["ce"] > math.log(2) and m["first_error_hit_rate"] == 0.0
+    assert m["tree_step_auroc"] == 1.0  # the tree does not read the PRM
+    # no shared prefix: every response is its own branch from the root, so the wrong one's first step takes the blame
+    m = prm_metrics(log_ratio, torch.arange(16).reshape(4, 4), mask, scores, 2, 0.1, step_end, torch.tensor([0, 2, 0, 2]))
+    assert m["tree_first_error_hit_rate"] == 0.0
 
 
 def test_eval_command_rejects_a_directory_that_is_not_a_run(tmp_path):

@@ -90,7 +90,7 @@ def test_hydra_errors_become_one_line():
         lines[override] = hydra_error_line(err.value)
     assert lines["foo=1"] == "Could not override 'foo'; Key 'foo' not in 'Config'; To append to your config use +foo=1"
     assert lines["+recipe=nope"].startswith("In 'base': Could not find 'recipe/nope'; Available options in 'recipe': ")
-    assert "math_ppo, math_rloo" in lines["+recipe=nope"] and "search path" not in lines["+recipe=nope"]
+    assert "math_ppo, math_ppo_paper, math_rloo" in lines["+recipe=nope"] and "search path" not in lines["+recipe=nope"]
     assert lines["trainer.max_steps=abc"] == ("Error merging override trainer.max_steps=abc; Value 'abc' of type 'str' "
                                               "could not be converted to Integer")
 
