@@ -100,6 +100,13 @@ def test_wrong_type_is_rejected():
     ("prm.grad_clip=0", "prm.grad_clip"),
     ("policy.weight_decay=-5", "policy.weight_decay"),
     ("policy.grad_clip=-1", "policy.grad_clip"),
+    ("algorithm.advantage=trees", "algorithm.advantage"),
+    ("algorithm.tree_split=line", "algorithm.tree_split"),
+    ("algorithm.tree_coef=-1", "algorithm.tree_coef"),
+    ("prm.loss=prefixes", "prm.loss"),
+    ("prm.loss=prefix prm.targets=mc", "prm.targets"),
+    ("prm.loss=prefix prm.margin=-0.1", "prm.margin"),
+    ("prm.loss=ce prm.targets=tree", "prm.targets"),  # read only by the prefix loss
 ])
 def test_rule_violations_name_the_field(override, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):

@@ -221,3 +221,26 @@ def test_advantage_parts_split_primes_unwhitened_value_into_outcome_and_process(
     assert parts["adv/process_std"] == pytest.approx(float(process[valid].double().std()))
     expected = torch.corrcoef(torch.stack([process[valid].double(), outcome[valid].double()]))[0, 1]
     assert parts["adv/process_outcome_corr"] == pytest.approx(float(expected))
+
+
+def test_advantage_parts_split_prime_tree_into_outcome_process_and_tree():
+    from prm_rl.config import AlgorithmSection, RewardSection
+    from prm_rl.trainer.stages import advantage_parts
+
+    g = torch.Generator().manual_seed(1)
+    scores = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
+    rewards = torch.randn(4, 4, generator=g) * mask
+    tree = torch.randn(4, 4, generator=g) * mask
+    a, r = AlgorithmSection(advantage="prime-tree"), RewardSection()
+    parts = advantage_parts(scores, rewards, mask, 2, a, r, tree)
+    returns = prime_advantages(scores, rewards, mask, 2)[1]
+    outcome = prime_advantages(scores, None, mask, 2)[1]
+    valid = mask.bool()
+    assert parts["adv/process_std"] == pytest.approx(float((returns - outcome)[valid].double().std()))
+    assert parts["adv/tree_std"] == pytest.approx(float(tree[valid].double().std()))
+    expected = torch.corrcoef(torch.stack([tree[valid].double(), outcome[valid].double()]))[0, 1]
+    assert parts["adv/tree_outcome_corr"] == pytest.approx(float(expected))
+    # tree alone: no process part is reported
+    only_tree = advantage_parts(scores, None, mask, 2, AlgorithmSection(advantage="tree"), r, tree)
+    assert "adv/process_std" not in only_tree and only_tree["adv/tree_std"] == parts["adv/tree_std"]
