@@ -16,7 +16,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from tiny_runs import all_rows, environment, launch, metrics
 
 PRM_EVAL_KEYS = ("accuracy", "ce", "ce_constant_guess", "outcome_auroc", "ranking_acc", "ranking_weight",
-                 "step_auroc", "first_error_hit_rate", "first_error_random", "first_error_n")
+                 "step_auroc", "first_error_hit_rate", "first_error_random", "first_error_n",
+                 "tree_step_auroc", "tree_first_error_hit_rate")
 
 
 @pytest.mark.slow
