@@ -18,7 +18,7 @@ after rank 0 logged the last step, i.e. before the final checkpoint and export; 
 The ranks run with ``MALLOC_MMAP_THRESHOLD_=131072`` (see ``FIXED_MMAP``) so that freed tensors leave the resident
 set, as freed blocks are reused on a GPU; ``--glibc-default`` measures with glibc's own settings instead.
 Also the trainer's own ``mem/<stage>_gb`` (on CPU the resident memory at the end of each stage, largest over ranks
-and steps), which misses peaks inside a stage. The estimate is ``prm_rl.estimate.estimate(cfg, R, resident=True)``:
+and steps), which misses peaks inside a stage. The estimate is ``prm_rl.trainer.memory.estimate(cfg, R, resident=True)``:
 DeepSpeed's reduce bucket counted as far as gradients fill it (a GPU would hold all 500M elements of it; the JSON
 also has that GPU figure). Writes OUT.json (everything), OUT.md (tables) and OUT.png (bars).
 """
@@ -146,7 +146,8 @@ def run_once(args: list[str], ranks: int, steps: int, run: Path, malloc: dict[st
 
 
 def estimated(args: list[str], ranks: int) -> dict:
-    from prm_rl.estimate import as_dict, compose, estimate
+    from prm_rl.cli import compose
+    from prm_rl.trainer.memory import as_dict, estimate
 
     cfg = compose(args, ranks)
     return {**as_dict(estimate(cfg, ranks, resident=True)), "gpu_device_total": estimate(cfg, ranks).device}
@@ -187,7 +188,7 @@ def terms(r: dict) -> dict:
 
 
 NOTES = """
-How far off, and why (these runs; see prm_rl/estimate.py for each term):
+How far off, and why (these runs; see prm_rl/trainer/memory.py for each term):
 
 - Agreement at 1 rank, ZeRO 0-2, is partly by construction: two of the estimate's rules were read off runs like
   these and DeepSpeed's source, namely that below ZeRO-3 DeepSpeed frees the gradients after every optimiser step (so

@@ -30,9 +30,8 @@ sys.path.insert(0, str(REPO))
 
 def load_config(overrides: list[str]):
     from prm_rl import cli
-    from prm_rl.config import to_config
 
-    return to_config(cli.check_overrides(REPO / "recipes", "base", overrides))  # as launch/train.py composes it
+    return cli.compose(overrides)  # as launch/train.py composes it
 
 
 def main(overrides: list[str]) -> None:
@@ -41,11 +40,11 @@ def main(overrides: list[str]) -> None:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
+    from prm_rl.data.splits import load_prompt_splits
     from prm_rl.models.loading import load_causal_lm, load_tokenizer, start_checkpoint
     from prm_rl.models.warm_start import checkpointing_option
     from prm_rl.rewards import build_scorer
     from prm_rl.trainer.evaluate import heldout_accuracy
-    from prm_rl.trainer.prime import load_prompt_splits
 
     cfg = load_config(overrides)
     out = Path(cfg.trainer.output_dir)
@@ -54,7 +53,7 @@ def main(overrides: list[str]) -> None:
     scorer = build_scorer(v.tasks, num_workers=v.num_workers, timeout_s=v.timeout_s, root="verifier.tasks")
     sft = start_checkpoint(cfg)
     tokenizer = load_tokenizer(cfg.model.tokenizer_path or sft)
-    splits = load_prompt_splits(cfg, tokenizer, scorer)
+    splits = load_prompt_splits(cfg.data, cfg.task, tokenizer, scorer, log=print)
     torch.manual_seed(cfg.trainer.seed)
     model = load_causal_lm(sft, cfg.model.dtype)
 

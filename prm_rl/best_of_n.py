@@ -27,7 +27,8 @@ from prm_rl import core
 from prm_rl.answers import final_answer
 from prm_rl.config import PrmEvalSection, PrmSection, RewardSection, RolloutSection, TaskSection
 from prm_rl.data.prompts import BUILTIN_TASKS, builtin_splits
-from prm_rl.models.loading import load_causal_lm, load_tokenizer
+from prm_rl.errors import exit_on_usage_error
+from prm_rl.models.loading import check_checkpoint, load_causal_lm, load_tokenizer
 from prm_rl.rewards import build_scorer
 from prm_rl.tracking.logger import finite_or_none
 
@@ -134,6 +135,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--plot", type=Path, default=None, help="PNG of accuracy against N")
     args = parser.parse_args(argv)
 
+    with exit_on_usage_error():  # before anything loads: a bad path is one line, not a traceback
+        check_checkpoint("--policy", args.policy, tokenizer=True)
+        check_checkpoint("--prm", args.prm, tokenizer=False)
+        check_checkpoint("--ref", args.ref, tokenizer=False)
     torch.set_grad_enabled(False)
     task = TaskSection(name=args.task)
     prompts = builtin_splits(task.selected, train_size=1, eval_size=task.eval_size, seed=task.seed).eval

@@ -71,6 +71,18 @@ def check_overrides(config_dir: Path, config_name: str, overrides: list[str]) ->
         fail(f"config error: {hydra_error_line(err)}", EXIT_USAGE)
 
 
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def compose(overrides: list[str], world_size: int = 1, offline_prm: bool = False):
+    """The typed config launch/train.py would run from ``overrides`` (recipes/; no recipe given: the built-in
+    job), for tools that run outside Hydra's entry point. A bad override or value: one line, exit 2."""
+    from prm_rl.config import to_config
+
+    composed = check_overrides(RECIPES, "base", with_default_recipe(overrides))
+    return to_config(composed, world_size=world_size, offline_prm=offline_prm)
+
+
 def start_cpu_ranks(cfg: DictConfig | None, argv: list[str], offline_prm: bool = False) -> None:
     """On a machine without a GPU, launched as one process: run ``argv`` as ``trainer.cpu_ranks`` ranks
     (:mod:`prm_rl.engine.cpu_ranks`) and exit with their status. Returns when one rank is to run here."""

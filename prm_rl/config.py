@@ -562,6 +562,13 @@ class Config:
     trainer: TrainerSection = field(default_factory=TrainerSection)
     wandb: WandbSection = field(default_factory=WandbSection)
 
+    @property
+    def needs_reference(self) -> bool:
+        """A frozen copy of the starting model is loaded: the PRM reads it (``prm.reference=sft``), or the KL
+        term, or SPRO's self-guided reward does. The trainer and the memory estimator both ask this."""
+        a = self.algorithm
+        return bool((a.uses_prm and self.prm.reference == "sft") or self.policy.kl_coef or a.self_guided)
+
     def check(self, world_size: int = 1, offline_prm: bool = False) -> None:
         """Run every section's rules, then the rules that span sections (``offline_prm``: for
         launch/train_prm.py, which reads prompts only to sample responses and to evaluate)."""

@@ -6,6 +6,9 @@ listed in docs/checkpoints.md, "Exit codes".
 """
 from __future__ import annotations
 
+import sys
+from contextlib import contextmanager
+
 EXIT_USAGE = 2  # a start-up check refused the run; nothing in the run directory was changed
 
 
@@ -22,3 +25,13 @@ class ConfigError(UsageError):
     """A config value breaks a rule; the message names the field (its dotted path)."""
 
     label = "config error"
+
+
+@contextmanager
+def exit_on_usage_error():
+    """Around a command's checks of its arguments: a :class:`UsageError` is its one line on stderr and exit 2."""
+    try:
+        yield
+    except UsageError as err:
+        print(err.one_line(), file=sys.stderr)
+        sys.exit(EXIT_USAGE)

@@ -109,11 +109,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
+    from prm_rl.data.splits import load_prompt_splits
     from prm_rl.models.loading import load_causal_lm, load_tokenizer, start_checkpoint
     from prm_rl.rewards import build_scorer
     from prm_rl.tracking.logger import finite_or_none
     from prm_rl.trainer import prm_eval, stages
-    from prm_rl.trainer.prime import load_prompt_splits
 
     torch.set_grad_enabled(False)
     quiet = lambda msg: print(f"[eval_prm] {msg}", file=sys.stderr)  # noqa: E731
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
     settings = cfg.prm_eval
     with build_scorer(cfg.verifier.tasks, num_workers=cfg.verifier.num_workers, timeout_s=cfg.verifier.timeout_s,
                       root="verifier.tasks") as scorer:
-        prompts = load_prompt_splits(cfg, tokenizer, scorer, quiet).eval[:settings.num_prompts]
+        prompts = load_prompt_splits(cfg.data, cfg.task, tokenizer, scorer, quiet).eval[:settings.num_prompts]
         if not prompts:
             _fail("no held-out prompts (data.eval is not set, or prm_eval.num_prompts is 0)")
         policy = load_causal_lm(str(policy_dir), cfg.model.dtype)

@@ -28,7 +28,8 @@ from prm_rl import core, cost
 from prm_rl.config import PrmEvalSection, PrmSection, RewardSection, RolloutSection, TaskSection
 from prm_rl.data.prompts import builtin_splits
 from prm_rl.data.sample import Sample, encode_prompts
-from prm_rl.models.loading import load_causal_lm, load_tokenizer
+from prm_rl.errors import UsageError, exit_on_usage_error
+from prm_rl.models.loading import check_checkpoint, load_causal_lm, load_tokenizer
 from prm_rl.rewards import build_scorer
 from prm_rl.rollout.generate import generate, left_pad
 from prm_rl.tracking.logger import finite_or_none
@@ -138,6 +139,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=None, help="write the JSON report here (also printed)")
     args = parser.parse_args(argv)
 
+    with exit_on_usage_error():  # before anything loads: a bad path is one line, not a traceback
+        check_checkpoint("--policy", args.policy, tokenizer=True)
+        for run in args.prm_runs:
+            if not (run / "summary.json").is_file():
+                raise UsageError(f"--prm-runs {run}: no summary.json (not a finished launch/train_prm.py run)")
     torch.set_grad_enabled(False)
     task = TaskSection()
     prompts: list[Sample] = builtin_splits(task.selected, train_size=1, eval_size=task.eval_size,

@@ -6,39 +6,36 @@ pairwise dpo loss within a prompt's responses), and read its step rewards q_k - 
 is the online trainer's own (:func:`prm_rl.trainer.stages.prm_update_stage`), so a PRM trained here means the
 same thing inside PRIME (``prm.init_path=RUN/prm``).
 
-Read :meth:`PrmTrainer.fit`: labelled rows (read from ``prm_train.data``, or sampled from the starting model
-and labelled by the verifier, then kept in ``RUN/prm_data/``), reference log-probs once, then
-``prm_train.epochs`` passes of optimiser steps over whole prompts, with the RL trainer's checkpoints, resume,
-stop signals and NaN guard. Held-out PRM metrics (docs/prm_eval.md) on samples of the starting model at the
-start, every ``trainer.eval_every`` steps and at the end; ``summary.json`` adds the data, the loss per epoch
-and the compute spent (:mod:`prm_rl.cost`).
+Read :class:`PrmTrainer` top to bottom: labelled rows (read from ``prm_train.data``, or sampled from the
+starting model and labelled by the verifier, then kept in ``RUN/prm_data/``), reference log-probs once, then
+``prm_train.epochs`` passes of optimiser steps over whole prompts. Checkpoints, resume, stop signals and the
+NaN guard are the run's (:class:`prm_rl.trainer.run.Run`), as in the RL trainer. Held-out PRM metrics
+(docs/prm_eval.md) on samples of the starting model at the start, every ``trainer.eval_every`` steps and at the
+end; ``summary.json`` adds the data, the loss per epoch and the compute spent (:mod:`prm_rl.cost`).
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from prm_rl import cost
 from prm_rl.config import Config, PrmEvalSection
 from prm_rl.data.labelled import LabelledRows, load_labelled
 from prm_rl.data.prompts import PromptSplits
 from prm_rl.data.sample import Sample, text_rollout
+from prm_rl.data.splits import load_prompt_splits
 from prm_rl.engine import dist
-from prm_rl.engine.deepspeed_engine import frozen_model, set_optimizer_hyperparameters, trainable_engine
+from prm_rl.engine.deepspeed_engine import frozen_model, trainable_engine
 from prm_rl.errors import ConfigError
-from prm_rl.models.loading import load_causal_lm, load_tokenizer, start_checkpoint
-from prm_rl.rewards import build_scorer
+from prm_rl.models.loading import load_causal_lm
 from prm_rl.rollout.generate import Rollout
-from prm_rl.tracking.logger import MetricsLogger, finite_or_none
-from prm_rl.trainer import checkpoint, prm_eval, run_dir, stages
-from prm_rl.trainer.faults import EXIT_NONFINITE, EXIT_SIGNAL, NonFiniteGuard, RunStopped, StopSignals, on_rank0
-from prm_rl.trainer.prime import load_prompt_splits, log
+from prm_rl.tracking.logger import finite_or_none
+from prm_rl.trainer import prm_eval, stages
+from prm_rl.trainer.run import Job, Run, StepOutcome, log
 
 
 @dataclass
@@ -52,27 +49,25 @@ class TrainingSet:
     sampling_seconds: float
 
 
-class PrmTrainer:
+class PrmTrainer(Job):
+    """Offline PRM training as a :class:`~prm_rl.trainer.run.Job`: one step is one PRM optimiser step."""
+
+    more_steps_hint = "raise prm_train.epochs"
+
     def __init__(self, cfg: Config, raw_cfg: DictConfig, name: str = "prm"):
         if cfg.prm.reference != "sft":
             raise ConfigError(f"prm.reference={cfg.prm.reference}: offline PRM training has no rollout policy; "
                               "its reference is the frozen starting model (prm.reference=sft)")
-        self.cfg, self.raw_cfg, self.started = cfg, raw_cfg, time.time()
-        torch.manual_seed(cfg.trainer.seed * 1000 + dist.rank())
-        self.shuffle = torch.Generator().manual_seed(cfg.trainer.seed)
-        self.run_dir = run_dir.create(cfg.trainer.output_dir, name, log)
-        log(f"run directory: {self.run_dir}")
-        self.resume_from = on_rank0(lambda: checkpoint.find_resume_point(self.run_dir, cfg.trainer.resume, log))
-        v = cfg.verifier
-        self.scorer = build_scorer(v.tasks, num_workers=v.num_workers, timeout_s=v.timeout_s, root="verifier.tasks")
-        self.reference_path = on_rank0(lambda: start_checkpoint(cfg, log=log))
-        self.tokenizer = load_tokenizer(cfg.model.tokenizer_path or self.reference_path)
+        self.cfg = cfg
+        self.run = run = Run(cfg, raw_cfg, name)
+        self.reference_path, self.tokenizer = run.start_checkpoint, run.tokenizer
         labelled = None
         if cfg.prm_train.data is not None:  # a bad file fails here, before any model loads
             labelled = load_labelled(cfg.prm_train.data, cfg.prm_train.fields, needs_groups=cfg.prm.loss == "dpo")
         no_prompts = cfg.model.path is not None and cfg.data.train is None  # rows from a file, no evaluation
-        splits = PromptSplits([], []) if no_prompts else load_prompt_splits(cfg, self.tokenizer, self.scorer)
-        run_dir.save_config(self.run_dir, raw_cfg)
+        splits = (PromptSplits([], []) if no_prompts
+                  else load_prompt_splits(cfg.data, cfg.task, self.tokenizer, run.scorer, log))
+        run.inputs_accepted()
         mc = cfg.model
         self.ref = frozen_model(load_causal_lm(self.reference_path, mc.dtype), cfg.deepspeed, dtype=mc.dtype)
         p = cfg.prm
@@ -86,16 +81,18 @@ class PrmTrainer:
         self.ref_logp = stages.logprob_stage(self.ref, self.data.batch, p.micro_batch_size,
                                              max_tokens=p.micro_batch_tokens)
         self.heldout = self._heldout_groups(splits.eval)
-        self.guard = NonFiniteGuard(cfg.trainer.max_bad_steps)
         groups = len(self.data.labels) // self.data.k
         per_update = max(1, cfg.prm_train.prompts_per_update * (1 if self.data.k > 1 else _mean_group(labelled)))
         self.steps_per_epoch = math.ceil(groups / per_update)
         self.groups_per_step = per_update
         self.max_steps = cfg.prm_train.epochs * self.steps_per_epoch
-        self.logger: MetricsLogger | None = None
         self.eval_start: dict[str, float] = {}
         self.eval_last: dict[str, float] = {}
         self.loss_sums: dict[int, list[float]] = {}  # epoch -> [sum of step losses, steps]
+
+    def fit(self) -> dict:
+        """Train ``prm_train.epochs`` passes (resuming if a checkpoint says so); save the PRM and a summary."""
+        return self.run.fit(self)
 
     # --- data -------------------------------------------------------------------------------------------
     def _training_set(self, labelled: LabelledRows | None, prompts: list[Sample]) -> TrainingSet:
@@ -107,7 +104,7 @@ class PrmTrainer:
             log(f"prm data: {len(labelled.responses)} rows, {labelled.num_groups} prompts x {labelled.group_size} "
                 f"from {self.cfg.prm_train.data}, label mean {float(labelled.labels.mean()):.3f}")
             return TrainingSet(batch, labelled.labels, labelled.group_size, 0.0, 0.0)
-        folder = self.run_dir / "prm_data"
+        folder = self.run.dir / "prm_data"
         saved = folder / "tokens.pt"
         if saved.exists():
             state = torch.load(saved, weights_only=False)
@@ -119,7 +116,7 @@ class PrmTrainer:
         started = time.time()
         settings = PrmEvalSection(samples_per_prompt=t.samples_per_prompt, temperature=self.cfg.rollout.temperature,
                                   seed=self.cfg.trainer.seed)
-        sampled = prm_eval.sample_heldout(self.sampler, self.tokenizer, prompts[:t.num_prompts], self.scorer,
+        sampled = prm_eval.sample_heldout(self.sampler, self.tokenizer, prompts[:t.num_prompts], self.run.scorer,
                                           settings, max_new_tokens=self.cfg.rollout.max_new_tokens,
                                           synced_gpus=self.synced)
         data = TrainingSet(sampled.rollout, sampled.scores, sampled.k,
@@ -143,10 +140,10 @@ class PrmTrainer:
         e = self.cfg.prm_eval
         if min(len(prompts), e.num_prompts) < dist.world_size():
             return None
-        return prm_eval.sample_heldout(self.sampler, self.tokenizer, prompts[:e.num_prompts], self.scorer, e,
+        return prm_eval.sample_heldout(self.sampler, self.tokenizer, prompts[:e.num_prompts], self.run.scorer, e,
                                        max_new_tokens=self.cfg.rollout.max_new_tokens, synced_gpus=self.synced)
 
-    def evaluate(self) -> dict[str, float]:
+    def heldout_metrics(self) -> dict[str, float]:
         if self.heldout is None:
             return {}
         metrics, _ = prm_eval.evaluate_prm(self.prm, self.ref, self.heldout, beta=self.cfg.prm.beta,
@@ -156,24 +153,7 @@ class PrmTrainer:
         return {f"prm_eval/{k}": v for k, v in metrics.items()}
 
     # --- training ---------------------------------------------------------------------------------------
-    def fit(self) -> dict:
-        """Train ``prm_train.epochs`` passes (resuming if a checkpoint says so); save the PRM and a summary."""
-        finished = self.run_dir / "summary.json"
-        if self.resume_from is not None and checkpoint.step_of(Path(self.resume_from)) >= self.max_steps \
-                and finished.exists():
-            log(f"{self.run_dir} already finished its {self.max_steps} steps (summary.json): nothing to do")
-            return json.loads(finished.read_text())
-        try:
-            with StopSignals() as signals:
-                for step in range(self._start() + 1, self.max_steps + 1):
-                    self._train_step(step)
-                    self._save_or_stop(step, signals)
-        except RunStopped:
-            self._close()
-            raise
-        return self._finish()
-
-    def step(self, step: int) -> dict[str, float]:
+    def step(self, step: int) -> StepOutcome:
         """One optimiser step of the PRM on ``prm_train.prompts_per_update`` prompts of this epoch's order."""
         epoch, index = divmod(step - 1, self.steps_per_epoch)
         order = torch.randperm(len(self.data.labels) // self.data.k,
@@ -183,80 +163,41 @@ class PrmTrainer:
         rows = (groups[:, None] * k + torch.arange(k)).reshape(-1)
         settings = replace(self.cfg.prm, mini_batches=1, epochs=1)
         _, metrics, skipped = stages.prm_update_stage(self.prm, self.data.batch.select(rows), self.data.labels[rows],
-                                                      self.ref_logp[rows], k, settings, self.step_ends, self.shuffle)
+                                                      self.ref_logp[rows], k, settings, self.step_ends,
+                                                      self.run.shuffle)
         sums = self.loss_sums.setdefault(epoch, [0.0, 0.0])
         sums[0], sums[1] = sums[0] + metrics["prm/loss"], sums[1] + 1
-        return metrics | {"prm/epoch": epoch + (index + 1) / self.steps_per_epoch, "prm/skipped": skipped}
+        return StepOutcome(metrics | {"prm/epoch": epoch + (index + 1) / self.steps_per_epoch}, skipped)
 
-    def _train_step(self, step: int) -> None:
-        started = time.time()
-        metrics = self.step(step)
-        metrics["time/step"] = time.time() - started
-        metrics.update(self.guard.update(metrics.pop("prm/skipped")))
-        every = self.cfg.trainer.eval_every
-        if step == self.max_steps or (every and step % every == 0):
-            self.eval_last = self.evaluate()
-            metrics.update(self.eval_last)
-        if self.logger:
-            self.logger.log(step, metrics)
-        if self.guard.exhausted:
-            raise RunStopped(f"stopping at step {step}: {self.guard.consecutive} PRM updates in a row had NaN/inf "
-                             f"losses or gradients (trainer.max_bad_steps={self.cfg.trainer.max_bad_steps})",
-                             EXIT_NONFINITE)
+    # --- what the run asks of this job (prm_rl.trainer.run.Job) ------------------------------------------
+    def engines(self) -> dict:
+        return {"prm": self.prm}
 
-    def _save_or_stop(self, step: int, signals: StopSignals) -> None:
-        stop = bool(dist.all_reduce_max(torch.tensor([signals.received is not None])).item())
-        every = self.cfg.trainer.checkpoint_every
-        if stop or step == self.max_steps or (every and step % every == 0):
-            saved = self._save(step)
-            if stop:
-                raise RunStopped(f"stopped by {signals.received or 'a signal on another rank'} after step {step}; "
-                                 f"saved {saved}. Run the same command again to resume", EXIT_SIGNAL)
+    def start(self) -> dict[str, float]:
+        self.eval_start = self.heldout_metrics()
+        return self.eval_start
 
-    def _start(self) -> int:
-        """Restore the chosen checkpoint, or evaluate the starting PRM; returns the last step done."""
-        cfg, state = self.cfg, {}
-        if self.resume_from is not None:
-            path = Path(self.resume_from)
-            state, _, rng = checkpoint.load(path, {"prm": self.prm})
-            p = cfg.prm
-            set_optimizer_hyperparameters(self.prm, lr=p.learning_rate, weight_decay=p.weight_decay)
-            checkpoint.set_rng_state(rng, self.shuffle)
-            self.guard.consecutive, self.guard.total = state["bad_steps_in_a_row"], state["bad_steps_total"]
-            self.eval_start = state["prm_eval_start"]
-            self.loss_sums = {int(epoch): sums for epoch, sums in state["loss_sums"].items()}  # JSON keys: str
-            self.started = time.time() - state["wall_seconds"]
-            log(f"resumed from {path} (step {state['step']} of {self.max_steps})")
-        done = state.get("step", 0)
-        if dist.is_main():
-            self.logger = MetricsLogger(self.run_dir, total_steps=self.max_steps, start_step=done,
-                                        wandb_mode=cfg.wandb.mode, project=cfg.wandb.project,
-                                        entity=cfg.wandb.entity, name=cfg.wandb.name or self.run_dir.name,
-                                        config=OmegaConf.to_container(self.raw_cfg, resolve=True),
-                                        progress_bar=cfg.trainer.progress_bar, run_id=state.get("wandb_run_id"))
-        if self.resume_from is None:
-            self.eval_start = self.evaluate()
-            if self.logger and self.eval_start:
-                self.logger.record(0, self.eval_start)
-        return done
+    def evaluate(self, step: int, due: bool) -> dict[str, float]:
+        if due or step == self.max_steps:
+            self.eval_last = self.heldout_metrics()
+            return self.eval_last
+        return {}
 
-    def _save(self, step: int) -> Path:
-        state = {"step": step, "bad_steps_in_a_row": self.guard.consecutive, "bad_steps_total": self.guard.total,
-                 "prm_eval_start": self.eval_start, "loss_sums": self.loss_sums,
-                 "wandb_run_id": self.logger.run_id if self.logger else None, "world_size": dist.world_size(),
-                 "wall_seconds": round(time.time() - self.started, 1)}
-        return checkpoint.save(self.run_dir, step, engines={"prm": self.prm}, tokenizer=self.tokenizer,
-                               trainer_state=state, buffer_state={}, rng=checkpoint.rng_state(self.shuffle),
-                               config=self.raw_cfg, keep=self.cfg.trainer.keep_checkpoints, log=log)
+    def state(self) -> dict:
+        return {"prm_eval_start": self.eval_start, "loss_sums": self.loss_sums}
 
-    def _finish(self) -> dict:
-        run_dir.save_hf_model(self.prm, self.tokenizer, self.run_dir / "prm")
+    def load_state(self, state: dict, buffer_state: dict) -> None:
+        self.eval_start = state["prm_eval_start"]
+        self.loss_sums = {int(epoch): sums for epoch, sums in state["loss_sums"].items()}  # JSON keys: str
+
+    def finish(self) -> dict:
         params = cost.parameter_count(self.prm.module)
         trained_tokens = cost.tokens(self.data.batch)
         training = (cost.training_flops(params, trained_tokens) * self.cfg.prm_train.epochs
                     + cost.forward_flops(params, trained_tokens))  # + the reference's one pass
-        summary = {
-            "steps": self.max_steps,
+        prm_dir = self.run.dir / "prm"
+        log(f"the PRM is {prm_dir} (reference {self.reference_path}); use it in PRIME with prm.init_path={prm_dir}")
+        return {
             "epochs": self.cfg.prm_train.epochs,
             "rows": len(self.data.labels),
             "prompts": len(self.data.labels) // self.data.k,
@@ -264,28 +205,13 @@ class PrmTrainer:
             "loss_per_epoch": [s / max(n, 1) for _, (s, n) in sorted(self.loss_sums.items())],
             "prm_eval_start": finite_or_none(self.eval_start),
             "prm_eval_final": finite_or_none(self.eval_last),
-            "prm": str(self.run_dir / "prm"),
+            "prm": str(prm_dir),
             "reference": self.reference_path,
             "beta": self.cfg.prm.beta,
             "loss": self.cfg.prm.loss,
             "cost": {"parameters": params, "data_flops": self.data.sampling_flops,
                      "data_seconds": round(self.data.sampling_seconds, 1), "training_flops": training},
-            "wall_seconds": round(time.time() - self.started, 1),
-            "world_size": dist.world_size(),
-            "command": run_dir.command_line(),
         }
-        if dist.is_main():
-            run_dir.write_json(self.run_dir / "summary.json", summary)
-            self.logger.summary(summary)
-        self._close()
-        log(f"done: the PRM is {self.run_dir / 'prm'} (reference {self.reference_path}); use it in PRIME with "
-            f"prm.init_path={self.run_dir / 'prm'}")
-        return summary
-
-    def _close(self) -> None:
-        if self.logger:
-            self.logger.close()
-        self.scorer.close()
 
 
 def _mean_group(labelled: LabelledRows | None) -> int:

@@ -1,4 +1,5 @@
-"""prm_rl.estimate: parameter counts against real models, each memory term against hand-derived values, the CLI."""
+"""prm_rl.trainer.memory and its command prm_rl.estimate: parameter counts against real models, each memory term
+against hand-derived values, the CLI."""
 from __future__ import annotations
 
 import copy
@@ -8,7 +9,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
-from prm_rl import estimate as est
+from prm_rl import cli
+from prm_rl.estimate import main as estimate_main
+from prm_rl.trainer import memory as est
 from prm_rl.data import arithmetic
 from prm_rl.models.tiny import TinyModelConfig, build_char_tokenizer, build_tiny_model
 
@@ -18,7 +21,7 @@ TINY = TinyModelConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_s
 
 @pytest.fixture(scope="module")
 def cfg():
-    return est.compose(SMALL, world_size=2)
+    return cli.compose(SMALL, world_size=2)
 
 
 def with_(cfg, **changes):
@@ -187,11 +190,11 @@ def test_saved_activations_match_what_autograd_keeps():
 
 
 def test_cli_exits_1_with_one_line_when_it_does_not_fit(capsys):
-    assert est.main([*SMALL, "--world-size", "2", "--gpu-gib", "0.01"]) == 1
+    assert estimate_main([*SMALL, "--world-size", "2", "--gpu-gib", "0.01"]) == 1
     out, err = capsys.readouterr()
     assert "total/rank" in out
     assert err.strip().count("\n") == 0 and err.startswith("estimate: ") and "does not fit in 0.0 GiB" in err
-    assert est.main([*SMALL, "--world-size", "2", "--gpu-gib", "80", "--json"]) == 0
+    assert estimate_main([*SMALL, "--world-size", "2", "--gpu-gib", "80", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["fits"] and set(report["models"]) == {"policy", "prm", "reference"}
     assert report["total"]["device"] < 80 * est.GIB
@@ -211,6 +214,6 @@ def test_launch_warning_against_this_machine(cfg, monkeypatch):
 
 
 def test_cli_config_errors_are_one_line_exit_2(capsys):
-    assert est.main([*SMALL, "rollout.prompts_per_step=3", "--world-size", "2"]) == 2
+    assert estimate_main([*SMALL, "rollout.prompts_per_step=3", "--world-size", "2"]) == 2
     assert capsys.readouterr().err.strip() == ("config error: rollout.prompts_per_step=3: must divide evenly over 2 "
                                                "ranks")

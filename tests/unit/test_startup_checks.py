@@ -66,11 +66,14 @@ def test_an_absent_relative_path_shaped_like_a_hub_id_is_looked_up_once(monkeypa
     """``ckpt/my-sft`` could be a Hub id: not in the cache, and the Hub is asked once (offline: not at all)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    import huggingface_hub.constants
+
+    # online, whatever the caller's HF_HUB_OFFLINE says (huggingface_hub reads it once, at import)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     expected = (re.escape(f"model.path=ckpt/my-sft: no such directory (relative to {tmp_path}), ")
                 + "(nor a model id on the Hugging Face Hub|and the Hugging Face Hub cannot be reached)")
     with pytest.raises(ModelSourceError, match="^" + expected):
         check_model_source(model_section("ckpt/my-sft"))
-    import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ModelSourceError, match="nor a Hub model in the local cache \\(offline mode is on\\)$"):
