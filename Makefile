@@ -1,7 +1,7 @@
 # Two commands on a fresh machine: `make train` runs the main job, `make test` the test suite. Each sets up
 # .venv the first time (torch's CPU wheel first: plain `torch` would pull gigabytes of CUDA packages, then the
 # project with its dev extras) and skips that afterwards. `make train ARGS="trainer.max_steps=20"` passes
-# overrides. People who manage their own environment: README.md, "Set up".
+# overrides. People who manage their own environment: README.md, "Two commands".
 PYTHON ?= python3
 VENV := .venv
 INSTALLED := $(VENV)/.installed

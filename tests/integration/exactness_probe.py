@@ -1,13 +1,18 @@
 """Run the learning half of one PRIME step (:func:`prm_rl.trainer.step.learn`, the function the trainer calls)
-on a fixed batch and save what it computed.
+on a fixed batch and save what it computed, for each of several cases in one launch.
 
-Launched by tests/integration/test_rank_exactness.py as ``deepspeed --num_gpus R exactness_probe.py OUT
-[--uniform-groups] key=value ...``; the same batch and the same initial weights on 1 and on 2 ranks must give the same
-log-ratios, advantages, metrics and updated weights, up to float reduction order.
+Launched by tests/integration/test_rank_exactness.py as ``deepspeed --num_gpus R exactness_probe.py CASES.json
+OUT_DIR``, where CASES.json maps a case's name to its key=value overrides (``--uniform-groups`` among them for
+the batch with groups of one outcome); each case is written to ``OUT_DIR/<name>.pt``. Every case builds its own
+engines from the same seeds, so one launch runs many cases (a launch costs more than a case). The same batch and
+the same initial weights on 1 and on 2 ranks must give the same log-ratios, advantages, metrics and updated
+weights, up to float reduction order.
 """
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 sys.argv = [a for a in sys.argv if not a.startswith("--local_rank")]
 
@@ -55,13 +60,18 @@ def flat_weights(engine) -> torch.Tensor:
 
 
 def main() -> None:
-    out, overrides = sys.argv[1], sys.argv[2:]
+    cases, out_dir = json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2])
+    register_schema()
+    dist.init()
+    for name, overrides in cases.items():
+        run_case(overrides, out_dir / f"{name}.pt")
+
+
+def run_case(overrides: list[str], out: Path) -> None:
     uniform_groups = "--uniform-groups" in overrides  # two groups with one outcome throughout (no advantage)
     overrides = [o for o in overrides if o != "--uniform-groups"]
-    register_schema()
     with initialize_config_dir(config_dir=f"{REPO}/recipes", version_base=None):
         cfg = to_config(compose(config_name="base", overrides=["+recipe=math_ppo", *overrides]))
-    dist.init()
     tok = build_char_tokenizer(arithmetic.CHARACTERS)
     tiny = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_positions=32)
     k = cfg.rollout.samples_per_prompt

@@ -5,6 +5,7 @@ Odd micro-batch sizes make the ranks hold different numbers of rows and run stan
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -32,22 +33,46 @@ CASES = {
 }
 
 
-def run_probe(tmp_path: Path, ranks: int, overrides: list[str]) -> dict:
-    out = tmp_path / f"probe-{ranks}.pt"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+# The memory-saving switches: each must train like the plain path (fp32, no checkpointing, ZeRO-2, no offload,
+# micro-batches by row count alone).
+SWITCHES = {
+    "gradient-checkpointing": (["model.gradient_checkpointing=true"], 1e-5),
+    "zero3-offload": (["deepspeed.zero_stage=3", "deepspeed.offload=true"], 1e-5),
+    "bf16": (["model.dtype=bfloat16"], 3e-2),  # bf16 keeps ~3 significant digits
+    "token-budget": (["policy.micro_batch_tokens=40", "prm.micro_batch_tokens=40"], 1e-5),  # other micro-batches
+    # On a GPU: the reference read from host memory, the generation's cache handed back; on CPU the same path.
+    "offload-reference": (["model.offload_reference=true", "rollout.release_cache=true"], 1e-6),
+}
+GRPO = ["--uniform-groups", "algorithm.advantage=grpo"]
+ONE_RANK = {**CASES, "plain": [], **{f"switch-{n}": o for n, (o, _) in SWITCHES.items()},
+            "every-row": [*GRPO, "policy.skip_zero_advantage=false"]}
+TWO_RANKS = {**CASES, "skipping": [*GRPO, "policy.skip_zero_advantage=true"]}
+
+
+def run_probe(out_dir: Path, ranks: int, cases: dict[str, list[str]]) -> None:
+    """One launch on ``ranks`` ranks runs every case (a launch costs more than a case)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec = out_dir / "cases.json"
+    spec.write_text(json.dumps({name: [*COMMON, *overrides] for name, overrides in cases.items()}))
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
-           "--master_port", str(29600 + ranks + os.getpid() % 500), str(PROBE), str(out), *COMMON, *overrides]
-    proc = run_retrying_startup_abort(cmd, env, timeout=600)
+           "--master_port", str(29600 + ranks + os.getpid() % 500), str(PROBE), str(spec), str(out_dir)]
+    proc = run_retrying_startup_abort(cmd, dict(os.environ), timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return torch.load(out)
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory):
+    """``probe(ranks, case)``: what the step computed in that case (both launches run once per module)."""
+    root = tmp_path_factory.mktemp("probe")
+    for ranks, cases in ((1, ONE_RANK), (2, TWO_RANKS)):
+        run_probe(root / str(ranks), ranks, cases)
+    return lambda ranks, case: torch.load(root / str(ranks) / f"{case}.pt")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_two_ranks_match_one_rank(tmp_path, case):
-    one = run_probe(tmp_path, 1, CASES[case])
-    two = run_probe(tmp_path, 2, CASES[case])
+def test_two_ranks_match_one_rank(probe, case):
+    one, two = probe(1, case), probe(2, case)
     on_policy = "policy.mini_batches=1" in CASES[case]
     assert (one["old_logp"] is None) == on_policy  # one epoch in one mini-batch: no separate old-log-prob pass
     for key in ("old_logp", "log_ratio", "advantages")[on_policy:]:
@@ -69,25 +94,13 @@ def test_two_ranks_match_one_rank(tmp_path, case):
         assert two["metrics"][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
 
 
-# The memory-saving switches: each must train like the plain path (fp32, no checkpointing, ZeRO-2, no offload,
-# micro-batches by row count alone).
-SWITCHES = {
-    "gradient-checkpointing": (["model.gradient_checkpointing=true"], 1e-5),
-    "zero3-offload": (["deepspeed.zero_stage=3", "deepspeed.offload=true"], 1e-5),
-    "bf16": (["model.dtype=bfloat16"], 3e-2),  # bf16 keeps ~3 significant digits
-    "token-budget": (["policy.micro_batch_tokens=40", "prm.micro_batch_tokens=40"], 1e-5),  # other micro-batches
-    # On a GPU: the reference read from host memory, the generation's cache handed back; on CPU the same path.
-    "offload-reference": (["model.offload_reference=true", "rollout.release_cache=true"], 1e-6),
-}
-
-
 @pytest.mark.slow
-def test_memory_switches_give_the_plain_paths_losses_and_update(tmp_path):
+def test_memory_switches_give_the_plain_paths_losses_and_update(probe):
     """One step of learn() on the fixed batch (1 rank): the same PRM and policy losses, log-ratios and
     advantages as the plain path within each switch's tolerance, and weights that moved the same way."""
-    plain = run_probe(tmp_path / "plain", 1, [])
-    for name, (overrides, tol) in SWITCHES.items():
-        got = run_probe(tmp_path / name, 1, overrides)
+    plain = probe(1, "plain")
+    for name, (_, tol) in SWITCHES.items():
+        got = probe(1, f"switch-{name}")
         for key in ("prm/loss", "policy/loss"):
             assert got["metrics"][key] == pytest.approx(plain["metrics"][key], rel=tol, abs=tol), (name, key)
         for key in ("log_ratio", "advantages"):
@@ -100,12 +113,10 @@ def test_memory_switches_give_the_plain_paths_losses_and_update(tmp_path):
 
 
 @pytest.mark.slow
-def test_rows_without_advantage_are_skipped_without_changing_the_update(tmp_path):
+def test_rows_without_advantage_are_skipped_without_changing_the_update(probe):
     """GRPO on a batch with a group all right and one all wrong (advantage 0, not whitened): leaving their rows
     out of the forwards (2 ranks) updates the policy as running every row does (1 rank)."""
-    grpo = ["--uniform-groups", "algorithm.advantage=grpo"]
-    every_row = run_probe(tmp_path / "every-row", 1, [*grpo, "policy.skip_zero_advantage=false"])
-    skipping = run_probe(tmp_path / "skipping", 2, [*grpo, "policy.skip_zero_advantage=true"])
+    every_row, skipping = probe(1, "every-row"), probe(2, "skipping")
     assert every_row["metrics"]["policy/zero_advantage_frac"] == 0.0
     assert skipping["metrics"]["policy/zero_advantage_frac"] == 0.5  # 2 of the 4 groups
     assert skipping["metrics"]["policy/loss"] == pytest.approx(every_row["metrics"]["policy/loss"], abs=1e-6)
