@@ -16,7 +16,7 @@ from tiny_runs import REPO, all_rows, command, environment, launch, metrics, sta
 
 # Band filter with two fill rounds: the carry-over buffer holds groups across steps (and checkpoints).
 RUN = ["trainer.max_steps=5", "trainer.checkpoint_every=2", "filter.low=0.2", "filter.high=0.8",
-       "filter.fill_rounds=2"]
+       "filter.fill_rounds=2", "wandb.mode=offline"]
 
 
 @pytest.fixture(scope="module")

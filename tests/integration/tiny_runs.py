@@ -25,7 +25,7 @@ TINY = [
     "prm.micro_batch_size=4",
     "prm.learning_rate=1e-3", "prm.mini_batches=2", "policy.mini_batches=2",
     "prm_eval.num_prompts=8", "prm_eval.samples_per_prompt=4", "prm_eval.table_rows=2",
-    "trainer.progress_bar=false", "wandb.mode=offline",
+    "trainer.progress_bar=false", "wandb.mode=disabled",  # a test of the W&B files sets wandb.mode=offline
     "trainer.cpu_ranks=1",  # the launcher's rank count holds (a one-rank launch would start one per core)
 ]
 

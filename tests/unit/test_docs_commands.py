@@ -44,11 +44,12 @@ from prm_rl.config import Config
 from prm_rl.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[2]
-SOURCES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "recipes/recipe").glob("*.yaml"))]
+SOURCES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")),
+           *sorted((REPO / "recipes" / "recipe").glob("*.yaml"))]
 
-# Config values a check opens when the config is validated (prm_rl/config.py: DataSection, TrainerSection), and
-# what each must be. Only these get stand-ins.
-OPENED = {"data.train": "file", "data.eval": "file", "trainer.resume": "dir"}
+# Config values a check opens when the config is validated (prm_rl/config.py: DataSection, TrainerSection), what
+# each must be, and its values that are no path. Only these get stand-ins.
+OPENED = {"data.train": ("file", ()), "data.eval": ("file", ()), "trainer.resume": ("dir", ("auto", "never"))}
 # Recipes the docs tell the reader to make by copying one (docs/recipes.md, "Making a recipe for your task":
 # my_task as a copy of the built-in job, the copy that runs unedited).
 COPIED_RECIPES = {"my_task": "math_ppo"}
@@ -148,25 +149,26 @@ def find_commands(text: str) -> list[tuple[str, ...]]:
     command (before ``&&``, ``|``, ``;``, a redirection or a ``#`` comment)."""
     if not re.search(r"\b(deepspeed|python3?)\b", text):
         return []
+    text = re.sub(r"(?<=\s)\d+(?=[<>])", "", text)  # 2>&1: the file descriptor is no argument
     lexer = shlex.shlex(text, posix=True, punctuation_chars=True)
     lexer.whitespace_split, lexer.commenters = True, ""
-    words: list[str] = []
+    words = []
     for word in lexer:
-        if word.startswith("#"):
+        if word.startswith("#"):  # a comment runs to the end of the line
             break
         words.append(word)
-    commands, simple = [], []
+    commands, simple, redirected = [], [], False
     for word in [*words, ";"]:
         if re.fullmatch(r"[<>&|;()]+", word):
-            if simple and simple[-1].isdigit() and word.startswith(">"):
-                simple.pop()  # the file descriptor of 2>...
-            commands.append(simple)
-            simple = [] if not word.startswith(("<", ">")) else [None]  # after a redirection: its target, skipped
-            continue
-        simple.append(word)
+            if word[0] in "<>":  # a redirection: what follows in this simple command is its target
+                redirected = True
+            else:
+                commands.append(simple)
+                simple, redirected = [], False
+        elif not redirected:
+            simple.append(word)
     found = []
     for words in commands:
-        words = [w for w in words if w is not None]
         for i, word in enumerate(words):
             rest = words[i + 1:]
             if word == "deepspeed" and any(LAUNCH_SCRIPT.fullmatch(w) for w in rest):
@@ -257,8 +259,8 @@ class StandIns:
         self.root = root
 
     def value(self, key: str, value):
-        kind = OPENED.get(key.lstrip("+~"))
-        if kind is None or not isinstance(value, str) or value in ("null", "auto", "never"):
+        kind, words = OPENED.get(key.lstrip("+~"), (None, ()))
+        if kind is None or not isinstance(value, str) or value == "null" or value in words:
             return value
         path = Path(value).expanduser()
         if (REPO / path).exists():  # a file of the repository: itself (the docs run from the repository root)
@@ -291,7 +293,7 @@ def as_given(argv: tuple[str, ...]) -> list[str]:
     """A synopsis as a command: ``[optional]`` parts given, ``...`` and ``KEY=...`` dropped."""
     out, depth = [], 0
     for word in argv:
-        if word.startswith("[") and "=" not in word.split("[", 1)[0]:
+        if word.startswith("["):
             depth += word.count("[")
             word = word.lstrip("[")
         if depth and word.endswith("]"):
@@ -405,13 +407,15 @@ def stand_ins(tmp_path_factory):
 # ----------------------------------------------------------------------------------------------------- tests
 @pytest.mark.parametrize("command", COMMANDS, ids=[c.where for c in COMMANDS])
 def test_doc_command_runs_as_written(command, stand_ins):
-    assert problem(command.argv, stand_ins) is None, f"{command}\n  -> {problem(command.argv, stand_ins)}"
+    found = problem(command.argv, stand_ins)
+    assert found is None, f"{command}\n  -> {found}"
 
 
 @pytest.mark.parametrize("block", YAML_BLOCKS, ids=[where for where, _, _ in YAML_BLOCKS])
 def test_doc_yaml_snippet_fits_the_config(block, stand_ins):
     where, text, recipe = block
-    assert snippet_problem(text, recipe, stand_ins) is None, f"{where}: {snippet_problem(text, recipe, stand_ins)}"
+    found = snippet_problem(text, recipe, stand_ins)
+    assert found is None, f"{where}: {found}"
 
 
 def test_every_source_and_form_is_read():
@@ -464,10 +468,11 @@ def test_the_extractor_reads_continuations_inline_code_and_prefixes():
     ("deepspeed launch/train.py +recipe=math_ppo trainer.max_step=20", "config error: Could not override"),
     ("deepspeed launch/train.py +recipe=paper_7b", "data.train: required with model.path"),
     ("deepspeed launch/train_prm.py data.train=/nowhere.jsonl prm.loss=nope", "prm.loss='nope'"),
-    ("deepspeed --num_gpu 2 launch/train.py", "unrecognized arguments"),
+    ("deepspeed --num-gpus 2 launch/train.py", "unrecognized arguments: --num-gpus"),
     ("python launch/train.py trainer.resume=/ckpt/step_9 +recipe=nope", "Could not find 'recipe/nope'"),
     ("python -m prm_rl.score --prm DIR rows.jsonl", "the following arguments are required: --ref"),
     ("python -m prm_rl.eval_prm RUN_DIR --seed S", "argument --seed: invalid int value: 'S'"),
+    ("python -m prm_rl.score --prm DIR --ref DIR IN.jsonl [--outfile OUT.jsonl]", "unrecognized arguments: --outfile"),
     ("python -m prm_rl.estimate +recipe=math_ppo rollout.samples_per_prompt=1", "need at least 2 responses"),
     ("python -m prm_rl.no_such_tool --x", "ModuleNotFoundError"),
 ])
@@ -481,3 +486,12 @@ def test_a_snippet_with_an_unknown_key_fails(stand_ins):
     found = snippet_problem("verifiers:\n  mytask: {_target_: mypkg.judge}\n", None, stand_ins)
     assert found is not None and "verifiers" in found, found
     assert snippet_problem("verifier:\n  tasks:\n    mytask: {_target_: mypkg.judge}\n", None, stand_ins) is None
+
+
+def test_train_prm_lines_run_as_train_prm_runs_them(stand_ins):
+    """Its own default recipe (prm_math) and offline_prm: labelled rows stand in for data.train there only."""
+    line = "{} model.path=/ckpt/sft prm_train.data=rows.jsonl"
+    assert problem(tuple(line.format("python launch/train_prm.py").split()), stand_ins) is None
+    assert "data.train: required" in problem(tuple(line.format("python launch/train.py").split()), stand_ins)
+    assert problem(("python", "-m", "prm_rl.score", "--prm", "D", "--ref", "D", "IN.jsonl", "[--out", "OUT]"),
+                   stand_ins) is None
