@@ -97,7 +97,7 @@ def main() -> None:
     args.out.with_suffix(".md").write_text(markdown(report))
     plot(report, args.out.with_suffix(".png"))
     print(markdown(report))
-    trainer.scorer.close()  # the verifier workers
+    trainer.run.close()  # the verifier workers and the logger
     run_dir.cleanup()
 
 
