@@ -57,8 +57,9 @@ def _free_port() -> int:
 
 
 def run_ranks(argv: list[str], ranks: int, grace_s: float = 30.0) -> int:
-    """Run ``python argv...`` as ``ranks`` ranks on this machine; returns the exit code for the whole run."""
-    port = str(_free_port())
+    """Run ``python argv...`` as ``ranks`` ranks on this machine; returns the exit code for the whole run.
+    The rendezvous port is ``MASTER_PORT`` when set (as torchrun and the deepspeed launcher take it), else a free one."""
+    port = os.environ.get("MASTER_PORT") or str(_free_port())
     children: list[subprocess.Popen] = []
 
     def forward(signum, _frame):

@@ -23,7 +23,8 @@ PRM_EVAL_KEYS = ("accuracy", "ce", "ce_constant_guess", "outcome_auroc", "rankin
 @pytest.mark.slow
 def test_two_rank_prime_run_updates_and_saves(tmp_path, warm_cache):
     run_dir = tmp_path / "run"
-    proc = launch(warm_cache, run_dir, ["trainer.max_steps=3", "trainer.eval_every=2", "wandb.mode=offline"])
+    proc = launch(warm_cache, run_dir, ["trainer.max_steps=3", "trainer.eval_every=2", "wandb.mode=offline"],
+                  launcher="deepspeed")  # the README's launch line
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     rows = metrics(run_dir)
