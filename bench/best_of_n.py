@@ -12,38 +12,36 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from prm_rl import best_of_n
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.common import mean, pyplot, spread, write_report  # noqa: E402
+from prm_rl import best_of_n  # noqa: E402
 
 
 def table(reports: dict[str, dict]) -> str:
     sizes = sorted({int(n) for r in reports.values() for n in r["best_of_n"]["majority"]})
     lines = ["| method | " + " | ".join(f"N={n}" for n in sizes) + " |", "|---" * (len(sizes) + 1) + "|"]
     for method in best_of_n.METHODS:
-        cells = []
-        for n in sizes:
-            values = [r["best_of_n"][method][n] for r in reports.values()]
-            cells.append(f"{sum(values) / len(values):.3f} ({min(values):.3f}-{max(values):.3f})")
+        cells = [spread([r["best_of_n"][method][n] for r in reports.values()], range_of_one=True) for n in sizes]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     first = next(iter(reports.values()))
     lines.append("| pass@N (oracle) | " + " | ".join(f"{first['pass_at_k'][n]:.3f}" for n in sizes) + " |")
     return "\n".join(lines) + "\n"
 
 
-def plot(reports: dict[str, dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(reports: dict[str, dict]):
+    plt = pyplot()
     sizes = sorted({int(n) for r in reports.values() for n in r["best_of_n"]["majority"]})
     fig, ax = plt.subplots(figsize=(6, 4))
     for method in best_of_n.METHODS:
         values = [[r["best_of_n"][method][n] for r in reports.values()] for n in sizes]
-        mean = [sum(v) / len(v) for v in values]
-        ax.errorbar(sizes, mean, yerr=[[m - min(v) for m, v in zip(mean, values)],
-                                       [max(v) - m for m, v in zip(mean, values)]], marker="o", capsize=3,
+        average = [mean(v) for v in values]
+        ax.errorbar(sizes, average, yerr=[[m - min(v) for m, v in zip(average, values)],
+                                          [max(v) - m for m, v in zip(average, values)]], marker="o", capsize=3,
                     label=method)
     first = next(iter(reports.values()))
     ax.plot(sizes, [first["pass_at_k"][n] for n in sizes], "k--", label="pass@N (oracle)")
@@ -53,9 +51,7 @@ def plot(reports: dict[str, dict], path: Path) -> None:
     ax.set_title(f"{len(reports)} PRM(s), mean and min-max")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 def main() -> None:
@@ -79,11 +75,7 @@ def main() -> None:
         for key in ("best_of_n", "best_of_n_interval"):
             r[key] = {m: {int(n): v for n, v in d.items()} for m, d in r[key].items()}
         r["pass_at_k"] = {int(n): v for n, v in r["pass_at_k"].items()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(reports, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(table(reports))
-    plot(reports, args.out.with_suffix(".png"))
-    print(table(reports))
+    write_report(args.out, reports, table(reports), lambda: plot(reports), dpi=120)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.common import pyplot, write_report  # noqa: E402
+
 GIB = 2**30
 BASELINE_SHAPE = {"hidden": 16, "layers": 1, "heads": 2, "intermediate": 32}
 # glibc raises its mmap threshold (up to 32 MiB) each time it frees a large block, so activations end up on the
@@ -243,13 +245,8 @@ def table(results: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n" + NOTES
 
 
-def plot(results: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(results) + 2), 4))
+def plot(results: list[dict]):
+    fig, ax = pyplot().subplots(figsize=(max(6, 1.3 * len(results) + 2), 4))
     for i, r in enumerate(results):
         s, t = summary(r), terms(r)
         parts = [(s["baseline"], "#bbbbbb", "baseline (tiny-model run)"), (t["held"], "#4c72b0", "estimate: held"),
@@ -266,9 +263,7 @@ def plot(results: list[dict], path: Path) -> None:
     ax.set_title("Estimated vs measured per-rank memory (CPU ranks)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def main() -> None:
@@ -295,12 +290,7 @@ def main() -> None:
     meta = {"command": " ".join(sys.argv), "shape": shape, "baseline_shape": BASELINE_SHAPE, "steps": args.steps,
             "params": first["params_per_model"], "tokens_per_row": first["tokens_per_row"], "job": JOB,
             "malloc": malloc or "glibc defaults"}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps({**meta, "results": results}, indent=1))
-    text = table(results, meta)
-    args.out.with_suffix(".md").write_text(text)
-    plot(results, args.out.with_suffix(".png"))
-    print(text)
+    write_report(args.out, {**meta, "results": results}, table(results, meta), lambda: plot(results))
 
 
 if __name__ == "__main__":

@@ -17,17 +17,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
+from bench.common import cell, spread  # noqa: E402
 
-def spread(values: list[float | None]) -> str:
-    """Mean (min-max) over seeds; null values (a metric with an empty class) are left out."""
-    values = [v for v in values if v is not None]
-    return f"{sum(values) / len(values):.3f} ({min(values):.3f}-{max(values):.3f})" if values else "n/a"
-
-
-def fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+NA = "n/a"  # a metric with an empty class (null in the report)
 
 
 def step_table(report: dict, losses: list[str]) -> str:
@@ -36,10 +31,11 @@ def step_table(report: dict, losses: list[str]) -> str:
     responses = report["responses"]
     mc_flops = report["monte_carlo_cost"]["flops"]
     for name, m in report["monte_carlo"].items():
-        lines.append(f"| Monte-Carlo ({name}, K={report['rollouts']}), V_k | {fmt(m['step_auroc_value'])} | "
-                     f"{fmt(m['first_error_hit_rate'])} ({fmt(m['first_error_random'])}) | {mc_flops:.3g} | 0 |")
+        mc_hit = cell(m["first_error_hit_rate"], NA)
+        lines.append(f"| Monte-Carlo ({name}, K={report['rollouts']}), V_k | {cell(m['step_auroc_value'], NA)} | "
+                     f"{mc_hit} ({cell(m['first_error_random'], NA)}) | {mc_flops:.3g} | 0 |")
         lines.append(f"| Monte-Carlo ({name}, K={report['rollouts']}), V_k - V_(k-1) | "
-                     f"{fmt(m['step_auroc_increment'])} | {fmt(m['first_error_hit_rate'])} | {mc_flops:.3g} | 0 |")
+                     f"{cell(m['step_auroc_increment'], NA)} | {mc_hit} | {mc_flops:.3g} | 0 |")
     for loss in losses:
         runs = [r for r in report["implicit_prm"].values() if r["loss"] == loss]
         if not runs:
@@ -48,8 +44,9 @@ def step_table(report: dict, losses: list[str]) -> str:
         hit = [r["metrics"]["first_error_hit_rate"] for r in runs]
         total = [r["cost"]["flops"] for r in runs]
         once = [r["cost"]["data_flops"] + r["cost"]["training_flops"] for r in runs]
-        lines.append(f"| implicit PRM ({loss}, {len(runs)} seeds) | {spread(auroc)} | {spread(hit)} | "
-                     f"{sum(total) / len(total):.3g} | {sum(once) / len(once):.3g} |")
+        lines.append(f"| implicit PRM ({loss}, {len(runs)} seeds) | {spread(auroc, NA, range_of_one=True)} | "
+                     f"{spread(hit, NA, range_of_one=True)} | {sum(total) / len(total):.3g} | "
+                     f"{sum(once) / len(once):.3g} |")
     return "\n".join(lines) + f"\n\n{responses} held-out responses, {report['prefixes']} step prefixes.\n"
 
 

@@ -7,21 +7,22 @@ One command per sweep, e.g.::
 Each variant is ``launch/train.py +recipe=math_ppo`` plus the variant's overrides (one rank), run with
 ``trainer.eval_every`` so that ``prm_eval/*`` is measured at the start, along the way and at the end. Writes
 ``OUT.json`` (every run's evaluations), ``OUT.md`` (a table: mean and min-max over seeds at the last step)
-and ``OUT.png`` (the PRM metrics against steps). Runs are independent processes, ``--parallel`` at a time
-(one thread each); a finished run directory is reused, so an interrupted sweep continues where it stopped.
+and ``OUT.png`` (the PRM metrics against steps). Runs are independent processes (one thread each), the first
+alone (it may train the warm start the others share), then ``--parallel`` at a time; a finished run directory
+is reused, so an interrupted sweep continues where it stopped.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.common import cell, mean, pyplot, run_jobs, spread, train, write_report  # noqa: E402
+
 
 def prm(loss: str, lr: str, beta: float = 0.05, mini_batches: int = 1, epochs: int = 1, *extra: str) -> list[str]:
     """Overrides of the ``prm`` section, every one spelled out so that a variant does not depend on the recipe."""
@@ -69,24 +70,10 @@ KEYS = ("ce", "ce_constant_guess", "outcome_auroc", "ranking_acc", "step_auroc",
 def run_one(name: str, overrides: list[str], seed: int, steps: int, eval_every: int, root: Path,
             common: list[str]) -> dict:
     out = root / f"{name.split(' ')[0]}-s{seed}"
-    if not (out / "summary.json").exists():
-        cmd = [sys.executable, "launch/train.py", "+recipe=math_ppo", "trainer.cpu_ranks=1", *common, *overrides,
-               f"trainer.seed={seed}",
-               f"trainer.max_steps={steps}", f"trainer.eval_every={eval_every}", f"trainer.output_dir={out}",
-               "trainer.checkpoint_every=0", "trainer.progress_bar=false", "wandb.mode=disabled"]
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-        out.mkdir(parents=True, exist_ok=True)
-        with (out / "sweep.log").open("w") as log:
-            log.write(" ".join(cmd) + "\n")
-            log.flush()
-            done = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        if done.returncode != 0:
-            raise RuntimeError(f"{name} seed {seed} failed (exit {done.returncode}); see {out / 'sweep.log'}")
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows, summary = train(out, [*common, *overrides], seed=seed, steps=steps, eval_every=eval_every)
     # "prm_eval": samples of the policy at that step; "prm_eval_sft": the starting model's samples, fixed
     evals = {prefix: [{"step": r["step"], **{k: r.get(f"{prefix}/{k}") for k in KEYS}} for r in rows
                       if f"{prefix}/ce" in r] for prefix in ("prm_eval", "prm_eval_sft")}
-    summary = json.loads((out / "summary.json").read_text())
     trained = [r for r in rows if r.get("prm/loss") is not None]
     # the CE of predicting each batch's mean outcome (0/1 labels): what prm/loss must beat
     constant = [-(p * math.log(p) + (1 - p) * math.log(1 - p)) for p in (r["acc/after_filter"] for r in trained)]
@@ -97,20 +84,6 @@ def run_one(name: str, overrides: list[str], seed: int, steps: int, eval_every: 
             "train_constant_guess_mean": sum(constant) / max(len(constant), 1),
             "train_ranking_acc_mean": sum(ranking) / max(len(ranking), 1),
             "wall_seconds": summary["wall_seconds"]}
-
-
-def _cell(values: list[float]) -> str:
-    """Mean, and (min-max) when there are several seeds."""
-    values = [v for v in values if v is not None]
-    if not values:
-        return "-"
-    mean = sum(values) / len(values)
-    return f"{mean:.3f}" if len(values) == 1 else f"{mean:.3f} ({min(values):.3f}-{max(values):.3f})"
-
-
-def _mean(values: list[float]) -> str:
-    values = [v for v in values if v is not None]
-    return f"{sum(values) / len(values):.3f}" if values else "-"
 
 
 def table(results: list[dict], samples: str = "prm_eval") -> str:
@@ -125,25 +98,23 @@ def table(results: list[dict], samples: str = "prm_eval") -> str:
         if not runs:
             continue
         last = [r["evals"][samples][-1] for r in runs]
-        get = lambda key: [e[key] for e in last]  # noqa: E731
-        of_runs = lambda key: [r[key] for r in runs]  # noqa: E731
+        get = lambda key: spread(e[key] for e in last)  # noqa: E731
+        get_mean = lambda key: cell(mean(e[key] for e in last))  # noqa: E731
+        of_runs = lambda key: spread(r[key] for r in runs)  # noqa: E731
+        of_runs_mean = lambda key: cell(mean(r[key] for r in runs))  # noqa: E731
         lines.append(
             f"| {name} | {', '.join(str(r['seed']) for r in runs)} "
-            f"| {_cell(get('ce'))} vs {_mean(get('ce_constant_guess'))} | {_cell(get('outcome_auroc'))} "
-            f"| {_cell(get('ranking_acc'))} | {_cell(get('step_auroc'))} "
-            f"| {_cell(get('first_error_hit_rate'))} vs {_mean(get('first_error_random'))} "
-            f"| {_cell(of_runs('train_prm_loss_mean'))} vs {_mean(of_runs('train_constant_guess_mean'))} "
-            f"| {_cell(of_runs('train_ranking_acc_mean'))} "
-            f"| {_mean(of_runs('heldout_start'))} -> {_cell(of_runs('heldout_final'))} |")
+            f"| {get('ce')} vs {get_mean('ce_constant_guess')} | {get('outcome_auroc')} "
+            f"| {get('ranking_acc')} | {get('step_auroc')} "
+            f"| {get('first_error_hit_rate')} vs {get_mean('first_error_random')} "
+            f"| {of_runs('train_prm_loss_mean')} vs {of_runs_mean('train_constant_guess_mean')} "
+            f"| {of_runs('train_ranking_acc_mean')} "
+            f"| {of_runs_mean('heldout_start')} -> {of_runs('heldout_final')} |")
     return head + "\n".join(lines) + "\n"
 
 
-def plot(results: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(results: list[dict]):
+    plt = pyplot()
     panels = [("ranking_acc", "within-group ranking acc"), ("step_auroc", "step AUROC"),
               ("first_error_hit_rate", "first-error hit rate"), ("ce_gap", "CE - constant-guess CE")]
     sets = [s for s in ("prm_eval", "prm_eval_sft") if any(r["evals"][s] for r in results)]
@@ -163,9 +134,7 @@ def plot(results: list[dict], path: Path) -> None:
             ax.set_xlabel("PRIME step")
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
 
 
 def main() -> None:
@@ -185,17 +154,11 @@ def main() -> None:
     jobs = [(n, o, s) for s in args.seeds for n, o in grid.items()]
     root = args.runs / f"{args.grid}-{args.steps}"
     args.out = args.out or root / "results"
-    with ThreadPoolExecutor(args.parallel) as pool:
-        results = list(pool.map(lambda j: run_one(*j, args.steps, args.eval_every, root, args.set), jobs))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps({"command": " ".join(sys.argv), "results": results},
-                                                        indent=1))
+    results = run_jobs(lambda job: run_one(*job, args.steps, args.eval_every, root, args.set), jobs, args.parallel)
     text = "Held-out samples of the policy at the last step:\n\n" + table(results)
     if any(r["evals"]["prm_eval_sft"] for r in results):
         text += "\nHeld-out samples of the starting (SFT) model:\n\n" + table(results, "prm_eval_sft")
-    args.out.with_suffix(".md").write_text(text)
-    plot(results, args.out.with_suffix(".png"))
-    print(text)
+    write_report(args.out, {"command": " ".join(sys.argv), "results": results}, text, lambda: plot(results), dpi=100)
 
 
 if __name__ == "__main__":

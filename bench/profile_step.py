@@ -13,7 +13,6 @@ between operators (the profiler's own overhead included: it runs slower than an 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -23,6 +22,8 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from bench.common import pyplot, write_report  # noqa: E402
 
 # Operator kinds, first match wins (substrings of aten/DeepSpeed operator names).
 KINDS = {
@@ -92,11 +93,7 @@ def main() -> None:
               "torch": torch.__version__, "threads": torch.get_num_threads(), "seconds_per_step": wall,
               "stage_seconds": stages, "kind_seconds": kinds, "host_syncs_per_step": syncs,
               "top_ops": [{"op": n, "seconds": s, "calls": c} for n, s, c in top]}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=1))
-    args.out.with_suffix(".md").write_text(markdown(report))
-    plot(report, args.out.with_suffix(".png"))
-    print(markdown(report))
+    write_report(args.out, report, markdown(report), lambda: plot(report))
     trainer.run.close()  # the verifier workers and the logger
     run_dir.cleanup()
 
@@ -115,19 +112,13 @@ def markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(r: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(r: dict):
     kinds = sorted(r["kind_seconds"].items(), key=lambda x: x[1])
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = pyplot().subplots(figsize=(7, 3.5))
     ax.barh([k for k, _ in kinds], [v for _, v in kinds])
     ax.set_xlabel("seconds per step (self CPU time)")
     ax.set_title(f"Where a step's {r['seconds_per_step']:.2f} s go")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    return fig
 
 
 if __name__ == "__main__":

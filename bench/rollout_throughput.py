@@ -16,7 +16,6 @@ and OUT.png (ratio to ``bare``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -34,6 +33,7 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.common import pyplot, write_report  # noqa: E402
 from prm_rl.data.sample import Sample, encode_prompts  # noqa: E402
 from prm_rl.rollout.generate import (can_drop_finished_rows, left_pad, response_mask_from_ids,  # noqa: E402
                                      sample_dropping_finished)
@@ -268,16 +268,11 @@ def table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(report: dict):
     names = list(report["summary"])[::-1]
     ratios = [report["summary"][n]["ratio_to_bare"] for n in names]
     medians = [r["median"] for r in ratios]
-    fig, ax = plt.subplots(figsize=(7, 0.4 * len(names) + 1.2))
+    fig, ax = pyplot().subplots(figsize=(7, 0.4 * len(names) + 1.2))
     ax.barh(names, medians, xerr=[[m - r["min"] for m, r in zip(medians, ratios)],
                                   [r["max"] - m for m, r in zip(medians, ratios)]], capsize=3, color="tab:blue")
     for y, (name, ratio) in enumerate(zip(names, ratios)):
@@ -288,9 +283,7 @@ def plot(report: dict, path: Path) -> None:
     ax.set_xlabel("tokens/s relative to bare model.generate (median, min-max over rounds)")
     s = report["setup"]
     ax.set_title(f"rollout throughput, {s['rows']} rows, up to {s['max_new_tokens']} tokens, {s['threads']} thread")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -324,11 +317,7 @@ def main(argv: list[str] | None = None) -> dict:
         "dropped": dropped,
         "trials": trials,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(table(report))
-    plot(report, args.out.with_suffix(".png"))
-    print(table(report))
+    write_report(args.out, report, table(report), lambda: plot(report), dpi=120)
     return report
 
 
