@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from prm_rl import core
+from prm_rl import core, score
 from prm_rl.data import arithmetic
 from prm_rl.models.tiny import TinyModelConfig, build_char_tokenizer, build_tiny_model
 
@@ -94,13 +94,20 @@ def test_a_prm_equal_to_its_reference_scores_zero(tmp_path, models):
     ('[1, 2]', ":1: a row must be a JSON object, got list"),
     ('{"prompt": ', ":1: invalid JSON"),
 ])
-def test_bad_input_is_one_line_and_exit_2(tmp_path, models, line, message):
+def test_bad_input_is_one_line_and_exit_2(tmp_path, models, capsys, line, message):
+    """In this process (main is the command; the next test runs it as one): a bad row stops it before any model
+    loads."""
     path = tmp_path / "rows.jsonl"
     path.write_text(line + "\n")
-    proc = run_score(str(path), "--prm", str(models[0]), "--ref", str(models[1]))
-    lines = [x for x in proc.stderr.strip().splitlines() if "real_accelerator" not in x]
-    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"input error: {path}{message}"), lines
+    assert score.main([str(path), "--prm", str(models[0]), "--ref", str(models[1])]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"input error: {path}{message}"), lines
+
+
+def test_a_missing_model_is_one_line_and_exit_2(tmp_path, models):
+    path = tmp_path / "rows.jsonl"
     path.write_text(json.dumps({"prompt": "1+1=?\n", "response": "\\boxed{2}"}) + "\n")
     missing = run_score(str(path), "--prm", str(tmp_path / "nope"), "--ref", str(models[1]))
+    lines = [x for x in missing.stderr.strip().splitlines() if "real_accelerator" not in x]
     assert missing.returncode == 2
-    assert f"model error: model.path={tmp_path / 'nope'}: no such directory" in missing.stderr
+    assert lines == [f"model error: model.path={tmp_path / 'nope'}: no such directory"], lines
