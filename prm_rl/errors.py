@@ -21,6 +21,12 @@ class UsageError(ValueError):
         return f"{self.label}: {' '.join(str(self).split())}"
 
 
+class InputError(UsageError):
+    """A bad row or field of a command's input file; the message names the file and row (``PATH:LINE: ...``)."""
+
+    label = "input error"
+
+
 class ConfigError(UsageError):
     """A config value breaks a rule; the message names the field (its dotted path)."""
 

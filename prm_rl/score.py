@@ -26,27 +26,23 @@ import transformers
 from prm_rl import core, json_text
 from prm_rl.config import ModelSection, PrmSection, RewardSection
 from prm_rl.data.sample import text_rollout
-from prm_rl.errors import EXIT_USAGE, UsageError
+from prm_rl.errors import EXIT_USAGE, InputError, UsageError
 from prm_rl.models.loading import check_model_source, load_causal_lm, load_tokenizer
 
 with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed (imported by the stages) prints a notice on stdout
     from prm_rl.trainer import stages
 
 
-class BadRow(UsageError):
-    label = "input error"
-
-
 def read_rows(path: Path) -> list[dict]:
     try:
         objects = json_text.read_objects(path)
     except ValueError as e:
-        raise BadRow(str(e)) from None
+        raise InputError(str(e)) from None
     rows = []
     for lineno, row in objects:
         for key in ("prompt", "response"):
             if not isinstance(row.get(key), str):
-                raise BadRow(f"{path}:{lineno}: '{key}' must be a string")
+                raise InputError(f"{path}:{lineno}: '{key}' must be a string")
         rows.append(row)
     return rows
 

@@ -30,12 +30,8 @@ from typing import Any
 
 from prm_rl import json_text
 from prm_rl.data.sample import Sample
+from prm_rl.errors import EXIT_USAGE, InputError
 
-EXIT_BAD_INPUT = 2
-
-
-class BadInput(Exception):
-    """One-line description of malformed input (file, row, field)."""
 
 
 def _positive_int(text: str) -> int:
@@ -66,53 +62,53 @@ def _load_verifiers(spec: str | None) -> dict | None:
             with open(spec, encoding="utf-8") as f:
                 text = f.read()
         except OSError as e:
-            raise BadInput(f"{spec}: cannot read ({e.strerror})") from None
+            raise InputError(f"{spec}: cannot read ({e.strerror})") from None
         if spec.endswith((".yaml", ".yml")):
             import yaml
 
             try:
                 data = yaml.safe_load(text)
             except yaml.YAMLError as e:
-                raise BadInput(f"{spec}: invalid YAML ({' '.join(str(e).split())})") from None
+                raise InputError(f"{spec}: invalid YAML ({' '.join(str(e).split())})") from None
         else:
             try:
                 data = json_text.loads(text)
             except ValueError as e:
-                raise BadInput(f"{spec}: invalid JSON ({e})") from None
+                raise InputError(f"{spec}: invalid JSON ({e})") from None
     else:
         try:
             data = json_text.loads(spec)
         except ValueError as e:
-            raise BadInput(f"--verifiers: neither a file nor valid JSON ({e})") from None
+            raise InputError(f"--verifiers: neither a file nor valid JSON ({e})") from None
     if data is not None and not isinstance(data, dict):
-        raise BadInput(f"--verifiers: expected a mapping of task name -> options, got {type(data).__name__}")
+        raise InputError(f"--verifiers: expected a mapping of task name -> options, got {type(data).__name__}")
     return data
 
 
 def read_rows(path: str, scorer: Any) -> list[tuple[int, Sample, str]]:
-    """Parse and validate every row; raises BadInput naming ``path:row`` on the first problem."""
+    """Parse and validate every row; raises InputError naming ``path:row`` on the first problem."""
     try:
         objects = json_text.read_objects(path)
     except ValueError as e:
-        raise BadInput(str(e)) from None
+        raise InputError(str(e)) from None
     rows = []
     for lineno, obj in objects:
         where = f"{path}:{lineno}"
         for key in ("task", "response"):
             if key not in obj:
-                raise BadInput(f"{where}: missing '{key}'")
+                raise InputError(f"{where}: missing '{key}'")
             if not isinstance(obj[key], str):
-                raise BadInput(f"{where}: '{key}' must be a string, got {type(obj[key]).__name__}")
+                raise InputError(f"{where}: '{key}' must be a string, got {type(obj[key]).__name__}")
         if not obj["task"]:
-            raise BadInput(f"{where}: 'task' is empty")
+            raise InputError(f"{where}: 'task' is empty")
         prompt = obj.get("prompt", "")
         if not isinstance(prompt, str):
-            raise BadInput(f"{where}: 'prompt' must be a string, got {type(prompt).__name__}")
+            raise InputError(f"{where}: 'prompt' must be a string, got {type(prompt).__name__}")
         fields = {k: v for k, v in obj.items() if k not in ("task", "response", "prompt")}
         try:
             scorer.check_fields(obj["task"], fields)
         except ValueError as e:
-            raise BadInput(f"{where}: {' '.join(str(e).split())}") from None
+            raise InputError(f"{where}: {' '.join(str(e).split())}") from None
         rows.append((lineno, Sample(prompt=prompt, task=obj["task"], fields=fields), obj["response"]))
     return rows
 
@@ -143,18 +139,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the JSONL file is required")
     try:
         scorer = build_scorer(_load_verifiers(args.verifiers), num_workers=args.workers, timeout_s=args.timeout)
-    except BadInput as e:
-        print(f"prm_rl.verify: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except VerifierConfigError as e:
-        print(f"prm_rl.verify: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except (InputError, VerifierConfigError) as e:
+        print(e.one_line(), file=sys.stderr)
+        return EXIT_USAGE
     with scorer:
         try:
             rows = read_rows(args.file, scorer)
-        except BadInput as e:
-            print(f"prm_rl.verify: error: {e}", file=sys.stderr)
-            return EXIT_BAD_INPUT
+        except InputError as e:
+            print(e.one_line(), file=sys.stderr)
+            return EXIT_USAGE
         result = scorer.score([s for _, s, _ in rows], [r for _, _, r in rows])
     for (lineno, sample, _), score, reason in zip(rows, result.scores, result.reasons):
         line: dict[str, Any] = {"row": lineno, "task": sample.task, "score": score}

@@ -121,4 +121,4 @@ def test_cli_empty_file_exits_2_like_the_trainer(tmp_path, capsys):
         path.write_text(text)
         assert main([str(path)]) == 2
         out, err = capsys.readouterr()
-        assert out == "" and err.strip() == f"prm_rl.verify: error: {path}: no rows"
+        assert out == "" and err.strip() == f"input error: {path}: no rows"
