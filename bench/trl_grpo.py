@@ -44,7 +44,7 @@ def main(overrides: list[str]) -> None:
     from prm_rl.models.loading import load_causal_lm, load_tokenizer, start_checkpoint
     from prm_rl.models.warm_start import checkpointing_option
     from prm_rl.rewards import build_scorer
-    from prm_rl.trainer.evaluate import heldout_accuracy
+    from prm_rl.evaluation.accuracy import heldout_accuracy
 
     cfg = load_config(overrides)
     out = Path(cfg.trainer.output_dir)

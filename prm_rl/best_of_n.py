@@ -33,7 +33,8 @@ from prm_rl.rewards import build_scorer
 from prm_rl.tracking.logger import finite_or_none
 
 with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed (imported by the stages) prints a notice on stdout
-    from prm_rl.trainer import prm_eval, stages
+    from prm_rl.evaluation import prm_quality
+    from prm_rl.trainer import stages
 
 METHODS = ("prm_min", "prm_sum", "weighted_vote", "majority", "random")
 
@@ -148,10 +149,10 @@ def main(argv: list[str] | None = None) -> dict:
     prm, ref = load_causal_lm(args.prm, "float32").eval(), load_causal_lm(args.ref, "float32").eval()
     settings = PrmEvalSection(samples_per_prompt=args.n, temperature=args.temperature, seed=args.seed)
     with build_scorer() as scorer:
-        groups = prm_eval.sample_heldout(policy, tokenizer, prompts, scorer, settings,
+        groups = prm_quality.sample_heldout(policy, tokenizer, prompts, scorer, settings,
                                          max_new_tokens=args.max_new_tokens)
     step_end_table = stages.step_end_table(tokenizer, RewardSection.step_delimiter)
-    metrics, log_ratio = prm_eval.evaluate_prm(prm, ref, groups, beta=args.beta, step_end_table=step_end_table,
+    metrics, log_ratio = prm_quality.evaluate_prm(prm, ref, groups, beta=args.beta, step_end_table=step_end_table,
                                                micro_batch_size=PrmSection.micro_batch_size)
     mask = groups.rollout.response_mask
     rewards, valid, _ = core.step_rewards(log_ratio, mask, stages.step_end_mask(step_end_table, groups.rollout),

@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
     from prm_rl.models.loading import load_causal_lm, load_tokenizer, start_checkpoint
     from prm_rl.rewards import build_scorer
     from prm_rl.tracking.logger import finite_or_none
-    from prm_rl.trainer import prm_eval, stages
+    from prm_rl.evaluation import prm_quality
+    from prm_rl.trainer import stages
 
     torch.set_grad_enabled(False)
     quiet = lambda msg: print(f"[eval_prm] {msg}", file=sys.stderr)  # noqa: E731
@@ -127,26 +128,26 @@ def main(argv: list[str] | None = None) -> dict:
             _fail("no held-out prompts (data.eval is not set, or prm_eval.num_prompts is 0)")
         policy = load_causal_lm(str(policy_dir), cfg.model.dtype)
         prm = load_causal_lm(str(prm_dir), cfg.model.dtype)
-        groups = prm_eval.sample_heldout(policy, tokenizer, prompts, scorer, settings,
+        groups = prm_quality.sample_heldout(policy, tokenizer, prompts, scorer, settings,
                                          max_new_tokens=cfg.rollout.max_new_tokens)
     if cfg.prm.reference == "sft":
         ref, ref_temperature = load_causal_lm(sft, cfg.model.dtype), 1.0
     else:
         ref, ref_temperature = policy, cfg.rollout.temperature
     step_end_table = stages.step_end_table(tokenizer, cfg.reward.step_delimiter)
-    metrics, log_ratio = prm_eval.evaluate_prm(prm, ref, groups, beta=cfg.prm.beta, step_end_table=step_end_table,
+    metrics, log_ratio = prm_quality.evaluate_prm(prm, ref, groups, beta=cfg.prm.beta, step_end_table=step_end_table,
                                                micro_batch_size=cfg.prm.micro_batch_size,
                                                ref_temperature=ref_temperature)
-    by_operation = prm_eval.first_error_by_operation(groups, log_ratio, step_end_table, cfg.prm.beta)
+    by_operation = prm_quality.first_error_by_operation(groups, log_ratio, step_end_table, cfg.prm.beta)
     result = {"metrics": finite_or_none(metrics), "first_error_by_operation": by_operation,
               "policy": str(policy_dir), "prm": str(prm_dir),
               "reference": cfg.prm.reference,
               "num_prompts": len(prompts), "samples_per_prompt": settings.samples_per_prompt,
               "seed": settings.seed}
     if args.heatmaps:
-        shown = prm_eval.heatmap_rows(groups, log_ratio, tokenizer, step_end_table, cfg.prm.beta,
+        shown = prm_quality.heatmap_rows(groups, log_ratio, tokenizer, step_end_table, cfg.prm.beta,
                                       max(settings.table_rows, 1))
-        prm_eval.save_heatmaps(shown, args.heatmaps.with_suffix(""), png=True)
+        prm_quality.save_heatmaps(shown, args.heatmaps.with_suffix(""), png=True)
     text = json.dumps(result, indent=1)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -35,10 +35,11 @@ from prm_rl.rollout.generate import generate, left_pad
 from prm_rl.tracking.logger import finite_or_none
 
 with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed (imported by the stages) prints a notice on stdout
-    from prm_rl.trainer import prm_eval, stages
+    from prm_rl.evaluation import prm_quality
+    from prm_rl.trainer import stages
 
 
-def step_prefixes(groups: prm_eval.HeldoutGroups, tokenizer, step_end_table: torch.Tensor):
+def step_prefixes(groups: prm_quality.HeldoutGroups, tokenizer, step_end_table: torch.Tensor):
     """Every step of every response: (valid [N, S], prefixes), a prefix per (row, step) but the last step,
     as (row, step, token ids of prompt + response up to and including the step's last token)."""
     batch = groups.rollout
@@ -55,7 +56,7 @@ def step_prefixes(groups: prm_eval.HeldoutGroups, tokenizer, step_end_table: tor
     return valid, prefixes
 
 
-def rollout_successes(policy, tokenizer, scorer, groups: prm_eval.HeldoutGroups, prefixes, rollouts: int, *,
+def rollout_successes(policy, tokenizer, scorer, groups: prm_quality.HeldoutGroups, prefixes, rollouts: int, *,
                       temperature: float, max_new_tokens: int, batch_size: int) -> tuple[torch.Tensor, dict]:
     """[len(prefixes), rollouts] outcome scores of completions of each prefix, and what they cost. A completion
     gets what is left of the response budget: ``max_new_tokens`` minus the response tokens of its prefix."""
@@ -88,10 +89,10 @@ def rollout_successes(policy, tokenizer, scorer, groups: prm_eval.HeldoutGroups,
     return scores, {"completions": len(jobs), "generated_tokens": generated, "flops": flops}
 
 
-def mc_report(groups: prm_eval.HeldoutGroups, valid: torch.Tensor, prefixes, successes: torch.Tensor) -> dict:
+def mc_report(groups: prm_quality.HeldoutGroups, valid: torch.Tensor, prefixes, successes: torch.Tensor) -> dict:
     """Step values (soft and hard) of every response and their step-level metrics against the checked labels."""
     n_rows, width = valid.shape
-    first_wrong = prm_eval.first_wrong_steps(groups.samples, groups.responses)
+    first_wrong = prm_quality.first_wrong_steps(groups.samples, groups.responses)
     start = groups.scores.view(-1, groups.k).mean(dim=1).repeat_interleave(groups.k)  # V_0: the group's mean
     last = valid.sum(dim=1) - 1
     out = {}
@@ -110,12 +111,12 @@ def mc_report(groups: prm_eval.HeldoutGroups, valid: torch.Tensor, prefixes, suc
     return out
 
 
-def implicit_prm_side(run: Path, groups: prm_eval.HeldoutGroups, step_end_table: torch.Tensor) -> dict:
+def implicit_prm_side(run: Path, groups: prm_quality.HeldoutGroups, step_end_table: torch.Tensor) -> dict:
     """A train_prm run's PRM on the same responses: its metrics, and its cost (labelled data + training from the
     run's summary.json, then scoring these responses: one forward of the PRM and one of its reference)."""
     summary = json.loads((run / "summary.json").read_text())
     prm, ref = load_causal_lm(summary["prm"], "float32").eval(), load_causal_lm(summary["reference"], "float32")
-    metrics, _ = prm_eval.evaluate_prm(prm, ref.eval(), groups, beta=summary["beta"], step_end_table=step_end_table,
+    metrics, _ = prm_quality.evaluate_prm(prm, ref.eval(), groups, beta=summary["beta"], step_end_table=step_end_table,
                                        micro_batch_size=PrmSection.micro_batch_size)
     c = summary["cost"]
     scoring = 2 * cost.forward_flops(c["parameters"], cost.tokens(groups.rollout))
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     step_end_table = stages.step_end_table(tokenizer, RewardSection.step_delimiter)
     settings = PrmEvalSection(samples_per_prompt=args.n, temperature=args.temperature, seed=args.seed)
     with build_scorer() as scorer:
-        groups = prm_eval.sample_heldout(policy, tokenizer, prompts, scorer, settings,
+        groups = prm_quality.sample_heldout(policy, tokenizer, prompts, scorer, settings,
                                          max_new_tokens=args.max_new_tokens)
         valid, prefixes = step_prefixes(groups, tokenizer, step_end_table)
         started = time.time()

@@ -23,9 +23,10 @@ from prm_rl.models.loading import load_causal_lm
 from prm_rl.rollout.generate import Rollout
 from prm_rl.tracking import heatmap
 from prm_rl.tracking.logger import finite_or_none
-from prm_rl.trainer import prm_eval, stages
+from prm_rl.evaluation import prm_quality
+from prm_rl.trainer import stages
 from prm_rl.trainer.buffer import GroupBuffer
-from prm_rl.trainer.evaluate import heldout_accuracy
+from prm_rl.evaluation.accuracy import heldout_accuracy
 from prm_rl.trainer.faults import injected_nan_steps
 from prm_rl.trainer.run import Job, Run, StepOutcome, log
 from prm_rl.trainer.step import LearnSections, learn
@@ -68,7 +69,7 @@ class PrimeTrainer(Job):
         self.acc_start = float("nan")
         self.prm_eval_start: dict[str, float] = {}
         self.prm_eval_last: dict[str, float] = {}
-        self.sft_groups: prm_eval.HeldoutGroups | None = None  # held-out samples of the starting model
+        self.sft_groups: prm_quality.HeldoutGroups | None = None  # held-out samples of the starting model
 
     def fit(self) -> dict:
         """Train to ``trainer.max_steps`` (resuming if a checkpoint says so); returns the summary."""
@@ -122,27 +123,27 @@ class PrimeTrainer(Job):
                     self.sft_groups = self._sample_heldout(m.ref)
                 out |= {f"prm_eval_sft/{k}": v for k, v in self._score_prm(self.sft_groups)[0].items()}
         if dist.is_main() and settings.table_rows:
-            shown = prm_eval.heatmap_rows(groups, log_ratio, m.tokenizer, self.step_ends, cfg.prm.beta,
+            shown = prm_quality.heatmap_rows(groups, log_ratio, m.tokenizer, self.step_ends, cfg.prm.beta,
                                           settings.table_rows)
-            prm_eval.save_heatmaps(shown, self.run.dir / "prm_eval" / f"step_{step:06d}")
+            prm_quality.save_heatmaps(shown, self.run.dir / "prm_eval" / f"step_{step:06d}")
             if self.run.logger is not None and shown:
                 columns = [*shown[0][0], "heatmap"]
                 rows = [[*fields.values(), heatmap.to_html(h)] for fields, h in shown]
                 self.run.logger.table(step, "prm_eval/samples", columns, rows, html_column="heatmap")
         return out
 
-    def _sample_heldout(self, model) -> prm_eval.HeldoutGroups:
+    def _sample_heldout(self, model) -> prm_quality.HeldoutGroups:
         """``prm_eval.samples_per_prompt`` responses of ``model`` (engine or module) to each evaluation prompt."""
         cfg, m = self.cfg, self.models
-        return prm_eval.sample_heldout(getattr(model, "module", model), m.tokenizer,
+        return prm_quality.sample_heldout(getattr(model, "module", model), m.tokenizer,
                                        self.eval_samples[:cfg.prm_eval.num_prompts], self.run.scorer, cfg.prm_eval,
                                        max_new_tokens=cfg.rollout.max_new_tokens, synced_gpus=m.synced_generation)
 
-    def _score_prm(self, groups: prm_eval.HeldoutGroups) -> tuple[dict[str, float], torch.Tensor]:
+    def _score_prm(self, groups: prm_quality.HeldoutGroups) -> tuple[dict[str, float], torch.Tensor]:
         """The PRM's metrics on ``groups``, read against its own reference (as in training)."""
         cfg, m = self.cfg, self.models
         ref, ref_temperature = (m.ref, 1.0) if cfg.prm.reference == "sft" else (m.policy, cfg.rollout.temperature)
-        return prm_eval.evaluate_prm(m.prm, ref, groups, beta=cfg.prm.beta, step_end_table=self.step_ends,
+        return prm_quality.evaluate_prm(m.prm, ref, groups, beta=cfg.prm.beta, step_end_table=self.step_ends,
                                      micro_batch_size=cfg.prm.micro_batch_size, ref_temperature=ref_temperature,
                                      max_tokens=cfg.prm.micro_batch_tokens)
 

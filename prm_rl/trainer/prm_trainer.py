@@ -34,7 +34,8 @@ from prm_rl.errors import ConfigError
 from prm_rl.models.loading import load_causal_lm
 from prm_rl.rollout.generate import Rollout
 from prm_rl.tracking.logger import finite_or_none
-from prm_rl.trainer import prm_eval, stages
+from prm_rl.evaluation import prm_quality
+from prm_rl.trainer import stages
 from prm_rl.trainer.run import Job, Run, StepOutcome, log
 
 
@@ -116,7 +117,7 @@ class PrmTrainer(Job):
         started = time.time()
         settings = PrmEvalSection(samples_per_prompt=t.samples_per_prompt, temperature=self.cfg.rollout.temperature,
                                   seed=self.cfg.trainer.seed)
-        sampled = prm_eval.sample_heldout(self.sampler, self.tokenizer, prompts[:t.num_prompts], self.run.scorer,
+        sampled = prm_quality.sample_heldout(self.sampler, self.tokenizer, prompts[:t.num_prompts], self.run.scorer,
                                           settings, max_new_tokens=self.cfg.rollout.max_new_tokens,
                                           synced_gpus=self.synced)
         data = TrainingSet(sampled.rollout, sampled.scores, sampled.k,
@@ -135,18 +136,18 @@ class PrmTrainer(Job):
             f"{data.sampling_seconds:.0f} s, label mean {float(data.labels.mean()):.3f}; saved in {folder}")
         return data
 
-    def _heldout_groups(self, prompts: list[Sample]) -> prm_eval.HeldoutGroups | None:
+    def _heldout_groups(self, prompts: list[Sample]) -> prm_quality.HeldoutGroups | None:
         """Samples of the starting model on held-out prompts, drawn once: every evaluation judges the same."""
         e = self.cfg.prm_eval
         if min(len(prompts), e.num_prompts) < dist.world_size():
             return None
-        return prm_eval.sample_heldout(self.sampler, self.tokenizer, prompts[:e.num_prompts], self.run.scorer, e,
+        return prm_quality.sample_heldout(self.sampler, self.tokenizer, prompts[:e.num_prompts], self.run.scorer, e,
                                        max_new_tokens=self.cfg.rollout.max_new_tokens, synced_gpus=self.synced)
 
     def heldout_metrics(self) -> dict[str, float]:
         if self.heldout is None:
             return {}
-        metrics, _ = prm_eval.evaluate_prm(self.prm, self.ref, self.heldout, beta=self.cfg.prm.beta,
+        metrics, _ = prm_quality.evaluate_prm(self.prm, self.ref, self.heldout, beta=self.cfg.prm.beta,
                                            step_end_table=self.step_ends,
                                            micro_batch_size=self.cfg.prm.micro_batch_size,
                                            max_tokens=self.cfg.prm.micro_batch_tokens)

@@ -4,7 +4,7 @@ import math
 import torch
 
 from prm_rl import core
-from prm_rl.trainer.prm_eval import first_wrong_steps, prm_metrics
+from prm_rl.evaluation.prm_quality import first_wrong_steps, prm_metrics
 from prm_rl.data.sample import Sample
 
 

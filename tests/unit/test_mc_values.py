@@ -9,7 +9,7 @@ from prm_rl.data import arithmetic
 from prm_rl.data.sample import Sample, text_rollout
 from prm_rl.models.tiny import build_char_tokenizer
 from prm_rl.trainer import stages
-from prm_rl.trainer.prm_eval import HeldoutGroups
+from prm_rl.evaluation.prm_quality import HeldoutGroups
 
 
 def test_soft_is_the_share_of_correct_completions_and_hard_is_any():
