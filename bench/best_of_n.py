@@ -4,7 +4,8 @@
         --out docs/prm_learning/best_of_n
 
 For each run directory, its ``prm/`` ranks ``--n`` responses per held-out prompt sampled from ``--policy``
-(the same responses for every run: fixed seed), via ``python -m prm_rl.best_of_n``. Writes OUT.json (every
+(the same responses for every run: fixed seed), by the report ``python -m prm_rl.cli.best_of_n`` prints
+(:func:`prm_rl.evaluation.best_of_n.best_of_n_report`). Writes OUT.json (every
 report), OUT.md (accuracy at each N: mean over runs with min-max, per method) and OUT.png (accuracy against
 N, mean over runs, bars = min-max over runs).
 """
@@ -19,7 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.common import mean, pyplot, spread, write_report  # noqa: E402
-from prm_rl import best_of_n  # noqa: E402
+from prm_rl.config import PrmSection, RolloutSection, TaskSection  # noqa: E402
+from prm_rl.evaluation import best_of_n  # noqa: E402
 
 
 def table(reports: dict[str, dict]) -> str:
@@ -67,9 +69,10 @@ def main() -> None:
     args = parser.parse_args()
     reports = {}
     for run in args.runs:
-        reports[run] = best_of_n.main(["--policy", args.policy, "--prm", str(Path(run) / "prm"), "--ref", args.ref,
-                                       "--num-prompts", str(args.num_prompts), "--n", str(args.n),
-                                       "--draws", str(args.draws), "--seed", str(args.seed)])
+        reports[run] = best_of_n.best_of_n_report(
+            args.policy, str(Path(run) / "prm"), args.ref, task=TaskSection.name, num_prompts=args.num_prompts,
+            n=args.n, draws=args.draws, seed=args.seed, temperature=RolloutSection.temperature,
+            max_new_tokens=RolloutSection.max_new_tokens, beta=PrmSection.beta)
     reports = json.loads(json.dumps(reports))  # N keys as JSON writes them (strings), as a reader sees them
     for r in reports.values():
         for key in ("best_of_n", "best_of_n_interval"):

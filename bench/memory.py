@@ -1,4 +1,4 @@
-"""Measured per-rank memory of real PRIME runs against ``python -m prm_rl.estimate`` (docs/benchmarks/memory.md):
+"""Measured per-rank memory of real PRIME runs against ``python -m prm_rl.cli.estimate`` (docs/benchmarks/memory.md):
 
     OMP_NUM_THREADS=1 python bench/memory.py --out docs/benchmarks/memory
 
@@ -148,7 +148,7 @@ def run_once(args: list[str], ranks: int, steps: int, run: Path, malloc: dict[st
 
 
 def estimated(args: list[str], ranks: int) -> dict:
-    from prm_rl.cli import compose
+    from prm_rl.cli.startup import compose
     from prm_rl.trainer.memory import as_dict, estimate
 
     cfg = compose(args, ranks)

@@ -4,7 +4,7 @@
 
 For each loss and seed, ``launch/train_prm.py +recipe=prm_math prm.loss=L trainer.seed=S`` (seed: the sampled
 training data and its order) into OUT/L-sS; then, on held-out prompts, ``bench/best_of_n.py`` over each loss's
-runs (OUT/best_of_n_L.{json,md,png}) and ``python -m prm_rl.mc_values`` with every run beside the Monte-Carlo
+runs (OUT/best_of_n_L.{json,md,png}) and ``python -m prm_rl.cli.mc_values`` with every run beside the Monte-Carlo
 baseline on the same responses (OUT/mc_values.json). OUT/summary.md tabulates the step-level side: step AUROC,
 first-error hit rate and FLOPs per method, mean and min-max over seeds. Overrides after ``--`` go to every
 train_prm run (e.g. ``prm_train.num_prompts=64`` for a short try).
@@ -75,7 +75,7 @@ def main() -> None:
                         "--policy", sft, "--ref", sft, "--num-prompts", str(args.num_prompts),
                         "--out", str(args.out / f"best_of_n_{loss}")], check=True)
     every = [str(d) for dirs in runs.values() for d in dirs]
-    subprocess.run([sys.executable, "-m", "prm_rl.mc_values", "--policy", sft, "--num-prompts", str(args.mc_prompts),
+    subprocess.run([sys.executable, "-m", "prm_rl.cli.mc_values", "--policy", sft, "--num-prompts", str(args.mc_prompts),
                     "--rollouts", str(args.rollouts), "--out", str(args.out / "mc_values.json"), "--prm-runs", *every],
                    check=True, stdout=subprocess.DEVNULL)
     table = step_table(json.loads((args.out / "mc_values.json").read_text()), args.losses)

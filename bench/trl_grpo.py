@@ -29,9 +29,9 @@ sys.path.insert(0, str(REPO))
 
 
 def load_config(overrides: list[str]):
-    from prm_rl import cli
+    from prm_rl.cli.startup import compose
 
-    return cli.compose(overrides)  # as launch/train.py composes it
+    return compose(overrides)  # as launch/train.py composes it
 
 
 def main(overrides: list[str]) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -23,6 +24,8 @@ from prm_rl.data.arithmetic import ArithmeticConfig
 from prm_rl.data.code_task import CodeConfig
 from prm_rl.errors import ConfigError
 from prm_rl.models.tiny import TinyModelConfig
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"  # the config tree: base.yaml and recipe/*.yaml
 
 __all__ = ["Config", "ConfigError", "register_schema", "to_config"]
 

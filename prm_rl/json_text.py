@@ -1,9 +1,12 @@
-"""JSON text from users' files, read so that every failure is a ``ValueError`` the caller can name a row in."""
+"""JSON text from users' files, read so that every failure is a ``ValueError`` the caller can name a row in
+(:func:`read_rows`, the reader of every command's JSONL input, raises the commands' :class:`InputError`)."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Any
+
+from prm_rl.errors import InputError
 
 
 def loads(text: str | bytes) -> Any:
@@ -45,4 +48,23 @@ def read_objects(path: str | Path) -> list[tuple[int, dict]]:
         objects.append((lineno, obj))
     if not objects:  # an empty file is a mistake, not a file of nothing
         raise ValueError(f"{path}: no rows")
+    return objects
+
+
+def read_rows(path: str | Path, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> list[tuple[int, dict]]:
+    """(line number, row) of a command's JSONL input (:func:`read_objects`): each row has every ``required`` key as
+    a string, and each ``optional`` key, where present, as a string. The first problem is an :class:`InputError`
+    naming the file and row: ``PATH:LINE: missing 'KEY'``, ``PATH:LINE: 'KEY' must be a string, got int``."""
+    try:
+        objects = read_objects(path)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    for lineno, row in objects:
+        for key in (*required, *optional):
+            if key not in row:
+                if key in optional:
+                    continue
+                raise InputError(f"{path}:{lineno}: missing '{key}'")
+            if not isinstance(row[key], str):
+                raise InputError(f"{path}:{lineno}: '{key}' must be a string, got {type(row[key]).__name__}")
     return objects

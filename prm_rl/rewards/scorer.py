@@ -1,4 +1,4 @@
-"""Verifier registry and the Scorer the trainer (and ``python -m prm_rl.verify``) calls.
+"""Verifier registry and the Scorer the trainer (and ``python -m prm_rl.cli.verify``) calls.
 
 ``build_scorer(verifiers, num_workers, timeout_s)`` validates the whole configuration up front (unknown
 option, wrong type, unimportable ``_target_``: :class:`VerifierConfigError`, a ValueError, naming

@@ -1,6 +1,6 @@
 """Run hostile programs in the code sandbox and report what is contained on *this* machine.
 
-``python -m prm_rl.verify --sandbox-selftest`` prints one JSON object: the layers the sandbox got and, per
+``python -m prm_rl.cli.verify --sandbox-selftest`` prints one JSON object: the layers the sandbox got and, per
 attack, ``"contained"`` or ``"NOT contained"``. This is how the table in docs/verifiers.md was measured;
 run it on a new cluster before trusting code rewards there. Takes a few seconds (the fork bomb runs until
 its time limit).

@@ -3,7 +3,7 @@
 Per model (policy; PRM when the estimator uses one; the frozen reference when :attr:`Config.needs_reference`),
 the bytes each term takes on one rank, and the rank's total: on the device (the GPU) and on the host (what
 ZeRO-Offload moves to CPU memory). The trainer warns with :func:`launch_warning` before its models load; the
-command ``python -m prm_rl.estimate`` prints :func:`table` (docs/benchmarks.md).
+command ``python -m prm_rl.cli.estimate`` prints :func:`table` (docs/benchmarks.md).
 
 Notation: ``n`` parameters of one model, ``P`` bytes per element of ``model.dtype`` (4 float32, 2 bfloat16),
 ``W`` ranks, ZeRO stage ``z``. The terms of one model, each a function below:
@@ -400,7 +400,7 @@ def fit_message(est: Estimate, capacity_bytes: int) -> str | None:
     if est.device <= capacity_bytes:
         return None
     return (f"estimate: {est.device / GIB:.1f} GiB per rank does not fit in {capacity_bytes / GIB:.1f} GiB "
-            f"({est.world_size} ranks; python -m prm_rl.estimate shows the terms)")
+            f"({est.world_size} ranks; python -m prm_rl.cli.estimate shows the terms)")
 
 
 def check_fits(cfg: Config, world_size: int, capacity_bytes: int) -> str | None:

@@ -1,4 +1,4 @@
-"""A user's mistakes at start-up, with real processes: each ends in one line and its exit code (prm_rl/cli.py),
+"""A user's mistakes at start-up, with real processes: each ends in one line and its exit code (prm_rl/cli/startup.py),
 printed once however many ranks, and changes nothing a run already wrote."""
 from __future__ import annotations
 

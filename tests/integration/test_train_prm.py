@@ -87,7 +87,7 @@ def test_rows_from_a_file_train_a_prm_and_a_bad_row_is_one_line(straight, warm_c
 def test_the_prm_ranks_best_of_n_and_scores_rows(straight, warm_cache, tmp_path):
     sft = json.loads((straight / "summary.json").read_text())["reference"]
     out = tmp_path / "bon.json"
-    proc = subprocess.run([sys.executable, "-m", "prm_rl.best_of_n", "--policy", sft, "--prm", str(straight / "prm"),
+    proc = subprocess.run([sys.executable, "-m", "prm_rl.cli.best_of_n", "--policy", sft, "--prm", str(straight / "prm"),
                            "--ref", sft, "--num-prompts", "8", "--n", "4", "--draws", "4", "--out", str(out),
                            "--max-new-tokens", "40"], cwd=REPO, env=environment(), capture_output=True, text=True,
                           timeout=300)
@@ -99,7 +99,7 @@ def test_the_prm_ranks_best_of_n_and_scores_rows(straight, warm_cache, tmp_path)
     rows = tmp_path / "rows.jsonl"
     first = (straight / "prm_data" / "rows.jsonl").read_text().splitlines()[:4]
     rows.write_text("".join(line + "\n" for line in first))
-    scored = subprocess.run([sys.executable, "-m", "prm_rl.score", str(rows), "--prm", str(straight / "prm"),
+    scored = subprocess.run([sys.executable, "-m", "prm_rl.cli.prm_score", str(rows), "--prm", str(straight / "prm"),
                              "--ref", sft], cwd=REPO, env=environment(), capture_output=True, text=True, timeout=300)
     assert scored.returncode == 0, scored.stderr[-3000:]
     lines = [json.loads(line) for line in scored.stdout.splitlines()]

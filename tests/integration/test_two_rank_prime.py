@@ -67,7 +67,7 @@ def test_two_rank_prime_run_updates_and_saves(tmp_path, warm_cache):
 
     # The evaluation command on the finished run: metrics JSON and a heatmap picture.
     out, png = tmp_path / "prm_eval.json", tmp_path / "heat.png"
-    cli = subprocess.run([sys.executable, "-m", "prm_rl.eval_prm", str(run_dir), "--num-prompts", "4",
+    cli = subprocess.run([sys.executable, "-m", "prm_rl.cli.eval_prm", str(run_dir), "--num-prompts", "4",
                           "--out", str(out), "--heatmaps", str(png)], capture_output=True, text=True,
                          env=environment())
     assert cli.returncode == 0, cli.stderr[-3000:]

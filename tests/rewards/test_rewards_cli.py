@@ -1,4 +1,4 @@
-"""python -m prm_rl.verify on fixture files (real subprocesses for the end-to-end runs)."""
+"""python -m prm_rl.cli.verify on fixture files (real subprocesses for the end-to-end runs)."""
 import json
 import os
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from prm_rl.verify import main
+from prm_rl.cli.verify import main
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -16,7 +16,7 @@ FIXTURES = os.path.join(HERE, "fixtures")
 def run_cli(*args):
     env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
     return subprocess.run(
-        [sys.executable, "-m", "prm_rl.verify", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "prm_rl.cli.verify", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
     )
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from prm_rl import best_of_n, estimate, eval_prm, mc_values, score
+from prm_rl.cli import best_of_n, estimate, eval_prm, mc_values, prm_score
 from prm_rl.data import arithmetic
 from prm_rl.models.tiny import TinyModelConfig, build_char_tokenizer, build_tiny_model
 
@@ -23,7 +23,7 @@ def one_line_exit(capsys, run) -> str:
     (best_of_n.main, ["--policy", "/nope", "--prm", "/nope", "--ref", "/nope"], "--policy=/nope: no such directory"),
     (estimate.main, ["+recipe=math_ppo", "rollout.nope=1"], "rollout.nope"),
     (eval_prm.main, ["/nope"], "/nope/config.yaml: not found"),
-    (score.main, ["/nope.jsonl", "--prm", "/nope", "--ref", "/nope"], "/nope.jsonl"),
+    (prm_score.main, ["/nope.jsonl", "--prm", "/nope", "--ref", "/nope"], "/nope.jsonl"),
 ])
 def test_a_bad_argument_is_one_line_and_exit_2(capsys, command, argv, says):
     assert says in one_line_exit(capsys, lambda: command(argv))

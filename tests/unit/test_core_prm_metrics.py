@@ -122,9 +122,9 @@ def test_eval_command_rejects_a_directory_that_is_not_a_run(tmp_path):
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "prm_rl.eval_prm", str(tmp_path)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "prm_rl.cli.eval_prm", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [f"eval_prm: {tmp_path / 'config.yaml'}: not found "
+    assert proc.stderr.strip().splitlines() == [f"error: {tmp_path / 'config.yaml'}: not found "
                                                 "(RUN_DIR must be a prm_rl run directory)"]
 
 
@@ -144,7 +144,7 @@ def test_first_error_hits_per_response():
 
 
 def test_eval_prm_reads_run_configs_saved_before_tasks_had_their_own_sections():
-    from prm_rl.eval_prm import migrate_legacy
+    from prm_rl.evaluation.saved_run import migrate_legacy
 
     arithmetic = migrate_legacy({"task": {"name": "arithmetic", "min_steps": 1, "max_steps": 2, "max_operand": 20,
                                           "max_factor": 9, "max_value": 999, "seed": 5}})

@@ -2,16 +2,16 @@
 
 Read from README.md, docs/*.md and the header comments of recipes/recipe/*.yaml: every command of the forms
 ``deepspeed [launcher flags] launch/train.py ...`` (or ``train_prm.py``), ``python launch/... ...`` and
-``python -m prm_rl.TOOL ...``, in ```bash blocks (backslash continuations joined, here-documents skipped) or
+``python -m prm_rl.cli.TOOL ...``, in ```bash blocks (backslash continuations joined, here-documents skipped) or
 in inline code (which may run over a line break). A recipe's header gives its commands on lines indented
 under the ``#``.
 
 - ``launch/`` commands: DeepSpeed's launcher parser accepts the flags, and the overrides compose and validate as
-  the script runs them (``cli.compose``: world size = ``--num_gpus`` x ``--num_nodes``, or 1; the script's own
+  the script runs them (``startup.compose``: world size = ``--num_gpus`` x ``--num_nodes``, or 1; the script's own
   default recipe; ``offline_prm`` for train_prm.py).
-- ``python -m prm_rl.TOOL``: the tool's own argparse parser accepts the arguments (its ``main`` runs up to
-  ``parse_args``); ``prm_rl.estimate``'s overrides also compose at its ``--world-size``. A bare
-  ``python -m prm_rl.TOOL`` names the tool: it must exist.
+- ``python -m prm_rl.cli.TOOL``: the tool's own argparse parser accepts the arguments (its ``main`` runs up to
+  ``parse_args``); ``prm_rl.cli.estimate``'s overrides also compose at its ``--world-size``. A bare
+  ``python -m prm_rl.cli.TOOL`` names the tool: it must exist.
 - ```yaml blocks: a recipe (first line ``# @package _global_``) composes and validates as ``+recipe=NAME``;
   any other block merges into the schema, ``prm_rl.config.Config``.
 
@@ -39,7 +39,8 @@ import pytest
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from prm_rl import cli
+from prm_rl import config
+from prm_rl.cli import startup
 from prm_rl.config import Config
 from prm_rl.errors import UsageError
 
@@ -55,12 +56,6 @@ OPENED = {"data.train": ("file", ()), "data.eval": ("file", ()), "trainer.resume
 COPIED_RECIPES = {"my_task": "math_ppo"}
 SHELL = {"bash", "sh", "shell", "console"}
 LAUNCH_SCRIPT = re.compile(r"launch/[\w/]+\.py")
-
-
-def default_recipe(script: str) -> str:
-    """The recipe ``launch/SCRIPT`` runs when none is given (read from the script: ``recipe="..."``)."""
-    found = re.search(r'with_default_recipe\([^)]*recipe="(\w+)"', (REPO / script).read_text())
-    return found.group(1) if found else cli.DEFAULT_RECIPE
 
 
 # --------------------------------------------------------------------------------------------------- reading
@@ -326,7 +321,7 @@ def parse_with(module, args: list[str]) -> argparse.Namespace:
 def compose(overrides: list[str], stand_ins: StandIns, world_size: int = 1, offline_prm: bool = False) -> None:
     if any(o.startswith("-") for o in overrides):
         raise AssertionError(f"Hydra's own flags are not checked here: {overrides}")
-    cli.compose(stand_ins.overrides(overrides), world_size=world_size, offline_prm=offline_prm)
+    startup.compose(stand_ins.overrides(overrides), world_size=world_size, offline_prm=offline_prm)
 
 
 def check(argv: tuple[str, ...], stand_ins: StandIns) -> None:
@@ -343,15 +338,14 @@ def check(argv: tuple[str, ...], stand_ins: StandIns) -> None:
             script, overrides, world = words[1], words[2:], 1
         if script not in ("launch/train.py", "launch/train_prm.py"):
             raise AssertionError(f"{script}: not a launch script (launch/train.py, launch/train_prm.py)")
-        recipe = default_recipe(script)
-        compose(cli.with_default_recipe(overrides, recipe), stand_ins, world, offline_prm=script.endswith("_prm.py"))
+        compose(overrides, stand_ins, world, offline_prm=script.endswith("_prm.py"))
         return
-    tool = importlib.import_module(words[2])  # python -m prm_rl.TOOL: a missing tool fails here
+    tool = importlib.import_module(words[2])  # python -m prm_rl.cli.TOOL: a missing tool fails here
     assert callable(getattr(tool, "main", None)), f"{words[2]} has no main()"
     if len(words) == 3:  # the bare name of a tool
         return
     args = parse_with(tool, words[3:])
-    if words[2] == "prm_rl.estimate":
+    if words[2] == "prm_rl.cli.estimate":
         compose(args.overrides, stand_ins, args.world_size)
 
 
@@ -387,7 +381,7 @@ def snippet_problem(text: str, recipe: str | None, stand_ins: StandIns) -> str |
 
 @pytest.fixture(scope="module")
 def stand_ins(tmp_path_factory):
-    """Stand-ins, and cli.compose reading a copy of recipes/ that also holds the recipes the docs have the reader
+    """Stand-ins, and startup.compose reading a copy of recipes/ that also holds the recipes the docs have the reader
     write."""
     root = tmp_path_factory.mktemp("docs_commands")
     recipes = root / "recipes"
@@ -400,7 +394,7 @@ def stand_ins(tmp_path_factory):
         assert not path.exists(), f"the docs' recipe {name} has the name of a recipe in recipes/recipe/"
         path.write_text(text)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(cli, "RECIPES", recipes)
+        patch.setattr(config, "RECIPES", recipes)
         yield made
 
 
@@ -425,7 +419,7 @@ def test_every_source_and_form_is_read():
         ("README.md", "deepspeed launch/train.py +recipe=math_ppo"),
         ("README.md", "deepspeed launch/train_prm.py +recipe=prm_math"),
         ("docs/recipes.md", "deepspeed --num_gpus 2 launch/train.py +recipe=math_ppo"),
-        ("docs/prm_training.md", "python -m prm_rl.score --prm runs/prm_math/prm --ref SFT rows.jsonl"),
+        ("docs/prm_training.md", "python -m prm_rl.cli.prm_score --prm runs/prm_math/prm --ref SFT rows.jsonl"),
         ("recipes/recipe/paper_7b.yaml", "deepspeed --num_gpus 8 launch/train.py +recipe=paper_7b "
          "model.path=/ckpt/Eurus-2-7B-SFT data.train=/data/prime/train.parquet "
          "data.eval=/data/prime/validation.parquet"),
@@ -435,8 +429,8 @@ def test_every_source_and_form_is_read():
 
 
 MADE_UP = """\
-Run `python -m prm_rl.eval_prm runs/x
---seed 3` or `python -m prm_rl.verify`; not `kill <pid of the deepspeed runner>` nor ```` ```python ````.
+Run `python -m prm_rl.cli.eval_prm runs/x
+--seed 3` or `python -m prm_rl.cli.verify`; not `kill <pid of the deepspeed runner>` nor ```` ```python ````.
 
 ```bash
 /usr/bin/time -v deepspeed --num_gpus 2 launch/train.py +recipe=math_ppo \\
@@ -444,11 +438,11 @@ Run `python -m prm_rl.eval_prm runs/x
 cat > hostfile <<'HOSTS'
 python -m prm_rl.not_a_tool
 HOSTS
-OMP_NUM_THREADS=1 python launch/train_prm.py prm.loss=dpo > log.txt 2>&1 && python -m prm_rl.score --prm P rows.jsonl
+OMP_NUM_THREADS=1 python launch/train_prm.py prm.loss=dpo > log.txt 2>&1 && python -m prm_rl.cli.prm_score --prm P rows.jsonl
 ```
 
 ```python
-python -m prm_rl.score   # not a shell block
+python -m prm_rl.cli.prm_score   # not a shell block
 ```
 """
 
@@ -457,9 +451,9 @@ def test_the_extractor_reads_continuations_inline_code_and_prefixes():
     assert [(c.where, c.argv) for c in markdown_commands(MADE_UP, "x.md")] == [
         ("x.md:5", ("deepspeed", "--num_gpus", "2", "launch/train.py", "+recipe=math_ppo", "trainer.max_steps=20")),
         ("x.md:10", ("python", "launch/train_prm.py", "prm.loss=dpo")),
-        ("x.md:10", ("python", "-m", "prm_rl.score", "--prm", "P", "rows.jsonl")),
-        ("x.md:1", ("python", "-m", "prm_rl.eval_prm", "runs/x", "--seed", "3")),
-        ("x.md:2", ("python", "-m", "prm_rl.verify")),
+        ("x.md:10", ("python", "-m", "prm_rl.cli.prm_score", "--prm", "P", "rows.jsonl")),
+        ("x.md:1", ("python", "-m", "prm_rl.cli.eval_prm", "runs/x", "--seed", "3")),
+        ("x.md:2", ("python", "-m", "prm_rl.cli.verify")),
     ]
 
 
@@ -470,10 +464,10 @@ def test_the_extractor_reads_continuations_inline_code_and_prefixes():
     ("deepspeed launch/train_prm.py data.train=/nowhere.jsonl prm.loss=nope", "prm.loss='nope'"),
     ("deepspeed --num-gpus 2 launch/train.py", "unrecognized arguments: --num-gpus"),
     ("python launch/train.py trainer.resume=/ckpt/step_9 +recipe=nope", "Could not find 'recipe/nope'"),
-    ("python -m prm_rl.score --prm DIR rows.jsonl", "the following arguments are required: --ref"),
-    ("python -m prm_rl.eval_prm RUN_DIR --seed S", "argument --seed: invalid int value: 'S'"),
-    ("python -m prm_rl.score --prm DIR --ref DIR IN.jsonl [--outfile OUT.jsonl]", "unrecognized arguments: --outfile"),
-    ("python -m prm_rl.estimate +recipe=math_ppo rollout.samples_per_prompt=1", "need at least 2 responses"),
+    ("python -m prm_rl.cli.prm_score --prm DIR rows.jsonl", "the following arguments are required: --ref"),
+    ("python -m prm_rl.cli.eval_prm RUN_DIR --seed S", "argument --seed: invalid int value: 'S'"),
+    ("python -m prm_rl.cli.prm_score --prm DIR --ref DIR IN.jsonl [--outfile OUT.jsonl]", "unrecognized arguments: --outfile"),
+    ("python -m prm_rl.cli.estimate +recipe=math_ppo rollout.samples_per_prompt=1", "need at least 2 responses"),
     ("python -m prm_rl.no_such_tool --x", "ModuleNotFoundError"),
 ])
 def test_a_bad_line_fails(line, why, stand_ins):
@@ -493,5 +487,5 @@ def test_train_prm_lines_run_as_train_prm_runs_them(stand_ins):
     line = "{} model.path=/ckpt/sft prm_train.data=rows.jsonl"
     assert problem(tuple(line.format("python launch/train_prm.py").split()), stand_ins) is None
     assert "data.train: required" in problem(tuple(line.format("python launch/train.py").split()), stand_ins)
-    assert problem(("python", "-m", "prm_rl.score", "--prm", "D", "--ref", "D", "IN.jsonl", "[--out", "OUT]"),
+    assert problem(("python", "-m", "prm_rl.cli.prm_score", "--prm", "D", "--ref", "D", "IN.jsonl", "[--out", "OUT]"),
                    stand_ins) is None

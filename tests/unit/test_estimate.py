@@ -1,4 +1,4 @@
-"""prm_rl.trainer.memory and its command prm_rl.estimate: parameter counts against real models, each memory term
+"""prm_rl.trainer.memory and its command prm_rl.cli.estimate: parameter counts against real models, each memory term
 against hand-derived values, the CLI."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
-from prm_rl import cli
-from prm_rl.estimate import main as estimate_main
+from prm_rl.cli.startup import compose
+from prm_rl.cli.estimate import main as estimate_main
 from prm_rl.trainer import memory as est
 from prm_rl.data import arithmetic
 from prm_rl.models.tiny import TinyModelConfig, build_char_tokenizer, build_tiny_model
@@ -21,7 +21,7 @@ TINY = TinyModelConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_s
 
 @pytest.fixture(scope="module")
 def cfg():
-    return cli.compose(SMALL, world_size=2)
+    return compose(SMALL, world_size=2)
 
 
 def with_(cfg, **changes):

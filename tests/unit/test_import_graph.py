@@ -1,8 +1,8 @@
 """The package's import graph: no circles, and nothing in the library reaches up into a command-line module.
 
 Every ``import`` counts, also the ones inside functions (a deferred import is still a dependency). A module is
-a command-line tool when it runs as ``python -m`` (it has a ``__main__`` block) or is :mod:`prm_rl.cli`, the
-plumbing those share; the library is everything else. See docs/contributing.md, "The house".
+a command-line tool when it is in :mod:`prm_rl.cli`, the one home of the commands (a module that runs as
+``python -m``, a ``__main__`` block, lives nowhere else, child processes aside); the library is everything else. See docs/contributing.md, "The house".
 """
 from __future__ import annotations
 
@@ -52,8 +52,12 @@ def graph() -> dict[str, set[str]]:
 
 
 def commands() -> set[str]:
-    runnable = {module_name(p) for p in PACKAGE.rglob("*.py") if "__name__ == \"__main__\"" in p.read_text()}
-    return (runnable - CHILD_PROCESSES) | {"prm_rl.cli"}
+    return {m for m in graph() if m == "prm_rl.cli" or m.startswith("prm_rl.cli.")}
+
+
+def runnable() -> set[str]:
+    """Modules with a ``__main__`` block."""
+    return {module_name(p) for p in PACKAGE.rglob("*.py") if "__name__ == \"__main__\"" in p.read_text()}
 
 
 def circles(edges: dict[str, set[str]]) -> list[list[str]]:
@@ -105,8 +109,12 @@ def test_no_library_module_imports_a_command_line_module():
     assert upward == []
 
 
+def test_every_command_lives_in_the_cli_package():
+    assert sorted(runnable() - CHILD_PROCESSES - commands()) == []
+
+
 def test_the_checker_finds_a_circle_and_an_upward_arrow():
     """The two checks above can fail: a hand-made graph with both faults."""
     edges = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert circles(edges) == [["a", "b", "c"]]
-    assert "prm_rl.cli" in commands() and "prm_rl.estimate" in commands()
+    assert "prm_rl.cli" in commands() and "prm_rl.cli.estimate" in commands()

@@ -1,4 +1,4 @@
-"""Monte-Carlo step values (the baseline of python -m prm_rl.mc_values) on hand-derived cases."""
+"""Monte-Carlo step values (the baseline of python -m prm_rl.cli.mc_values) on hand-derived cases."""
 from __future__ import annotations
 
 import pytest
@@ -29,7 +29,7 @@ def test_value_increments_start_from_the_bare_prompt():
 @pytest.fixture()
 def two_responses():
     """One prompt, a right response and one whose first step is wrong (3+4=8), three steps each."""
-    from prm_rl.mc_values import step_prefixes
+    from prm_rl.evaluation.monte_carlo import step_prefixes
 
     tokenizer = build_char_tokenizer(arithmetic.CHARACTERS)
     sample = Sample("3+4*2=?\n", arithmetic.TASK_NAME, {"answer": "14"})
@@ -52,7 +52,7 @@ def test_step_metrics_of_hand_made_completions(two_responses):
     """Soft values: right response [0, 1, 1 (its outcome)], wrong one [0 (its first wrong step), 0.25, 0]. The
     judged steps are the right response's three (positives: 0, 1, 1) and the wrong one's first (negative: 0):
     AUROC = (1/2 + 1 + 1) / 3. Increments from V_0 = 0.5: [-0.5, 1, 0] and [-0.5, ...]: (1/2 + 1 + 1) / 3 too."""
-    from prm_rl.mc_values import mc_report
+    from prm_rl.evaluation.monte_carlo import mc_report
 
     _, groups, valid, prefixes = two_responses
     successes = torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
@@ -66,7 +66,7 @@ def test_step_metrics_of_hand_made_completions(two_responses):
 def test_completions_are_verified_against_the_prefix_they_continue(two_responses):
     """With a random tiny model, a completion of the right response's prefix up to its last line can only be
     right if it writes the boxed answer; so check the bookkeeping: K scores per prefix, each 0 or 1."""
-    from prm_rl.mc_values import rollout_successes
+    from prm_rl.evaluation.monte_carlo import rollout_successes
     from prm_rl.models.tiny import TinyModelConfig, build_tiny_model
     from prm_rl.rewards import build_scorer
 

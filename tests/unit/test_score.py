@@ -1,5 +1,5 @@
 """Scoring responses with an implicit PRM: the aggregation on hand-derived values, and
-``python -m prm_rl.score`` end to end on real tiny models, checked against a plain forward pass."""
+``python -m prm_rl.cli.prm_score`` end to end on real tiny models, checked against a plain forward pass."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from prm_rl import core, score
+from prm_rl import core
+from prm_rl.cli import prm_score
 from prm_rl.data import arithmetic
 from prm_rl.models.tiny import TinyModelConfig, build_char_tokenizer, build_tiny_model
 
@@ -40,7 +41,7 @@ def models(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def run_score(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "prm_rl.score", *args], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "prm_rl.cli.prm_score", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=120)
 
 
@@ -90,7 +91,7 @@ def test_a_prm_equal_to_its_reference_scores_zero(tmp_path, models):
 
 
 @pytest.mark.parametrize("line, message", [
-    ('{"prompt": "1+1=?"}', ":1: 'response' must be a string"),
+    ('{"prompt": "1+1=?"}', ":1: missing 'response'"),
     ('[1, 2]', ":1: a row must be a JSON object, got list"),
     ('{"prompt": ', ":1: invalid JSON"),
 ])
@@ -99,7 +100,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, models, capsys, line, messag
     loads."""
     path = tmp_path / "rows.jsonl"
     path.write_text(line + "\n")
-    assert score.main([str(path), "--prm", str(models[0]), "--ref", str(models[1])]) == 2
+    assert prm_score.main([str(path), "--prm", str(models[0]), "--ref", str(models[1])]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"input error: {path}{message}"), lines
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from prm_rl import json_text
-from prm_rl.cli import hydra_error_line
+from prm_rl.cli.startup import hydra_error_line
 from prm_rl.config import ModelSection
 from prm_rl.models.loading import ModelSourceError, check_model_source
 from prm_rl.data import arithmetic

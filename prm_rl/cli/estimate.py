@@ -1,6 +1,6 @@
 """Per-rank memory of a PRIME run, from its config, before anything loads (:mod:`prm_rl.trainer.memory`):
 
-    python -m prm_rl.estimate +recipe=math_ppo [key=value ...] [--world-size N] [--gpu-gib 80] [--json]
+    python -m prm_rl.cli.estimate +recipe=math_ppo [key=value ...] [--world-size N] [--gpu-gib 80] [--json]
 
 The config is composed from recipes/ as launch/train.py composes it. Prints a table in GiB per model and rank (or
 ``--json`` bytes); exit 1 with one line when ``--gpu-gib`` is given and the device total exceeds it, exit 2 with
@@ -13,13 +13,13 @@ import contextlib
 import json
 import sys
 
-from prm_rl import cli
+from prm_rl.cli.startup import compose
 from prm_rl.errors import EXIT_USAGE, UsageError
 from prm_rl.trainer.memory import GIB, as_dict, estimate, fit_message, table
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m prm_rl.estimate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m prm_rl.cli.estimate", description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", help="+recipe=NAME and key=value overrides, as launch/train.py takes")
     parser.add_argument("--world-size", type=int, default=1, help="ranks (GPUs) the run is launched on")
     parser.add_argument("--gpu-gib", type=float, help="device memory of one GPU in GiB: exit 1 if the peak exceeds it")
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--world-size must be >= 1")
     try:
         with contextlib.redirect_stdout(sys.stderr):  # "no recipe given" notes go to stderr, keeping --json clean
-            cfg = cli.compose(args.overrides, args.world_size)
+            cfg = compose(args.overrides, args.world_size)
         est = estimate(cfg, args.world_size)
     except UsageError as err:
         print(err.one_line(), file=sys.stderr)

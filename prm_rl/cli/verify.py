@@ -1,4 +1,4 @@
-"""Score a JSONL file of responses with the training verifiers: ``python -m prm_rl.verify FILE.jsonl``.
+"""Score a JSONL file of responses with the training verifiers: ``python -m prm_rl.cli.verify FILE.jsonl``.
 
 Each non-blank line is one row::
 
@@ -31,7 +31,6 @@ from typing import Any
 from prm_rl import json_text
 from prm_rl.data.sample import Sample
 from prm_rl.errors import EXIT_USAGE, InputError
-
 
 
 def _positive_int(text: str) -> int:
@@ -87,34 +86,22 @@ def _load_verifiers(spec: str | None) -> dict | None:
 
 def read_rows(path: str, scorer: Any) -> list[tuple[int, Sample, str]]:
     """Parse and validate every row; raises InputError naming ``path:row`` on the first problem."""
-    try:
-        objects = json_text.read_objects(path)
-    except ValueError as e:
-        raise InputError(str(e)) from None
     rows = []
-    for lineno, obj in objects:
+    for lineno, obj in json_text.read_rows(path, required=("task", "response"), optional=("prompt",)):
         where = f"{path}:{lineno}"
-        for key in ("task", "response"):
-            if key not in obj:
-                raise InputError(f"{where}: missing '{key}'")
-            if not isinstance(obj[key], str):
-                raise InputError(f"{where}: '{key}' must be a string, got {type(obj[key]).__name__}")
         if not obj["task"]:
             raise InputError(f"{where}: 'task' is empty")
-        prompt = obj.get("prompt", "")
-        if not isinstance(prompt, str):
-            raise InputError(f"{where}: 'prompt' must be a string, got {type(prompt).__name__}")
         fields = {k: v for k, v in obj.items() if k not in ("task", "response", "prompt")}
         try:
             scorer.check_fields(obj["task"], fields)
         except ValueError as e:
             raise InputError(f"{where}: {' '.join(str(e).split())}") from None
-        rows.append((lineno, Sample(prompt=prompt, task=obj["task"], fields=fields), obj["response"]))
+        rows.append((lineno, Sample(prompt=obj.get("prompt", ""), task=obj["task"], fields=fields), obj["response"]))
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m prm_rl.verify", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m prm_rl.cli.verify", description=__doc__.split("\n")[0])
     parser.add_argument("file", nargs="?", help="JSONL file of rows to score")
     parser.add_argument("--workers", type=_positive_int, default=2, help="verifier worker processes (default 2)")
     parser.add_argument("--timeout", type=_positive_float, default=10.0, help="per-sample time limit in seconds (default 10)")

@@ -1,4 +1,5 @@
-"""What ``launch/train.py`` does around the trainer: turn every way a start can fail into one line and an exit code.
+"""What the trainers' command (:mod:`prm_rl.cli.train`) does around a trainer: turn every way a start can fail into
+one line and an exit code.
 
 Exit codes and what each means: docs/checkpoints.md, "Exit codes" (2: :data:`EXIT_USAGE`, a start-up check
 refused the run; 130: Ctrl-C while starting; the early stops of training come from :mod:`prm_rl.trainer.faults`).
@@ -26,14 +27,15 @@ def strip_launcher_args(argv: list[str]) -> list[str]:
     return [a for a in argv if not a.startswith("--local_rank")]
 
 
-DEFAULT_RECIPE = "math_ppo"  # launch/train.py's; launch/train_prm.py's is prm_math
+DEFAULT_RECIPES = {"prime": "math_ppo", "prm": "prm_math"}  # each trainer's built-in job (launch/train.py, train_prm.py)
 
 
-def with_default_recipe(overrides: list[str], recipe: str = DEFAULT_RECIPE) -> list[str]:
-    """No ``+recipe=`` given: the built-in job. base.yaml alone holds the paper's 7B values (learning rates,
-    batch), which are no job for the built-in ~1M-parameter model."""
+def with_default_recipe(overrides: list[str], trainer: str = "prime") -> list[str]:
+    """No ``+recipe=`` given: the trainer's built-in job. base.yaml alone holds the paper's 7B values (learning
+    rates, batch), which are no job for the built-in ~1M-parameter model."""
     if any(a.lstrip("+").startswith("recipe=") or a.startswith("-") for a in overrides):
         return overrides
+    recipe = DEFAULT_RECIPES[trainer]
     if first_rank():
         print(f"[prm_rl] no recipe given: using +recipe={recipe} (the built-in job)", flush=True)
     return [f"+recipe={recipe}", *overrides]
@@ -71,15 +73,12 @@ def check_overrides(config_dir: Path, config_name: str, overrides: list[str]) ->
         fail(f"config error: {hydra_error_line(err)}", EXIT_USAGE)
 
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-
-
 def compose(overrides: list[str], world_size: int = 1, offline_prm: bool = False):
-    """The typed config launch/train.py would run from ``overrides`` (recipes/; no recipe given: the built-in
+    """The typed config the trainers' command would run from ``overrides`` (recipes/; no recipe given: the built-in
     job), for tools that run outside Hydra's entry point. A bad override or value: one line, exit 2."""
-    from prm_rl.config import to_config
+    from prm_rl.config import RECIPES, to_config
 
-    composed = check_overrides(RECIPES, "base", with_default_recipe(overrides))
+    composed = check_overrides(RECIPES, "base", with_default_recipe(overrides, "prm" if offline_prm else "prime"))
     return to_config(composed, world_size=world_size, offline_prm=offline_prm)
 
 

@@ -1,42 +1,34 @@
-"""Monte-Carlo step labels, the costly baseline an implicit PRM replaces:
-``python -m prm_rl.mc_values --policy DIR [--prm-runs RUN ...] [--rollouts K] [--out F.json]``.
+"""Monte-Carlo step labels, the costly baseline an implicit PRM replaces (the command:
+``python -m prm_rl.cli.mc_values``).
 
-Samples ``--n`` responses to each of the first ``--num-prompts`` held-out prompts of the built-in task from
-``--policy`` (the same seed, and so the same responses, as ``python -m prm_rl.best_of_n``), then, for every
-step prefix of every response, samples ``--rollouts`` completions and verifies them (Math-Shepherd, Wang et
-al. 2024). A step's value V_k is the share of its completions that reach the right answer (``soft``) or
-whether any does (``hard``); the last step's value is the response's own outcome, and V_0 that of the bare
-prompt, the group's mean outcome. Reported for each estimate: ``step_auroc`` of V_k and of V_k - V_{k-1}
-against the checked step labels, the first-error hit rate of V_k - V_{k-1} (docs/prm_eval.md), and the cost:
-completions, generated tokens, FLOPs (:mod:`prm_rl.cost`) and seconds.
-
-``--prm-runs RUN ...`` (``launch/train_prm.py`` runs) adds each PRM's metrics on the very same responses and its
-cost (labelled data + training, from ``RUN/summary.json``), so the two come side by side.
+Samples ``n`` responses to each of the first ``num_prompts`` held-out prompts of the built-in task from a policy
+(the same seed, and so the same responses, as :mod:`prm_rl.evaluation.best_of_n`), then, for every step prefix of
+every response, samples ``rollouts`` completions and verifies them (Math-Shepherd, Wang et al. 2024). A step's
+value V_k is the share of its completions that reach the right answer (``soft``) or whether any does (``hard``);
+the last step's value is the response's own outcome, and V_0 that of the bare prompt, the group's mean outcome.
+Reported for each estimate: ``step_auroc`` of V_k and of V_k - V_{k-1} against the checked step labels, the
+first-error hit rate of V_k - V_{k-1} (docs/prm_eval.md), and the cost: completions, generated tokens, FLOPs
+(:mod:`prm_rl.cost`) and seconds. Finished ``launch/train_prm.py`` runs can be scored on the very same responses
+(:func:`implicit_prm_side`), so the two come side by side.
 """
 from __future__ import annotations
 
-import argparse
-import contextlib
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 from prm_rl import core, cost
-from prm_rl.config import PrmEvalSection, PrmSection, RewardSection, RolloutSection, TaskSection
+from prm_rl.config import PrmEvalSection, PrmSection, RewardSection, TaskSection
 from prm_rl.data.prompts import builtin_splits
-from prm_rl.data.sample import Sample, encode_prompts
-from prm_rl.errors import UsageError, exit_on_usage_error
-from prm_rl.models.loading import check_checkpoint, load_causal_lm, load_tokenizer
+from prm_rl.data.sample import encode_prompts
+from prm_rl.evaluation import prm_quality
+from prm_rl.models.loading import load_causal_lm, load_tokenizer
 from prm_rl.rewards import build_scorer
 from prm_rl.rollout.generate import generate, left_pad
 from prm_rl.tracking.logger import finite_or_none
-
-with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed (imported by the stages) prints a notice on stdout
-    from prm_rl.evaluation import prm_quality
-    from prm_rl.trainer import stages
+from prm_rl.trainer import stages
 
 
 def step_prefixes(groups: prm_quality.HeldoutGroups, tokenizer, step_end_table: torch.Tensor):
@@ -126,54 +118,27 @@ def implicit_prm_side(run: Path, groups: prm_quality.HeldoutGroups, step_end_tab
                      "seconds": summary["wall_seconds"]}}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m prm_rl.mc_values", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--policy", required=True, help="the model whose responses are labelled and completed")
-    parser.add_argument("--prm-runs", type=Path, nargs="*", default=[], help="launch/train_prm.py runs to compare")
-    parser.add_argument("--num-prompts", type=int, default=64, help="held-out prompts")
-    parser.add_argument("--n", type=int, default=8, help="responses sampled per prompt")
-    parser.add_argument("--rollouts", type=int, default=8, help="K: completions per step prefix")
-    parser.add_argument("--seed", type=int, default=PrmEvalSection.seed, help="sampling seed")
-    parser.add_argument("--temperature", type=float, default=RolloutSection.temperature, help="sampling temperature")
-    parser.add_argument("--max-new-tokens", type=int, default=RolloutSection.max_new_tokens, help="response cap")
-    parser.add_argument("--batch-size", type=int, default=1024, help="completions per generate call")
-    parser.add_argument("--out", type=Path, default=None, help="write the JSON report here (also printed)")
-    args = parser.parse_args(argv)
-
-    with exit_on_usage_error():  # before anything loads: a bad path is one line, not a traceback
-        check_checkpoint("--policy", args.policy, tokenizer=True)
-        for run in args.prm_runs:
-            if not (run / "summary.json").is_file():
-                raise UsageError(f"--prm-runs {run}: no summary.json (not a finished launch/train_prm.py run)")
+def monte_carlo_report(policy_dir: str, prm_runs: list[Path], *, num_prompts: int, n: int, rollouts: int, seed: int,
+                       temperature: float, max_new_tokens: int, batch_size: int) -> dict:
+    """Monte-Carlo step values of the policy's held-out responses, their metrics and cost, and each finished
+    ``launch/train_prm.py`` run of ``prm_runs`` on the same responses (module docstring)."""
     torch.set_grad_enabled(False)
     task = TaskSection()
-    prompts: list[Sample] = builtin_splits(task.selected, train_size=1, eval_size=task.eval_size,
-                                           seed=task.seed).eval[:args.num_prompts]
-    tokenizer = load_tokenizer(args.policy)
-    policy = load_causal_lm(args.policy, "float32").eval()
+    prompts = builtin_splits(task.selected, train_size=1, eval_size=task.eval_size, seed=task.seed).eval[:num_prompts]
+    tokenizer = load_tokenizer(policy_dir)
+    policy = load_causal_lm(policy_dir, "float32").eval()
     step_end_table = stages.step_end_table(tokenizer, RewardSection.step_delimiter)
-    settings = PrmEvalSection(samples_per_prompt=args.n, temperature=args.temperature, seed=args.seed)
+    settings = PrmEvalSection(samples_per_prompt=n, temperature=temperature, seed=seed)
     with build_scorer() as scorer:
-        groups = prm_quality.sample_heldout(policy, tokenizer, prompts, scorer, settings,
-                                         max_new_tokens=args.max_new_tokens)
+        groups = prm_quality.sample_heldout(policy, tokenizer, prompts, scorer, settings, max_new_tokens=max_new_tokens)
         valid, prefixes = step_prefixes(groups, tokenizer, step_end_table)
         started = time.time()
-        torch.manual_seed(args.seed + 1)
-        successes, spent = rollout_successes(policy, tokenizer, scorer, groups, prefixes, args.rollouts,
-                                             temperature=args.temperature, max_new_tokens=args.max_new_tokens,
-                                             batch_size=args.batch_size)
+        torch.manual_seed(seed + 1)
+        successes, spent = rollout_successes(policy, tokenizer, scorer, groups, prefixes, rollouts,
+                                             temperature=temperature, max_new_tokens=max_new_tokens,
+                                             batch_size=batch_size)
     spent["seconds"] = round(time.time() - started, 1)
-    report = {"policy": args.policy, "num_prompts": len(prompts), "n": args.n, "rollouts": args.rollouts,
-              "seed": args.seed, "responses": len(groups.responses), "prefixes": len(prefixes),
-              "monte_carlo": mc_report(groups, valid, prefixes, successes), "monte_carlo_cost": spent}
-    report["implicit_prm"] = {str(run): implicit_prm_side(run, groups, step_end_table) for run in args.prm_runs}
-    text = json.dumps(report, indent=1)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
-    return report
-
-
-if __name__ == "__main__":
-    main()
+    return {"policy": policy_dir, "num_prompts": len(prompts), "n": n, "rollouts": rollouts, "seed": seed,
+            "responses": len(groups.responses), "prefixes": len(prefixes),
+            "monte_carlo": mc_report(groups, valid, prefixes, successes), "monte_carlo_cost": spent,
+            "implicit_prm": {str(run): implicit_prm_side(run, groups, step_end_table) for run in prm_runs}}

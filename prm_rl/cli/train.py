@@ -1,0 +1,42 @@
+"""The trainers' command. ``deepspeed launch/train.py +recipe=math_ppo [key=value ...]`` trains a policy (PRIME,
+or RLOO/GRPO by ``algorithm.advantage``); ``deepspeed launch/train_prm.py +recipe=prm_math`` trains an implicit
+PRM offline (docs/prm_training.md). Plain ``python`` instead of ``deepspeed`` works too (on a CPU box it starts
+``trainer.cpu_ranks`` ranks itself).
+
+Composes the Hydra config from recipes/ and hands it to :func:`prm_rl.cli.startup.train`, which validates it, runs
+the trainer and turns every known failure into one line and an exit code (docs/checkpoints.md, "Exit codes").
+"""
+import os
+import sys
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per rank unless the user says otherwise
+
+from prm_rl.cli import startup  # noqa: E402
+from prm_rl.config import RECIPES, register_schema  # noqa: E402
+
+
+
+def main(trainer: str = "prime") -> None:
+    """Run ``trainer`` (``prime``: launch/train.py; ``prm``: launch/train_prm.py) on ``sys.argv``'s overrides."""
+    offline_prm = trainer == "prm"
+    with startup.one_line_on_ctrl_c():  # Ctrl-C while this rank imports or checks: one line, no traceback
+        sys.argv = startup.strip_launcher_args(sys.argv)
+        sys.argv[1:] = startup.with_default_recipe(sys.argv[1:], trainer)
+        composed = startup.check_overrides(RECIPES, "base", sys.argv[1:])  # a bad override: one line, exit 2
+        startup.start_cpu_ranks(composed, sys.argv, offline_prm=offline_prm)  # no GPU: one rank per core
+        register_schema()  # also for Hydra's own flags (--cfg job, ...), which skip the check above
+
+        import hydra
+        from hydra.core.hydra_config import HydraConfig
+        from omegaconf import DictConfig
+
+    @hydra.main(config_path=str(RECIPES), config_name="base", version_base=None)
+    def run(cfg: DictConfig) -> None:
+        startup.train(cfg, recipe=HydraConfig.get().runtime.choices.get("recipe") or "base", trainer=trainer)
+
+    with startup.one_line_on_ctrl_c():
+        run()
+
+
+if __name__ == "__main__":
+    main()
