@@ -75,9 +75,11 @@ def test_the_cli_scores_steps_and_tokens_like_a_plain_forward_pass(tmp_path, mod
         torch.testing.assert_close(torch.tensor(s["token_rewards"]), expected, rtol=1e-4, atol=1e-5)
         assert sum(s["step_rewards"]) == pytest.approx(sum(s["token_rewards"]), abs=1e-5)
         assert s["score"] == pytest.approx(min(s["step_rewards"]))
-    # Padding changes nothing: the same rows scored as one batch.
-    batched = run_score(str(path), "--prm", str(prm), "--ref", str(ref), "--beta", "0.5", "--aggregate", "sum")
-    sums = [json.loads(line)["score"] for line in batched.stdout.splitlines()]
+    # Padding changes nothing: the same rows scored as one batch (in this process: main is the command).
+    out = tmp_path / "batched.jsonl"
+    assert prm_score.main([str(path), "--prm", str(prm), "--ref", str(ref), "--beta", "0.5", "--aggregate", "sum",
+                           "--out", str(out)]) == 0
+    sums = [json.loads(line)["score"] for line in out.read_text().splitlines()]
     assert sums == pytest.approx([sum(s["step_rewards"]) for s in scored], abs=1e-5)
 
 
@@ -85,9 +87,9 @@ def test_a_prm_equal_to_its_reference_scores_zero(tmp_path, models):
     prm, _ = models
     path = tmp_path / "rows.jsonl"
     path.write_text(json.dumps({"prompt": "1+1=?\n", "response": "\\boxed{2}"}) + "\n")
-    proc = run_score(str(path), "--prm", str(prm), "--ref", str(prm))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads(proc.stdout)["score"] == 0.0
+    out = tmp_path / "scored.jsonl"
+    assert prm_score.main([str(path), "--prm", str(prm), "--ref", str(prm), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["score"] == 0.0
 
 
 @pytest.mark.parametrize("line, message", [
