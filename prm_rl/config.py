@@ -24,6 +24,7 @@ from prm_rl.data.arithmetic import ArithmeticConfig
 from prm_rl.data.code_task import CodeConfig
 from prm_rl.errors import ConfigError
 from prm_rl.models.tiny import TinyModelConfig
+from prm_rl.rollout.vllm_engine import VllmConfig
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"  # the config tree: base.yaml and recipe/*.yaml
 
@@ -204,8 +205,37 @@ class RolloutSection:
     """prompts per batch in greedy held-out evaluation"""
     release_cache: bool = False
     """hand the GPU memory cached by generation (KV cache blocks) back before the updates; no effect on CPU"""
+    engine: str = "hf"
+    """hf (the trainer's own decode loop) | vllm (a vLLM engine per rank, synced after every update; README 'Install')"""
+    vllm: VllmConfig = field(default_factory=VllmConfig)
+    """the vLLM engine's settings (prm_rl/rollout/vllm_engine.py: VllmConfig)"""
+    is_correction: str = "none"
+    """none | tis | mask: weight the policy loss for the sampler/trainer log-prob mismatch (docs/algorithm.md)"""
+    is_cap: float = 2.0
+    """tis: cap on the importance weight; mask: tokens with a weight outside [1/cap, cap] leave the loss"""
 
     def check(self) -> None:
+        from prm_rl.core import IS_CORRECTIONS
+        from prm_rl.rollout.vllm_engine import check_installed
+
+        _choice("rollout.engine", self.engine, ("hf", "vllm"))
+        _choice("rollout.is_correction", self.is_correction, IS_CORRECTIONS)
+        if not self.is_cap > 1:
+            raise ConfigError(f"rollout.is_cap={self.is_cap}: must be > 1")
+        if self.is_correction != "none" and self.engine == "hf":
+            raise ConfigError(f"rollout.is_correction={self.is_correction}: needs rollout.engine=vllm (the hf "
+                              "engine samples with the trainer's own log-probs: there is nothing to correct)")
+        if not 0 < self.vllm.gpu_memory_utilization <= 1:
+            raise ConfigError(f"rollout.vllm.gpu_memory_utilization={self.vllm.gpu_memory_utilization}: must be in (0, 1]")
+        if self.vllm.kv_cache_gib is not None:
+            _positive("rollout.vllm.kv_cache_gib", self.vllm.kv_cache_gib)
+        if self.vllm.sleep_level not in (0, 1, 2):
+            raise ConfigError(f"rollout.vllm.sleep_level={self.vllm.sleep_level}: must be 0, 1 or 2")
+        if self.engine == "vllm":
+            try:
+                check_installed()
+            except ImportError as e:
+                raise ConfigError(str(e)) from None
         _positive("rollout.prompts_per_step", self.prompts_per_step)
         _positive("rollout.samples_per_prompt", self.samples_per_prompt)
         _positive("rollout.eval_batch_size", self.eval_batch_size)

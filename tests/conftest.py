@@ -15,4 +15,7 @@ def pytest_configure(config) -> None:
     for key in [k for k in os.environ if k.startswith("WANDB_")]:
         del os.environ[key]
     os.environ |= {"WANDB_SILENT": "true", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-                   "HF_HOME": tempfile.mkdtemp(prefix="prm_rl_tests_hf_")}
+                   "HF_HOME": tempfile.mkdtemp(prefix="prm_rl_tests_hf_"),
+                   # vLLM (rollout.engine=vllm tests): its own cache folder, no usage report, warnings only
+                   "VLLM_CACHE_ROOT": tempfile.mkdtemp(prefix="prm_rl_tests_vllm_"), "VLLM_NO_USAGE_STATS": "1",
+                   "VLLM_LOGGING_LEVEL": "WARNING"}

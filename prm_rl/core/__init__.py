@@ -46,6 +46,7 @@ from .implicit import (
 from .logprobs import token_entropy, token_logprobs
 from .masked import masked_mean, masked_sum, masked_var, masked_whiten
 from .policy_loss import (
+    IS_CORRECTIONS,
     KL_ESTIMATORS,
     LOSS_AGGREGATIONS,
     aggregate,
@@ -53,6 +54,8 @@ from .policy_loss import (
     kl_penalty,
     ppo_clip_loss,
     rows_with_gradient,
+    sampler_correction,
+    sampler_ratio,
 )
 from .prm_metrics import (
     SCORE_AGGREGATIONS,

@@ -9,10 +9,11 @@ import torch
 
 from .masked import _valid, masked_mean, masked_sum
 
-__all__ = ["ppo_clip_loss", "kl_penalty", "approx_kl", "aggregate"]
+__all__ = ["ppo_clip_loss", "kl_penalty", "approx_kl", "aggregate", "sampler_ratio", "sampler_correction"]
 
 LOSS_AGGREGATIONS = ("seq-mean-token-mean", "token-mean")  # policy.loss_agg
 KL_ESTIMATORS = ("k1", "k3")  # policy.kl_estimator
+IS_CORRECTIONS = ("none", "tis", "mask")  # rollout.is_correction
 # exp(20) ~ 4.9e8: far outside any clip band, yet finite in float32 and bf16, so an extreme log-ratio
 # (e.g. a token the old policy gave ~0 probability) cannot turn into inf and then NaN via inf * 0.
 _LOG_RATIO_CLAMP = 20.0
@@ -77,6 +78,36 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> to
         d = torch.clamp(ref_logp - logp, -_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
         return torch.clamp(torch.exp(d) - d - 1.0, -10.0, 10.0)
     raise ValueError(f"estimator must be one of {KL_ESTIMATORS}, got {estimator!r}")
+
+
+def sampler_ratio(old_logp: torch.Tensor, sampler_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token importance ratio of the trainer's pi_old to the sampler that drew the token.
+
+    Shapes: [N, T] -> [N, T] (not masked). Formula: r = exp(clamp(old_logp - sampler_logp, -20, 20)). An
+    inference engine (vLLM) computes the same policy's probabilities with other kernels and precision, so r
+    drifts from 1 token by token; PPO's ratio is taken against pi_old, not against the sampler, and r is
+    the part of the off-policy gap PPO does not see (Yao et al. 2025, "Your efficient RL framework secretly
+    brings you off-policy RL training").
+    """
+    return torch.exp(torch.clamp(old_logp - sampler_logp, -_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP))
+
+
+def sampler_correction(ratio: torch.Tensor, mode: str, cap: float) -> torch.Tensor:
+    """Per-token weight on the policy loss that corrects for the sampler/trainer mismatch.
+
+    Shapes: ``ratio`` [N, T] from :func:`sampler_ratio` -> [N, T], detached (a weight, not a gradient path).
+    "none": 1. "tis" (truncated importance sampling, Yao et al. 2025): min(r, cap); the unbiased weight r,
+    truncated above so that a token the sampler found far less likely than the trainer does cannot dominate.
+    "mask": 1 where 1/cap <= r <= cap, else 0: tokens the two engines disagree on leave the loss (the
+    denominator of :func:`aggregate` still counts them).
+    """
+    if mode == "none":
+        return torch.ones_like(ratio)
+    if mode == "tis":
+        return torch.clamp(ratio, max=cap).detach()
+    if mode == "mask":
+        return ((ratio >= 1.0 / cap) & (ratio <= cap)).to(ratio.dtype).detach()
+    raise ValueError(f"mode must be one of {IS_CORRECTIONS}, got {mode!r}")
 
 
 def approx_kl(logp: torch.Tensor, old_logp: torch.Tensor) -> torch.Tensor:

@@ -148,3 +148,15 @@ def full_parameters(model) -> Iterator[torch.nn.Module]:
             yield module
     else:
         yield module
+
+
+def full_named_parameters(model) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(name, full tensor)`` for every parameter of the underlying HF module, one at a time: under ZeRO-3 each
+    is gathered (collectively: every rank must walk the whole iterator) and copied out, so at most one full
+    parameter more than the shard is held. Names are Hugging Face's, as a checkpoint holds them: a tied weight
+    comes under each of its names (an inference engine may hold a separate copy of ``lm_head.weight``)."""
+    module = unwrap(model)
+    zero3 = hasattr(model, "zero_optimization_stage") and model.zero_optimization_stage() == 3
+    for name, parameter in module.named_parameters(remove_duplicate=False):
+        with deepspeed.zero.GatheredParameters([parameter], modifier_rank=None, enabled=zero3):
+            yield name, parameter.detach().clone()

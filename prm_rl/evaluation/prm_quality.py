@@ -170,7 +170,7 @@ def heatmap_rows(groups: HeldoutGroups, log_ratio: torch.Tensor, tokenizer, step
         valid = batch.response_mask[i].bool()
         ids = batch.response_ids[i][valid]
         lr = log_ratio[i][valid][None]
-        ends = step_end_table[ids][None]
+        ends = stages.closes_step(step_end_table, ids)[None]
         step_r, step_valid, end_pos = core.step_rewards(lr, torch.ones_like(lr), ends, beta)
         n = int(step_valid.sum())
         seq = float(beta * lr.sum())

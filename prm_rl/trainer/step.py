@@ -93,7 +93,7 @@ def learn(models: stages.Models, batch: Rollout, scores: torch.Tensor, sections:
                                                   s.reward, tree))
     with timer("policy"):
         policy_metrics, policy_skipped = stages.policy_update_stage(
-            m.policy, batch, old_logp, advantages, ref_logp, s.policy, s.rollout.temperature, generator)
+            m.policy, batch, old_logp, advantages, ref_logp, s.policy, s.rollout, generator)
     metrics.update(policy_metrics)
     return LearnResult(old_logp, log_ratio, process_rewards, advantages, prm_skipped + policy_skipped,
                        metrics | timer.metrics())

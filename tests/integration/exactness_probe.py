@@ -112,7 +112,7 @@ def run_case(overrides: list[str], out: Path) -> None:
                                 weight_decay=cfg.policy.weight_decay, grad_clip=cfg.policy.grad_clip)
         t = cfg.rollout.temperature
         old_logp = stages.logprob_stage(twin, batch, cfg.policy.micro_batch_size, t)
-        stages.policy_update_stage(twin, batch, old_logp, result.advantages, ref_logp, cfg.policy, t,
+        stages.policy_update_stage(twin, batch, old_logp, result.advantages, ref_logp, cfg.policy, cfg.rollout,
                                    torch.Generator().manual_seed(0))
         weights["policy_with_old_pass"] = flat_weights(twin)
     if dist.is_main():

@@ -12,7 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tiny_runs import REPO, all_rows, command, environment, launch, metrics, start, wait_for, wait_until_gone
+from tiny_runs import (REPO, assert_same_run, command, environment, kill_all, launch, metrics, start,
+                       wait_for, wait_until_gone)
 
 # Band filter with two fill rounds: the carry-over buffer holds groups across steps (and checkpoints).
 RUN = ["trainer.max_steps=5", "trainer.checkpoint_every=2", "filter.low=0.2", "filter.high=0.8",
@@ -25,32 +26,6 @@ def uninterrupted(tmp_path_factory, warm_cache) -> Path:
     proc = launch(warm_cache, run_dir, RUN)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return run_dir
-
-
-def kill_all(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGKILL)  # launcher and every rank at once, as a node failure would
-    proc.wait()
-
-
-def comparable(rows: list[dict]) -> list[dict]:
-    """Metrics without wall-clock and memory ones (those differ run to run)."""
-    return [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/", "mem/"))} for r in rows]
-
-
-def assert_same_run(a: Path, b: Path) -> None:
-    rows_a, rows_b = comparable(all_rows(a)), comparable(all_rows(b))  # step 0: the PRM before training
-    assert [r["step"] for r in rows_b] == [r["step"] for r in rows_a]
-    for ra, rb in zip(rows_a, rows_b):
-        assert ra.keys() == rb.keys(), ra["step"]
-        for k in ra:
-            if ra[k] is None or rb[k] is None:  # NaN is logged as null (e.g. a metric with no pair to rank)
-                assert ra[k] == rb[k], (ra["step"], k)
-            else:
-                assert ra[k] == pytest.approx(rb[k], rel=1e-5, abs=1e-6), (ra["step"], k)
-    for name in ("policy", "prm"):
-        wa, wb = load_file(a / name / "model.safetensors"), load_file(b / name / "model.safetensors")
-        for key in wa:
-            torch.testing.assert_close(wa[key], wb[key], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow

