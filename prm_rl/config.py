@@ -625,6 +625,9 @@ class Config:
         if self.model.path is not None and self.data.train is None and not (offline_prm and self.prm_train.data):
             raise ConfigError(f"data.train: required with model.path={self.model.path} (the built-in arithmetic "
                               "prompts are for the built-in model); point it at your training prompts")
+        if offline_prm and self.rollout.engine != "hf":
+            raise ConfigError(f"rollout.engine={self.rollout.engine}: launch/train_prm.py samples its training set "
+                              "once, with the hf engine; drop the override")
         if self.rollout.prompts_per_step % world_size:
             raise ConfigError(
                 f"rollout.prompts_per_step={self.rollout.prompts_per_step}: must divide evenly over "

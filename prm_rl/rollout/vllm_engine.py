@@ -1,7 +1,10 @@
 """Sampling with vLLM (``rollout.engine=vllm``): one engine per rank, in the trainer's own process.
 
 Each rank samples its own rows, as the hf engine does, so no rank waits on another and ZeRO-3 needs no
-synchronised decoding. The engine runs in this process (vLLM's ``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so that
+synchronised decoding. With several ranks the engines run in vLLM's external-launcher mode, as TRL's colocated
+one does: each joins the trainer's process group instead of starting its own and takes the rank's device
+(``cuda:LOCAL_RANK`` on a GPU node); with tensor parallelism 1 it exchanges nothing with the other ranks' engines,
+which may sample different numbers of rows. The engine runs in this process (vLLM's ``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so that
 the policy's weights reach it without a copy across processes: after every policy update the trainer hands
 it the full parameters under their Hugging Face names and vLLM reloads them in place (its ``reload_weights``,
 which also re-applies the CPU backend's weight repacking; ``load_weights`` alone does not), then the prefix
@@ -59,7 +62,9 @@ class VllmSampler:
             # vLLM's CPU backend sizes the cache as a share of the NUMA node minus this process's resident memory,
             # which the trainer's models already fill: an explicit size is the one that works beside them.
             kv_cache_gib = CPU_KV_CACHE_GIB
-        self.llm = LLM(model=checkpoint, skip_tokenizer_init=True, dtype=dtype, seed=seed,
+        several = torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+        executor = {"distributed_executor_backend": "external_launcher"} if several else {}
+        self.llm = LLM(model=checkpoint, skip_tokenizer_init=True, dtype=dtype, seed=seed, **executor,
                        enforce_eager=settings.enforce_eager, max_model_len=settings.max_model_len,
                        gpu_memory_utilization=settings.gpu_memory_utilization,
                        kv_cache_memory_bytes=None if kv_cache_gib is None else int(kv_cache_gib * 2**30),

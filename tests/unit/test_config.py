@@ -226,3 +226,8 @@ def test_base_yaml_and_the_schema_agree_on_every_default_and_its_doc():
 
     walk(Config, {k: v for k, v in values.items() if k not in ("defaults", "hydra")}, "")
     assert checked >= 100
+
+
+def test_the_offline_prm_trainer_refuses_the_vllm_engine():
+    with pytest.raises(ConfigError, match=r"^rollout\.engine=vllm"):
+        to_config(composed("+recipe=prm_math", "rollout.engine=vllm"), offline_prm=True)
