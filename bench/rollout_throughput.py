@@ -24,6 +24,7 @@ import argparse
 import os
 import statistics
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass
@@ -218,7 +219,7 @@ def build_job(args) -> Job:
         from prm_rl.models.random_init import write_checkpoint
 
         texts = [p.prompt for p in splits.train[:2000]]
-        checkpoint = str(write_checkpoint(args.out.parent / f".model_{args.shape}", texts, args.shape, seed=0))
+        checkpoint = str(write_checkpoint(Path(tempfile.mkdtemp(prefix=f"model_{args.shape}_")), texts, args.shape))
     else:
         checkpoint = args.model or start_checkpoint(cfg, log=lambda msg: print(msg, file=sys.stderr))
     tokenizer = load_tokenizer(checkpoint)

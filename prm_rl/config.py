@@ -216,7 +216,6 @@ class RolloutSection:
 
     def check(self) -> None:
         from prm_rl.core import IS_CORRECTIONS
-        from prm_rl.rollout.vllm_engine import check_installed
 
         _choice("rollout.engine", self.engine, ("hf", "vllm"))
         _choice("rollout.is_correction", self.is_correction, IS_CORRECTIONS)
@@ -231,11 +230,6 @@ class RolloutSection:
             _positive("rollout.vllm.kv_cache_gib", self.vllm.kv_cache_gib)
         if self.vllm.sleep_level not in (0, 1, 2):
             raise ConfigError(f"rollout.vllm.sleep_level={self.vllm.sleep_level}: must be 0, 1 or 2")
-        if self.engine == "vllm":
-            try:
-                check_installed()
-            except ImportError as e:
-                raise ConfigError(str(e)) from None
         _positive("rollout.prompts_per_step", self.prompts_per_step)
         _positive("rollout.samples_per_prompt", self.samples_per_prompt)
         _positive("rollout.eval_batch_size", self.eval_batch_size)

@@ -73,6 +73,19 @@ def check_overrides(config_dir: Path, config_name: str, overrides: list[str]) ->
         fail(f"config error: {hydra_error_line(err)}", EXIT_USAGE)
 
 
+def check_engine_installed(cfg: DictConfig | None) -> None:
+    """``rollout.engine=vllm`` without vLLM installed: one line naming the extra, exit 2, before any rank starts or
+    model loads. (Not a rule of the config itself: a config names the engine validly wherever it is composed.)"""
+    if cfg is None or cfg.rollout.engine != "vllm":
+        return
+    from prm_rl.rollout.vllm_engine import check_installed
+
+    try:
+        check_installed()
+    except ImportError as err:
+        fail(f"config error: {err}", EXIT_USAGE)
+
+
 def compose(overrides: list[str], world_size: int = 1, offline_prm: bool = False):
     """The typed config the trainers' command would run from ``overrides`` (recipes/; no recipe given: the built-in
     job), for tools that run outside Hydra's entry point. A bad override or value: one line, exit 2."""

@@ -23,6 +23,7 @@ def main(trainer: str = "prime") -> None:
         sys.argv = startup.strip_launcher_args(sys.argv)
         sys.argv[1:] = startup.with_default_recipe(sys.argv[1:], trainer)
         composed = startup.check_overrides(RECIPES, "base", sys.argv[1:])  # a bad override: one line, exit 2
+        startup.check_engine_installed(composed)
         startup.start_cpu_ranks(composed, sys.argv, offline_prm=offline_prm)  # no GPU: one rank per core
         register_schema()  # also for Hydra's own flags (--cfg job, ...), which skip the check above
 
