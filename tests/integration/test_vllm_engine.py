@@ -19,6 +19,7 @@ from prm_rl.rollout.vllm_engine import VllmConfig, VllmSampler  # noqa: E402
 
 MAX_NEW = 24
 # float32 on both sides; measured here: at most ~5e-6 over every sampled token (vLLM's kernels vs HF's).
+# The model has head_dim 32: vLLM's CPU attention has no kernel for 16.
 LOGPROB_TOLERANCE = 1e-4
 
 
@@ -110,3 +111,11 @@ def test_after_each_update_and_sync_vllm_samples_the_updated_policy(setup):
         sampler.load_weights(full_named_parameters(model))  # tied lm_head/embeddings come under both names
         assert vllm_greedy(sampler, tokenizer, prompts) == updated
         before = updated
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="sleep mode is a GPU feature")
+def test_sleep_mode_without_a_gpu_is_refused_naming_the_option():
+    from prm_rl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^rollout\.vllm\.sleep_level=1: sleep mode needs a GPU"):
+        VllmSampler("/never/loaded", VllmConfig(sleep_level=1), dtype="float32", seed=0)
