@@ -92,19 +92,22 @@ def barrier() -> None:
         dist.barrier()
 
 
+# Every collective below runs on this rank's device (NCCL takes only CUDA tensors; the trainer keeps rollouts and
+# metrics in host memory) and returns its result on the device the input came from.
+
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     """Element-wise sum over ranks (returns a new tensor)."""
-    x = x.clone()
-    if active():
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
-    return x
+    return _all_reduce(x, dist.ReduceOp.SUM) if active() else x.clone()
 
 
 def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
-    x = x.clone()
-    if active():
-        dist.all_reduce(x, op=dist.ReduceOp.MAX)
-    return x
+    return _all_reduce(x, dist.ReduceOp.MAX) if active() else x.clone()
+
+
+def _all_reduce(x: torch.Tensor, op) -> torch.Tensor:
+    y = x.to(device(), copy=True)
+    dist.all_reduce(y, op=op)
+    return y.to(x.device)
 
 
 def gather_rows(x: torch.Tensor, pad_value: float | int = 0) -> torch.Tensor:
@@ -120,9 +123,10 @@ def gather_rows(x: torch.Tensor, pad_value: float | int = 0) -> torch.Tensor:
         if x.shape[1] < width:
             pad = x.new_full((x.shape[0], width - x.shape[1], *x.shape[2:]), pad_value)
             x = torch.cat([x, pad], dim=1)
-    parts = [torch.empty_like(x) for _ in range(world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts, dim=0)
+    y = x.to(device()).contiguous()
+    parts = [torch.empty_like(y) for _ in range(world_size())]
+    dist.all_gather(parts, y)
+    return torch.cat(parts, dim=0).to(x.device)
 
 
 def combine_rows(x: torch.Tensor) -> torch.Tensor:
