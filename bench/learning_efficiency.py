@@ -150,9 +150,8 @@ def dense_reward_table(results: list[dict]) -> str:
             runs = [r for r in evals if r["method"] == m]
             for i, point in enumerate(runs[0]["prm_eval"] if runs else []):
                 values = [[r["prm_eval"][i].get(k) for r in runs if i < len(r["prm_eval"])] for k in PRM_EVAL]
-                # a metric no seed logged reads 0.000 here (as it always has), not "-"
-                lines.append(f"| {m} | {point['step']} | " + " | ".join(cell(mean(vs) or 0.0) for vs in values)
-                             + " |")
+                # a metric no seed logged (e.g. the tree's, in runs older than it) reads "-", not 0.000
+                lines.append(f"| {m} | {point['step']} | " + " | ".join(cell(mean(vs)) for vs in values) + " |")
     return "\n".join(lines) + "\n"
 
 

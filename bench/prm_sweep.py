@@ -151,6 +151,9 @@ def main() -> None:
                         help="overrides for every run, before the variant's own (e.g. a smaller task)")
     args = parser.parse_args()
     grid = {n: o for n, o in GRIDS[args.grid].items() if not args.only or n.split(" ")[0] in args.only}
+    if not grid:  # before any run starts (it used to fail in the plot, after writing an empty table)
+        names = ", ".join(n.split(" ")[0] for n in GRIDS[args.grid])
+        parser.error(f"--only {' '.join(args.only)}: no variant of grid {args.grid!r} has that name ({names})")
     jobs = [(n, o, s) for s in args.seeds for n, o in grid.items()]
     root = args.runs / f"{args.grid}-{args.steps}"
     args.out = args.out or root / "results"

@@ -93,3 +93,12 @@ def test_profile_bench_runs_on_a_tiny_budget(tmp_path, warm_cache):
     assert {"generate", "prm", "policy"} <= set(report["stage_seconds"])  # the stages' profiler ranges
     assert report["kind_seconds"]["matmul"] > 0
     assert "| matmul |" in out.with_suffix(".md").read_text() and out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_prm_sweep_with_no_matching_variant_is_one_line_before_any_run(tmp_path):
+    proc = subprocess.run([sys.executable, "bench/prm_sweep.py", "--only", "no-such-variant", "--runs",
+                           str(tmp_path / "runs"), "--out", str(tmp_path / "sweep")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("prm_sweep.py: error: --only no-such-variant: no variant")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "sweep.json").exists()
