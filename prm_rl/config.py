@@ -47,6 +47,31 @@ def _non_negative(name: str, value: float) -> None:
 
 
 @dataclass
+class LoraSection:
+    """LoRA adapter on the frozen starting model (PEFT); trained roles with one share that base and the reference"""
+
+    r: int = 0
+    """adapter rank; 0 = off (the whole model is trained)"""
+    alpha: float = 16.0
+    """scale: the adapter adds (alpha / r) B A to each targeted weight"""
+    dropout: float = 0.0
+    """dropout on the adapter's input (training only)"""
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """module names to adapt (PEFT's target_modules); all-linear = every linear layer but the output head"""
+
+    def check(self, name: str) -> None:
+        if self.r < 0:
+            raise ConfigError(f"{name}.r={self.r}: must be >= 0 (0 = off)")
+        if self.r:
+            _positive(f"{name}.alpha", self.alpha)
+            if not 0 <= self.dropout < 1:
+                raise ConfigError(f"{name}.dropout={self.dropout}: must be in [0, 1)")
+            if not self.target_modules:
+                raise ConfigError(f"{name}.target_modules: empty; name the modules to adapt, or all-linear")
+        # Whether the model has the target modules is checked when the adapter is built (models/lora.py).
+
+
+@dataclass
 class ModelSection:
     """The starting checkpoint: policy, PRM and reference all start from it"""
 
@@ -62,9 +87,12 @@ class ModelSection:
     """trade compute for activation memory in policy and PRM updates"""
     offload_reference: bool = False
     """keep the frozen reference in host memory, on the GPU only for its forwards (no effect on CPU or at ZeRO-3)"""
+    lora: LoraSection = field(default_factory=LoraSection)
+    """the policy as a LoRA adapter (docs/algorithm.md, LoRA)"""
 
     def check(self) -> None:
         _choice("model.dtype", self.dtype, ("float32", "bfloat16"))
+        self.lora.check("model.lora")
         # What model.path and model.tokenizer_path name is checked by models.loading.check_model_source.
 
 
@@ -294,8 +322,11 @@ class PrmSection:
     """also cap each PRM forward/backward at this many padded tokens (rows x longest row); 0 = no cap"""
     epochs: int = 1
     """passes over the kept batch per training step (loss and rewards from the first)"""
+    lora: LoraSection = field(default_factory=LoraSection)
+    """the PRM as a LoRA adapter: log-ratio against the same base with no adapter (docs/algorithm.md, LoRA)"""
 
     def check(self) -> None:
+        self.lora.check("prm.lora")
         from prm_rl.core import PRM_LOSSES  # torch: imported only when a config is validated
 
         _choice("prm.update", self.update, ("none", "after", "before"))
@@ -620,6 +651,17 @@ class Config:
         if self.model.path is not None and self.data.train is None and not (offline_prm and self.prm_train.data):
             raise ConfigError(f"data.train: required with model.path={self.model.path} (the built-in arithmetic "
                               "prompts are for the built-in model); point it at your training prompts")
+        lora = [name for name, r in (("model.lora", self.model.lora.r), ("prm.lora", self.prm.lora.r)) if r]
+        if self.prm.lora.r and self.prm.init_path is not None:
+            raise ConfigError(f"prm.lora.r={self.prm.lora.r}: a LoRA PRM is an adapter on the starting model (its "
+                              f"reference), so it cannot start from prm.init_path={self.prm.init_path}; drop one")
+        if len(lora) == 2 and self.deepspeed.zero_stage == 3:
+            raise ConfigError("deepspeed.zero_stage=3 with model.lora.r and prm.lora.r both > 0: two ZeRO-3 engines "
+                              "cannot partition one shared base; use zero_stage 2 (the frozen base is replicated, "
+                              "the adapters' gradients and optimiser states are partitioned) or one adapter")
+        if lora and self.model.offload_reference:
+            raise ConfigError(f"model.offload_reference=true: with {lora[0]}.r > 0 the reference is the base the "
+                              "adapters train on, which stays on the device; drop the override")
         if offline_prm and self.rollout.engine != "hf":
             raise ConfigError(f"rollout.engine={self.rollout.engine}: launch/train_prm.py samples its training set "
                               "once, with the hf engine; drop the override")

@@ -15,6 +15,7 @@ import torch
 
 from prm_rl.config import DeepSpeedSection
 from prm_rl.engine import dist
+from prm_rl.models.lora import AdapterView, trainable_parameters
 
 
 def deepspeed_config(ds: DeepSpeedSection, *, dtype: str, grad_clip: float | None,
@@ -44,12 +45,14 @@ def deepspeed_config(ds: DeepSpeedSection, *, dtype: str, grad_clip: float | Non
 
 def trainable_engine(model: torch.nn.Module, ds: DeepSpeedSection, *, dtype: str, lr: float,
                      weight_decay: float, grad_clip: float):
-    """Wrap a model for training: AdamW, constant learning rate, ZeRO stage from config."""
+    """Wrap a model for training: AdamW, constant learning rate, ZeRO stage from config. A LoRA view's optimiser
+    holds its adapter only (the frozen base and the other role's adapter are in the module, not in the optimiser)."""
     config = deepspeed_config(ds, dtype=dtype, grad_clip=grad_clip, lr=lr, weight_decay=weight_decay)
+    parameters = trainable_parameters(model)
     optimizer = None
     if "optimizer" not in config:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+        optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, model_parameters=parameters, config=config)
     return engine
 
 
@@ -67,7 +70,10 @@ def set_optimizer_hyperparameters(engine, *, lr: float, weight_decay: float) -> 
 def frozen_model(model: torch.nn.Module, ds: DeepSpeedSection, *, dtype: str,
                  offload: bool = False) -> torch.nn.Module:
     """A reference model that is never trained: sharded by ZeRO-3 when the run uses stage 3, else replicated
-    (``offload``: kept in host memory, see :func:`resident`)."""
+    (``offload``: kept in host memory, see :func:`resident`). A LoRA view of the base is returned as it is: its
+    weights are the trained roles' engines' (already placed by them), its adapters theirs to train."""
+    if isinstance(model, AdapterView):
+        return model
     model.requires_grad_(False)
     model.eval()
     if ds.zero_stage == 3 and dist.world_size() > 1:
@@ -92,7 +98,7 @@ def resident(model: torch.nn.Module | None, offload: bool) -> Iterator[torch.nn.
     The frozen reference is read once per step (and at evaluations); between those reads its memory is the
     updates' (``model.offload_reference``). A ZeRO-3 engine shards itself and is left alone.
     """
-    if model is None or not offload or isinstance(model, deepspeed.DeepSpeedEngine) or \
+    if model is None or not offload or isinstance(model, (deepspeed.DeepSpeedEngine, AdapterView)) or \
             dist.device().type == "cpu":
         yield model
         return
@@ -154,9 +160,14 @@ def full_named_parameters(model) -> Iterator[tuple[str, torch.Tensor]]:
     """``(name, full tensor)`` for every parameter of the underlying HF module, one at a time: under ZeRO-3 each
     is gathered (collectively: every rank must walk the whole iterator) and copied out, so at most one full
     parameter more than the shard is held. Names are Hugging Face's, as a checkpoint holds them: a tied weight
-    comes under each of its names (an inference engine may hold a separate copy of ``lm_head.weight``)."""
+    comes under each of its names (an inference engine may hold a separate copy of ``lm_head.weight``). A LoRA
+    view gives the weights it computes with: base + its adapter, merged aside."""
     module = unwrap(model)
     zero3 = hasattr(model, "zero_optimization_stage") and model.zero_optimization_stage() == 3
+    if isinstance(module, AdapterView):
+        yield from module.merged_named_parameters(
+            lambda params: deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=zero3))
+        return
     for name, parameter in module.named_parameters(remove_duplicate=False):
         with deepspeed.zero.GatheredParameters([parameter], modifier_rank=None, enabled=zero3):
             yield name, parameter.detach().clone()

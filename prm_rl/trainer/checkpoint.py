@@ -28,6 +28,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from prm_rl.engine import dist
+from prm_rl.models.lora import AdapterView, trainable_parameters
 from prm_rl.trainer import run_dir as run_files
 from prm_rl.trainer.faults import EXIT_CHECKPOINT, RunStopped
 
@@ -100,7 +101,9 @@ def save(run_dir: Path, step: int, *, engines: dict[str, Any], tokenizer, traine
     dist.barrier()
     try:
         for name, engine in engines.items():
-            engine.save_checkpoint(str(staging / name / "ds"), tag="state", save_latest=False)
+            # a LoRA engine's frozen base is the starting checkpoint's: not saved again, twice, every time
+            engine.save_checkpoint(str(staging / name / "ds"), tag="state", save_latest=False,
+                                   exclude_frozen_parameters=True)
             run_files.save_hf_model(engine, tokenizer, staging / name / "hf")
         (staging / "rng").mkdir(exist_ok=True)
         torch.save(rng, staging / "rng" / f"rank_{dist.rank()}.pt")
@@ -139,9 +142,12 @@ def _prepare(staging: Path, engines: dict[str, Any]) -> str | None:
     previous = complete(staging.parent.parent)
     if previous:
         needed = sum(f.stat().st_size for f in previous[-1].rglob("*") if f.is_file())
-    else:  # weights + Adam's two moments (+ fp32 master copy) + HF export, per trained model
-        numel = sum(getattr(p, "ds_numel", p.numel()) for e in engines.values() for p in e.module.parameters())
-        needed = 5 * 4 * numel  # ds_numel: the full size of a ZeRO-3 partitioned parameter
+    else:  # trained weights + Adam's two moments + fp32 master copy, and the HF export, per trained model
+        def numel(params) -> int:  # ds_numel: the full size of a ZeRO-3 partitioned parameter
+            return sum(getattr(p, "ds_numel", p.numel()) for p in params)
+
+        needed = sum(4 * 4 * numel(trainable_parameters(e.module)) + 4 * numel(e.module.parameters())
+                     for e in engines.values())
     free = shutil.disk_usage(staging).free
     if free < needed:
         shutil.rmtree(staging, ignore_errors=True)
@@ -158,7 +164,8 @@ def load(path: Path, engines: dict[str, Any]) -> tuple[dict[str, Any], dict[str,
                          f"{dist.world_size()}: resume with the same number of ranks", EXIT_CHECKPOINT)
     for name, engine in engines.items():
         load_path, _ = engine.load_checkpoint(str(path / name / "ds"), tag="state", load_optimizer_states=True,
-                                              load_lr_scheduler_states=True)
+                                              load_lr_scheduler_states=True,
+                                              load_module_strict=not isinstance(engine.module, AdapterView))
         if load_path is None:
             raise RunStopped(f"checkpoint {path}: no DeepSpeed state for {name}", EXIT_CHECKPOINT)
     rng_file = path / "rng" / f"rank_{dist.rank()}.pt"

@@ -20,7 +20,6 @@ from prm_rl.engine import dist
 from prm_rl.engine.deepspeed_engine import (frozen_model, full_named_parameters, release_cached_memory, resident,
                                             trainable_engine)
 from prm_rl.trainer.memory import launch_warning
-from prm_rl.models.loading import load_causal_lm
 from prm_rl.rollout.generate import Rollout
 from prm_rl.rollout.vllm_engine import VllmSampler
 from prm_rl.tracking import heatmap
@@ -30,6 +29,7 @@ from prm_rl.trainer import stages
 from prm_rl.trainer.buffer import GroupBuffer
 from prm_rl.evaluation.accuracy import heldout_accuracy
 from prm_rl.trainer.faults import injected_nan_steps
+from prm_rl.trainer.roles import load_role_models
 from prm_rl.trainer.run import Job, Run, StepOutcome, log
 from prm_rl.trainer.step import LearnSections, learn
 
@@ -80,19 +80,19 @@ class PrimeTrainer(Job):
 
     def _build_models(self, checkpoint: str, tokenizer) -> stages.Models:
         """Policy and PRM start from the same SFT checkpoint (the PRM from ``prm.init_path`` when set); the
-        reference is a frozen copy of the SFT checkpoint."""
+        reference is the SFT model, frozen (with LoRA the base the adapters share, adapters off)."""
         cfg = self.cfg
         mc, ds = cfg.model, cfg.deepspeed
-        policy = trainable_engine(load_causal_lm(checkpoint, mc.dtype, mc.gradient_checkpointing), ds,
-                                  dtype=mc.dtype, lr=cfg.policy.learning_rate,
+        roles = load_role_models(checkpoint, mc, cfg.prm, policy=True, uses_prm=cfg.algorithm.uses_prm,
+                                 reference=cfg.needs_reference, seed=cfg.trainer.seed)
+        policy = trainable_engine(roles.policy, ds, dtype=mc.dtype, lr=cfg.policy.learning_rate,
                                   weight_decay=cfg.policy.weight_decay, grad_clip=cfg.policy.grad_clip)
         prm = ref = None
-        if cfg.algorithm.uses_prm:
-            prm_start = load_causal_lm(cfg.prm.init_path or checkpoint, mc.dtype, mc.gradient_checkpointing)
-            prm = trainable_engine(prm_start, ds, dtype=mc.dtype, lr=cfg.prm.learning_rate,
+        if roles.prm is not None:
+            prm = trainable_engine(roles.prm, ds, dtype=mc.dtype, lr=cfg.prm.learning_rate,
                                    weight_decay=cfg.prm.weight_decay, grad_clip=cfg.prm.grad_clip)
-        if cfg.needs_reference:
-            ref = frozen_model(load_causal_lm(checkpoint, mc.dtype), ds, dtype=mc.dtype, offload=mc.offload_reference)
+        if roles.ref is not None:
+            ref = frozen_model(roles.ref, ds, dtype=mc.dtype, offload=mc.offload_reference)
         synced = ds.zero_stage == 3 and dist.world_size() > 1
         sampler = None
         if cfg.rollout.engine == "vllm":  # after the engines: vLLM sizes its cache by the memory they leave

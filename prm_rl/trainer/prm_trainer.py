@@ -31,11 +31,11 @@ from prm_rl.data.splits import load_prompt_splits
 from prm_rl.engine import dist
 from prm_rl.engine.deepspeed_engine import frozen_model, trainable_engine
 from prm_rl.errors import ConfigError
-from prm_rl.models.loading import load_causal_lm
 from prm_rl.rollout.generate import Rollout
 from prm_rl.tracking.logger import finite_or_none
 from prm_rl.evaluation import prm_quality
 from prm_rl.trainer import stages
+from prm_rl.trainer.roles import load_role_models
 from prm_rl.trainer.run import Job, Run, StepOutcome, log
 
 
@@ -70,11 +70,12 @@ class PrmTrainer(Job):
                   else load_prompt_splits(cfg.data, cfg.task, self.tokenizer, run.scorer, log))
         run.inputs_accepted()
         mc = cfg.model
-        self.ref = frozen_model(load_causal_lm(self.reference_path, mc.dtype), cfg.deepspeed, dtype=mc.dtype)
         p = cfg.prm
-        self.prm = trainable_engine(load_causal_lm(p.init_path or self.reference_path, mc.dtype,
-                                                   mc.gradient_checkpointing), cfg.deepspeed, dtype=mc.dtype,
-                                    lr=p.learning_rate, weight_decay=p.weight_decay, grad_clip=p.grad_clip)
+        roles = load_role_models(self.reference_path, mc, p, policy=False, uses_prm=True, reference=True,
+                                 seed=cfg.trainer.seed)
+        self.prm = trainable_engine(roles.prm, cfg.deepspeed, dtype=mc.dtype, lr=p.learning_rate,
+                                    weight_decay=p.weight_decay, grad_clip=p.grad_clip)
+        self.ref = frozen_model(roles.ref, cfg.deepspeed, dtype=mc.dtype)
         self.sampler = getattr(self.ref, "module", self.ref)  # the starting model, bare, for generate()
         self.synced = cfg.deepspeed.zero_stage == 3 and dist.world_size() > 1  # ZeRO-3 generation in lockstep
         self.step_ends = stages.step_end_table(self.tokenizer, cfg.reward.step_delimiter)

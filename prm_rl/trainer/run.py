@@ -225,7 +225,7 @@ class Run:
     def _finish(self, job: Job) -> dict:
         fields = job.finish()
         for name, engine in job.exports().items():
-            run_dir.save_hf_model(engine, self.tokenizer, self.dir / name)
+            run_dir.save_hf_model(engine, self.tokenizer, self.dir / name, adapters=self.dir / "adapters")
         summary = {
             "steps": job.max_steps,
             **fields,

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from prm_rl.engine import dist
 from prm_rl.engine.deepspeed_engine import full_parameters
+from prm_rl.models.lora import AdapterView
 from prm_rl.trainer import run_lock
 from prm_rl.trainer.faults import EXIT_CHECKPOINT, RunStopped
 
@@ -58,12 +59,16 @@ def save_config(run_dir: Path, cfg: DictConfig) -> None:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
 
-def save_hf_model(model, tokenizer, out: Path) -> None:
-    """Hugging Face export of a (possibly ZeRO-3 sharded) model; collective, rank 0 writes."""
+def save_hf_model(model, tokenizer, out: Path, adapters: Path | None = None) -> None:
+    """Hugging Face export of a (possibly ZeRO-3 sharded) model; collective, rank 0 writes. A LoRA view is
+    exported merged (base + adapter: what ``from_pretrained`` and every prm_rl command read) and, given
+    ``adapters``, its adapter alone too, as ``adapters/<role>/`` in PEFT's format."""
     with full_parameters(model) as module:
         if dist.is_main():
             module.save_pretrained(out)
             tokenizer.save_pretrained(out)
+            if adapters is not None and isinstance(module, AdapterView):
+                module.save_adapter(adapters)
     dist.barrier()
 
 

@@ -19,13 +19,15 @@ sys.argv = [a for a in sys.argv if not a.startswith("--local_rank")]
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from prm_rl.config import register_schema, to_config  # noqa: E402
+from prm_rl.config import Config, register_schema, to_config  # noqa: E402
 from prm_rl.engine import dist  # noqa: E402
 from prm_rl.engine.deepspeed_engine import frozen_model, full_parameters, trainable_engine  # noqa: E402
 from prm_rl.data import arithmetic  # noqa: E402
+from prm_rl.models.lora import ADAPTER_PREFIX, SharedBase  # noqa: E402
 from prm_rl.models.tiny import TinyModelConfig, build_char_tokenizer, build_tiny_model  # noqa: E402
 from prm_rl.rollout.generate import Rollout, response_mask_from_ids  # noqa: E402
 from prm_rl.trainer import stages  # noqa: E402
+from prm_rl.trainer.roles import lora_adapters  # noqa: E402
 from prm_rl.trainer.step import LearnSections, learn  # noqa: E402
 
 REPO = __file__.rsplit("/tests/", 1)[0]
@@ -91,13 +93,18 @@ def run_case(overrides: list[str], out: Path) -> None:
             built.gradient_checkpointing_enable()
         return built
 
-    policy = trainable_engine(model(0), ds, dtype=dtype, lr=cfg.policy.learning_rate,
-                              weight_decay=cfg.policy.weight_decay, grad_clip=cfg.policy.grad_clip)
-    prm = trainable_engine(model(0), ds, dtype=dtype, lr=cfg.prm.learning_rate,
-                           weight_decay=cfg.prm.weight_decay, grad_clip=cfg.prm.grad_clip)
+    # LoRA (model.lora / prm.lora): the adapted roles are views of one base, model(0), and so is the reference
+    adapters = lora_adapters(cfg.model, cfg.prm, policy=True, uses_prm=True)
+    shared = SharedBase(model(0), adapters, seed=0) if adapters else None
+    policy = trainable_engine(shared.view("policy") if "policy" in adapters else model(0), ds, dtype=dtype,
+                              lr=cfg.policy.learning_rate, weight_decay=cfg.policy.weight_decay,
+                              grad_clip=cfg.policy.grad_clip)
+    prm = trainable_engine(shared.view("prm") if "prm" in adapters else model(0), ds, dtype=dtype,
+                           lr=cfg.prm.learning_rate, weight_decay=cfg.prm.weight_decay, grad_clip=cfg.prm.grad_clip)
     offload_ref = cfg.model.offload_reference
-    ref = frozen_model(model(1, trained=False), ds, dtype=dtype, offload=offload_ref)
+    ref = frozen_model(shared.view(None) if shared else model(1, trained=False), ds, dtype=dtype, offload=offload_ref)
     initial = flat_weights(policy)
+    lora_before = lora_parts(shared, policy, prm) if shared else {}
 
     models = stages.Models(policy, prm, ref, tok, synced_generation=False, offload_reference=offload_ref)
     result = learn(models, batch, scores, LearnSections.of(cfg), stages.step_end_table(tok, "\n"),
@@ -115,10 +122,44 @@ def run_case(overrides: list[str], out: Path) -> None:
         stages.policy_update_stage(twin, batch, old_logp, result.advantages, ref_logp, cfg.policy, cfg.rollout,
                                    torch.Generator().manual_seed(0))
         weights["policy_with_old_pass"] = flat_weights(twin)
+    if shared:
+        weights["lora"] = {"before": lora_before, "after": lora_parts(shared, policy, prm),
+                           "ref_logp": ref_logp, "base_logp": base_logp(model(0), batch, cfg.policy.micro_batch_size)}
     if dist.is_main():
         metrics = {k: v for k, v in result.metrics.items() if not k.startswith(("time/", "mem/"))}
         torch.save({"old_logp": result.old_logp, "log_ratio": result.log_ratio, "advantages": result.advantages,
                     "rescored": rescored, "metrics": metrics, "initial": initial, **weights}, out)
+
+
+def lora_parts(shared: SharedBase, policy, prm) -> dict:
+    """The base's weights and each adapter's (full, gathered), and whether each engine's optimiser holds exactly
+    its own adapter's parameters."""
+    with full_parameters(policy if "policy" in shared.roles else prm):  # a view: the whole shared model
+        named = dict(shared.model.named_parameters())
+        parts = {"base": {n: p.detach().clone() for n, p in named.items() if ADAPTER_PREFIX not in n}}
+        for role in shared.roles:
+            own = {id(p) for p in shared.adapter_parameters(role)}
+            parts[role] = {n: p.detach().clone() for n, p in named.items() if id(p) in own}
+    for role, engine in (("policy", policy), ("prm", prm)):
+        if role in shared.roles:
+            held = {id(p) for p in optimised_parameters(engine)}
+            parts[f"{role}_optimiser_holds_own_adapter"] = held == {id(p) for p in shared.adapter_parameters(role)}
+    return parts
+
+
+def optimised_parameters(engine) -> list[torch.nn.Parameter]:
+    """The module parameters an engine's optimiser updates (ZeRO-1/2 keep them in bit16_groups, ZeRO-3 in
+    fp16_groups, the bf16 wrapper in bf16_groups; a plain optimiser in its param groups)."""
+    opt = engine.optimizer
+    for attribute in ("bit16_groups", "fp16_groups", "bf16_groups"):
+        if hasattr(opt, attribute):
+            return [p for group in getattr(opt, attribute) for p in group]
+    return [p for group in opt.param_groups for p in group["params"]]
+
+
+def base_logp(model: torch.nn.Module, batch: Rollout, micro_batch_size: int) -> torch.Tensor:
+    """Response log-probs of a plain copy of the starting model: what a reference with the adapters off must give."""
+    return stages.logprob_stage(frozen_model(model, Config().deepspeed, dtype="float32"), batch, micro_batch_size)
 
 
 if __name__ == "__main__":

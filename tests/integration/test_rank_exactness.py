@@ -30,7 +30,13 @@ CASES = {
     # the group's prefix tree in the advantages and as the PRM's per-prefix targets (groups split over ranks)
     "prefix-tree-targets-prime-tree-zero2": ["deepspeed.zero_stage=2", "algorithm.advantage=prime-tree",
                                              "prm.loss=prefix", "prm.targets=tree", "prm.beta=1.0", "prm.margin=0.1"],
+    # LoRA: policy and PRM as adapters on one base that is also the reference (prm_rl.models.lora)
+    "lora-both-kl-zero2": ["deepspeed.zero_stage=2", "model.lora.r=4", "prm.lora.r=4", "policy.kl_coef=0.1"],
+    "lora-both-checkpointing-zero0": ["deepspeed.zero_stage=0", "model.lora.r=4", "prm.lora.r=4",
+                                      "model.gradient_checkpointing=true", "model.lora.target_modules=[q_proj,v_proj]"],
+    "lora-prm-zero3": ["deepspeed.zero_stage=3", "prm.lora.r=4", "prm.lora.alpha=8"],
 }
+LORA = sorted(c for c in CASES if c.startswith("lora-"))
 
 
 # The memory-saving switches: each must train like the plain path (fp32, no checkpointing, ZeRO-2, no offload,
@@ -45,7 +51,8 @@ SWITCHES = {
 }
 GRPO = ["--uniform-groups", "algorithm.advantage=grpo"]
 ONE_RANK = {**CASES, "plain": [], **{f"switch-{n}": o for n, (o, _) in SWITCHES.items()},
-            "every-row": [*GRPO, "policy.skip_zero_advantage=false"]}
+            "every-row": [*GRPO, "policy.skip_zero_advantage=false"],
+            "lora-frozen-prm": ["model.lora.r=4", "prm.lora.r=4", "prm.update=none"]}
 TWO_RANKS = {**CASES, "skipping": [*GRPO, "policy.skip_zero_advantage=true"]}
 
 
@@ -122,3 +129,32 @@ def test_rows_without_advantage_are_skipped_without_changing_the_update(probe):
     assert skipping["metrics"]["policy/loss"] == pytest.approx(every_row["metrics"]["policy/loss"], abs=1e-6)
     assert not torch.equal(skipping["policy"], skipping["initial"])
     torch.testing.assert_close(skipping["policy"], every_row["policy"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ranks", [1, 2])
+@pytest.mark.parametrize("case", LORA)
+def test_lora_roles_share_one_frozen_base(probe, case, ranks):
+    """With LoRA the reference is the base with the adapters off (its log-probs are a plain copy's, exactly), the
+    base's weights are bitwise unchanged by the step, and each adapter is its own optimiser's alone."""
+    lora = probe(ranks, case)["lora"]
+    before, after = lora["before"], lora["after"]
+    assert torch.equal(lora["ref_logp"], lora["base_logp"])
+    assert before["base"].keys() == after["base"].keys() and len(before["base"]) > 0
+    for name, weight in before["base"].items():
+        assert torch.equal(after["base"][name], weight), f"base weight {name} changed"
+    roles = [r for r in ("policy", "prm") if r in before]
+    assert roles == ["policy", "prm"][2 - len(roles):] if "model.lora.r=4" not in CASES[case] else roles
+    for role in roles:
+        assert lora["after"][f"{role}_optimiser_holds_own_adapter"], role
+        assert any(not torch.equal(after[role][n], w) for n, w in before[role].items()), f"{role} adapter did not move"
+
+
+@pytest.mark.slow
+def test_a_frozen_lora_prm_is_untouched_by_the_policys_update(probe):
+    """prm.update=none with both adapters: the policy's optimiser moves its adapter and nothing else."""
+    lora = probe(1, "lora-frozen-prm")["lora"]
+    before, after = lora["before"], lora["after"]
+    assert all(torch.equal(after["prm"][n], w) for n, w in before["prm"].items())
+    assert all(torch.equal(after["base"][n], w) for n, w in before["base"].items())
+    assert any(not torch.equal(after["policy"][n], w) for n, w in before["policy"].items())
