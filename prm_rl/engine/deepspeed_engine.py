@@ -7,6 +7,8 @@ and :func:`backward_and_step` marks the accumulation boundary explicitly.
 """
 from __future__ import annotations
 
+import math
+import weakref
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -122,21 +124,29 @@ def backward_and_step(engine, loss: torch.Tensor, is_last_micro_batch: bool) -> 
     if not is_last_micro_batch:
         engine.step()  # not a boundary: DeepSpeed only advances its micro-step counter
         return True
-    if engine.zero_optimization_stage() == 0 and not _gradients_finite(engine.module):
-        engine.optimizer.zero_grad(set_to_none=True)
-        return False
+    if engine.zero_optimization_stage() == 0:
+        _stage0_norms[engine] = norm = _gradient_norm(engine.module)  # DeepSpeed records none at stage 0
+        if not math.isfinite(norm):
+            engine.optimizer.zero_grad(set_to_none=True)
+            return False
     engine.step()
     return engine.was_step_applied()
 
 
-def _gradients_finite(module: torch.nn.Module) -> bool:
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
-    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
+_stage0_norms: "weakref.WeakKeyDictionary[Any, float]" = weakref.WeakKeyDictionary()
+
+
+def _gradient_norm(module: torch.nn.Module) -> float:
+    """The 2-norm of all of ``module``'s gradients (all-reduced already at stage 0); NaN/inf if any is."""
+    grads = [p.grad.float() for p in module.parameters() if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
 
 
 def grad_norm(engine) -> float:
     """Global gradient norm of the last optimiser step (before clipping)."""
     norm = engine.get_global_grad_norm()
+    if norm is None:
+        norm = _stage0_norms.get(engine)
     return float(norm) if norm is not None else float("nan")
 
 

@@ -125,6 +125,26 @@ def param_count(s: ModelShape) -> int:
     return s.vocab * s.hidden * (1 if s.tied else 2) + s.layers * layer + s.hidden
 
 
+# Llama-style linear layers by PEFT target name: (fan-in, fan-out) as functions of the shape
+LINEAR = {
+    "q_proj": lambda s: (s.hidden, s.heads * s.head_dim), "k_proj": lambda s: (s.hidden, s.kv_heads * s.head_dim),
+    "v_proj": lambda s: (s.hidden, s.kv_heads * s.head_dim), "o_proj": lambda s: (s.heads * s.head_dim, s.hidden),
+    "gate_proj": lambda s: (s.hidden, s.intermediate), "up_proj": lambda s: (s.hidden, s.intermediate),
+    "down_proj": lambda s: (s.intermediate, s.hidden),
+}
+
+
+def adapter_param_count(s: ModelShape, lora, option: str) -> int:
+    """Parameters of one LoRA adapter: ``A [r, fan-in]`` and ``B [fan-out, r]`` on each targeted linear layer of
+    every block (``all-linear``: all seven of them; PEFT leaves the lm_head out)."""
+    names = list(LINEAR) if list(lora.target_modules) == ["all-linear"] else list(lora.target_modules)
+    unknown = [n for n in names if n not in LINEAR]
+    if unknown:
+        raise EstimateError(f"{option}.target_modules: {unknown[0]!r} is not a Llama-style linear layer the estimate "
+                            f"knows ({', '.join(LINEAR)})")
+    return s.layers * sum(lora.r * sum(LINEAR[n](s)) for n in names)
+
+
 # ------------------------------------------------------------------------------------ the terms, in bytes
 @dataclass
 class Bytes:
@@ -372,17 +392,27 @@ def estimate(cfg: Config, world_size: int = 1, shape: ModelShape | None = None, 
     checkpointing = cfg.model.gradient_checkpointing
     generating, ref_generating = generation_rows(cfg, w)
 
-    def trained(name: str, rows: int, kv_rows: int) -> ModelMemory:
-        return ModelMemory(name, z, param_bytes(n, p, z, w, off), optimizer_bytes(n, p, z, w, off),
-                           grads=0 if off and z == 3 else grad_bytes(n, p, z, w),  # offloaded: the host's fp32 ones
-                           bucket=bucket_bytes(n, p, z, resident), gathered=gathered_bytes(n, p, z),
+    def trained(name: str, rows: int, kv_rows: int, lora) -> ModelMemory:
+        """A full model, or (``lora.r > 0``) an adapter: the same terms over its ``a`` parameters, but the
+        activations, which run through the whole base (the base's own bytes are the ``base`` row's)."""
+        k = adapter_param_count(s, lora, f"{'model' if name == 'policy' else 'prm'}.lora") if lora.r else n
+        return ModelMemory(name, z, param_bytes(k, p, z, w, off), optimizer_bytes(k, p, z, w, off),
+                           grads=0 if off and z == 3 else grad_bytes(k, p, z, w),  # offloaded: the host's fp32 ones
+                           bucket=bucket_bytes(k, p, z, resident), gathered=0 if lora.r else gathered_bytes(n, p, z),
                            activations=train_activation_bytes(s, p, rows, length, checkpointing),
-                           step=step_bytes(n, p, z, w, off), kv_cache=kv_cache_bytes(s, p, kv_rows, length))
+                           step=step_bytes(k, p, z, w, off), kv_cache=kv_cache_bytes(s, p, kv_rows, length))
 
-    models = [trained("policy", policy_rows(cfg, w, length), generating)]
+    models = [trained("policy", policy_rows(cfg, w, length), generating, cfg.model.lora)]
     if cfg.algorithm.uses_prm:
-        models.append(trained("prm", prm_rows(cfg, w, length), 0))
-    if cfg.needs_reference:
+        models.append(trained("prm", prm_rows(cfg, w, length), 0, cfg.prm.lora))
+    lora = cfg.model.lora.r or (cfg.algorithm.uses_prm and cfg.prm.lora.r)
+    if lora:  # one frozen base under the adapters (and the reference): sharded at stage 3 like a trained model's
+        models.append(ModelMemory("base", params=param_bytes(n, p, z, w, off), gathered=gathered_bytes(n, p, z)))
+    if cfg.needs_reference and lora:  # the base with the adapters off: its forwards and sampling only
+        models.append(ModelMemory("reference", activations=forward_activation_bytes(s, p, forward_rows(cfg, w, length),
+                                                                                    length),
+                                  kv_cache=kv_cache_bytes(s, p, ref_generating, length)))
+    elif cfg.needs_reference:
         # engine/deepspeed_engine.py frozen_model: a ZeRO-3 engine over several ranks, else a plain module, on the
         # device or (model.offload_reference) in host memory, brought to the device for its forwards and sampling
         sharded = z == 3 and w > 1

@@ -30,11 +30,14 @@ CASES = {
     # the group's prefix tree in the advantages and as the PRM's per-prefix targets (groups split over ranks)
     "prefix-tree-targets-prime-tree-zero2": ["deepspeed.zero_stage=2", "algorithm.advantage=prime-tree",
                                              "prm.loss=prefix", "prm.targets=tree", "prm.beta=1.0", "prm.margin=0.1"],
-    # LoRA: policy and PRM as adapters on one base that is also the reference (prm_rl.models.lora)
-    "lora-both-kl-zero2": ["deepspeed.zero_stage=2", "model.lora.r=4", "prm.lora.r=4", "policy.kl_coef=0.1"],
+    # LoRA: policy and PRM as adapters on one base that is also the reference (prm_rl.models.lora); a high PRM
+    # alpha so that one update moves the log-ratios well past float noise (see the advantages' tolerance below)
+    "lora-both-kl-zero2": ["deepspeed.zero_stage=2", "model.lora.r=4", "prm.lora.r=4", "prm.lora.alpha=128",
+                           "policy.kl_coef=0.1"],
     "lora-both-checkpointing-zero0": ["deepspeed.zero_stage=0", "model.lora.r=4", "prm.lora.r=4",
-                                      "model.gradient_checkpointing=true", "model.lora.target_modules=[q_proj,v_proj]"],
-    "lora-prm-zero3": ["deepspeed.zero_stage=3", "prm.lora.r=4", "prm.lora.alpha=8"],
+                                      "prm.lora.alpha=128", "model.gradient_checkpointing=true",
+                                      "model.lora.target_modules=[q_proj,v_proj]"],
+    "lora-prm-zero3": ["deepspeed.zero_stage=3", "prm.lora.r=4", "prm.lora.alpha=128"],
 }
 LORA = sorted(c for c in CASES if c.startswith("lora-"))
 
@@ -83,7 +86,10 @@ def test_two_ranks_match_one_rank(probe, case):
     on_policy = "policy.mini_batches=1" in CASES[case]
     assert (one["old_logp"] is None) == on_policy  # one epoch in one mini-batch: no separate old-log-prob pass
     for key in ("old_logp", "log_ratio", "advantages")[on_policy:]:
-        torch.testing.assert_close(two[key], one[key], rtol=1e-5, atol=1e-6, msg=key)
+        # A LoRA PRM's log-ratios after one update are ~4x smaller than a full PRM's, and the advantages scale
+        # them up: the same 2e-7 of float noise in the log-ratios comes out as up to 3e-6 (measured) there.
+        atol = 1e-5 if key == "advantages" and case in LORA else 1e-6
+        torch.testing.assert_close(two[key], one[key], rtol=1e-5, atol=atol, msg=key)
     if on_policy:  # the skipped pass changes nothing: a twin that takes it makes the same update (its ratio is
         # 1 +- 1e-7 of forward noise; Adam's first step turns that into ~1e-6 on weights whose gradient is ~0,
         # against steps of lr = 1e-3 on the others)
