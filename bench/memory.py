@@ -1,6 +1,7 @@
 """Measured per-rank memory of real PRIME runs against ``python -m prm_rl.cli.estimate`` (docs/benchmarks/memory.md):
 
     OMP_NUM_THREADS=1 python bench/memory.py --out docs/benchmarks/memory
+    OMP_NUM_THREADS=1 python bench/memory.py --out docs/benchmarks/memory_lora --stages 0 2 --lora 8
 
 For each ZeRO stage (``--stages``, default 0 1 2 3) and rank count (``--ranks``, default 1 2) it runs
 ``python launch/train.py +recipe=math_ppo model.path=DIR ... deepspeed.zero_stage=S trainer.cpu_ranks=R`` for
@@ -12,6 +13,9 @@ estimate leaves out. Both models are built with ``build_tiny_model`` + ``build_c
 run needs ``data.*`` (``data.max_prompt_tokens`` is set to the longest prompt, which is what the estimate reads).
 The filter is off (a random model solves nothing), so every step trains on the whole batch: 8 prompts x 4
 samples x 32 new tokens, micro-batches of 16 sequences.
+
+With ``--lora R`` each stage and rank count also runs with policy and PRM as rank-R LoRA adapters on one base that
+is also the reference (not at ZeRO-3, which takes one adapter at most), and a table puts the two side by side.
 
 Measured, per rank: the peak resident memory (``VmHWM`` of ``/proc/PID/status``, polled every 50 ms) read right
 after rank 0 logged the last step, i.e. before the final checkpoint and export; the largest over ranks is reported.
@@ -155,15 +159,21 @@ def estimated(args: list[str], ranks: int) -> dict:
     return {**as_dict(estimate(cfg, ranks, resident=True)), "gpu_device_total": estimate(cfg, ranks).device}
 
 
-def measure(stage: int, ranks: int, steps: int, dirs: dict[str, Path], prompts: Path, longest: int, work: Path,
-            extra: list[str], malloc: dict[str, str]) -> dict:
-    out = {"stage": stage, "ranks": ranks}
+def variants(lora_rank: int) -> dict[str, list[str]]:
+    """The runs of each (stage, ranks): full models, and with ``--lora R`` policy and PRM as rank-R adapters on one
+    base that is also the reference (prm_rl.models.lora)."""
+    return {"full": [], **({"lora": [f"model.lora.r={lora_rank}", f"prm.lora.r={lora_rank}"]} if lora_rank else {})}
+
+
+def measure(stage: int, ranks: int, variant: str, steps: int, dirs: dict[str, Path], prompts: Path, longest: int,
+            work: Path, extra: list[str], malloc: dict[str, str]) -> dict:
+    out = {"stage": stage, "ranks": ranks, "variant": variant}
     for name in ("model", "baseline"):
-        run = work / f"zero{stage}-{ranks}rank-{name}"
+        run = work / f"zero{stage}-{ranks}rank-{variant}-{name}"
         args = overrides(dirs[name], prompts, longest, stage, ranks, steps, run, extra)
         out[name] = {"estimate": estimated(args, ranks), "measured": run_once(args, ranks, steps, run, malloc)}
-        print(f"ZeRO-{stage} {ranks} rank(s) {name}: peak RSS {out[name]['measured']['peak_rss'] / GIB:.3f} GiB "
-              f"({out[name]['measured']['seconds']} s)", flush=True)
+        print(f"ZeRO-{stage} {ranks} rank(s) {variant} {name}: peak RSS "
+              f"{out[name]['measured']['peak_rss'] / GIB:.3f} GiB ({out[name]['measured']['seconds']} s)", flush=True)
     return out
 
 
@@ -215,13 +225,16 @@ def table(results: list[dict], meta: dict) -> str:
     lines = [f"Model: {meta['params'] / 1e6:.1f}M parameters a model ({meta['shape']}), policy + PRM + reference, "
              f"float32, {meta['steps']} steps of 8 prompts x 4 samples x 32 new tokens ({meta['tokens_per_row']} "
              f"tokens a row), micro-batches of 16, on CPU ranks of one thread; malloc: {meta['malloc']}. GiB per "
-             "rank.\n",
-             "| ZeRO | ranks | estimate | baseline | estimate + baseline | measured peak RSS "
+             "rank. Variant full: three models; lora: policy and PRM as adapters "
+             f"({' '.join(variants(meta.get('lora_rank', 0)).get('lora', [])) or 'not run'}) on one base, which is "
+             "also the reference.\n",
+             "| ZeRO | ranks | variant | estimate | baseline | estimate + baseline | measured peak RSS "
              "| measured / (est. + base.) | (measured - base.) / est. | max mem/*_gb |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         s = summary(r)
-        lines.append(f"| {r['stage']} | {r['ranks']} | {s['estimate']:.3f} | {s['baseline']:.3f} "
+        lines.append(f"| {r['stage']} | {r['ranks']} | {r.get('variant', 'full')} | {s['estimate']:.3f} "
+                     f"| {s['baseline']:.3f} "
                      f"| {s['predicted']:.3f} | {s['measured']:.3f} | {s['ratio']:.2f} | {s['model_ratio']:.2f} "
                      f"| {s['stage_mem']:.3f} |")
     ratios = [summary(r)["ratio"] for r in results]
@@ -230,11 +243,11 @@ def table(results: list[dict], meta: dict) -> str:
                  f"part, (measured - baseline) / estimate: {min(model_ratios):.2f} to {max(model_ratios):.2f}.")
     lines += ["\nThe estimate by term, summed over the models (grads and bucket: held for the run at ZeRO-3, else part "
               "of each model's update, hence of its transient):\n",
-              "| ZeRO | ranks | params | optimizer | grads | bucket | gathered | held | largest transient | of | "
-              "GPU estimate |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| ZeRO | ranks | variant | params | optimizer | grads | bucket | gathered | held | largest transient "
+              "| of | GPU estimate |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         t = terms(r)
-        lines.append(f"| {r['stage']} | {r['ranks']} | " + " | ".join(f"{t[k]:.3f}" for k in (
+        lines.append(f"| {r['stage']} | {r['ranks']} | {r.get('variant', 'full')} | " + " | ".join(f"{t[k]:.3f}" for k in (
             "params", "optimizer", "grads", "bucket", "gathered", "held", "transient"))
             + f" | {t['of']} | {r['model']['estimate']['gpu_device_total'] / GIB:.3f} |")
     lines.append("\nmeasured peak RSS: VmHWM of each rank right after the last step was logged (largest over ranks). "
@@ -242,7 +255,26 @@ def table(results: list[dict], meta: dict) -> str:
                  "the trainer's resident memory at the end of each stage, largest over stages, steps and ranks. "
                  "GPU estimate: the same config on GPUs, where DeepSpeed's 500M-element reduce bucket is allocated "
                  "whole for each trained model at stages 1-3.")
-    return "\n".join(lines) + "\n" + NOTES
+    return "\n".join(lines + side_by_side(results)) + "\n" + NOTES
+
+
+def side_by_side(results: list[dict]) -> list[str]:
+    """Full vs LoRA PRIME on the same stage and ranks, measured in the same bench run."""
+    full = {(r["stage"], r["ranks"]): r for r in results if r.get("variant", "full") == "full"}
+    pairs = [(full[(r["stage"], r["ranks"])], r) for r in results
+             if r.get("variant") == "lora" and (r["stage"], r["ranks"]) in full]
+    if not pairs:
+        return []
+    lines = ["\nFull vs LoRA, side by side (GiB per rank; 'model part' is the measured peak less the baseline):\n",
+             "| ZeRO | ranks | full: measured | LoRA: measured | LoRA / full | full: model part | LoRA: model part "
+             "| LoRA / full (model part) | LoRA: measured / (est. + base.) |", "|---|---|---|---|---|---|---|---|---|"]
+    for f, lo in pairs:
+        sf, sl = summary(f), summary(lo)
+        part_f, part_l = sf["measured"] - sf["baseline"], sl["measured"] - sl["baseline"]
+        lines.append(f"| {f['stage']} | {f['ranks']} | {sf['measured']:.3f} | {sl['measured']:.3f} "
+                     f"| {sl['measured'] / sf['measured']:.2f} | {part_f:.3f} | {part_l:.3f} | {part_l / part_f:.2f} "
+                     f"| {sl['ratio']:.2f} |")
+    return lines
 
 
 def plot(results: list[dict]):
@@ -258,7 +290,8 @@ def plot(results: list[dict]):
         ax.bar(i + 0.2, s["measured"], 0.4, color="#55a868", label="measured peak RSS" if i == 0 else None)
         ax.plot([i + 0.02, i + 0.38], [s["stage_mem"]] * 2, color="black", lw=1.5,
                 label="max mem/*_gb (stage ends)" if i == 0 else None)
-    ax.set_xticks(range(len(results)), [f"ZeRO-{r['stage']}\n{r['ranks']} rank(s)" for r in results])
+    ax.set_xticks(range(len(results)), [f"ZeRO-{r['stage']}\n{r['ranks']} rank(s)"
+                                        + ("\nLoRA" if r.get("variant") == "lora" else "") for r in results])
     ax.set_ylabel("GiB per rank")
     ax.set_title("Estimated vs measured per-rank memory (CPU ranks)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -278,18 +311,22 @@ def main() -> None:
     parser.add_argument("--intermediate", type=int, default=2048)
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "memory_bench", help="models and run directories")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more overrides for every run")
+    parser.add_argument("--lora", type=int, default=0, metavar="R",
+                        help="also run each stage and rank count with policy and PRM as rank-R LoRA adapters "
+                             "(not at ZeRO-3, which takes one adapter at most)")
     parser.add_argument("--glibc-default", action="store_true",
                         help=f"leave glibc's malloc as it is (default: {FIXED_MMAP}, see the module docstring)")
     args = parser.parse_args()
     malloc = {} if args.glibc_default else dict([FIXED_MMAP.split("=")])
     shape = {"hidden": args.hidden, "layers": args.layers, "heads": args.heads, "intermediate": args.intermediate}
     dirs, prompts, longest = build_inputs(args.work, {"model": shape, "baseline": BASELINE_SHAPE})
-    results = [measure(stage, ranks, args.steps, dirs, prompts, longest, args.work, args.set, malloc)
-               for ranks in args.ranks for stage in args.stages]
+    results = [measure(stage, ranks, variant, args.steps, dirs, prompts, longest, args.work, args.set + extra, malloc)
+               for ranks in args.ranks for stage in args.stages for variant, extra in variants(args.lora).items()
+               if not (variant == "lora" and stage == 3)]
     first = results[0]["model"]["estimate"]
     meta = {"command": " ".join(sys.argv), "shape": shape, "baseline_shape": BASELINE_SHAPE, "steps": args.steps,
             "params": first["params_per_model"], "tokens_per_row": first["tokens_per_row"], "job": JOB,
-            "malloc": malloc or "glibc defaults"}
+            "malloc": malloc or "glibc defaults", "lora_rank": args.lora}
     write_report(args.out, {**meta, "results": results}, table(results, meta), lambda: plot(results))
 
 

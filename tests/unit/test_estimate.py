@@ -3,6 +3,7 @@ against hand-derived values, the CLI."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -150,6 +151,46 @@ def test_which_models_are_loaded(cfg):
     assert names(with_(cfg, algorithm__advantage="rloo")) == ["policy"]  # no PRM, no reference
     assert names(with_(cfg, algorithm__advantage="rloo", policy__kl_coef=0.1)) == ["policy", "reference"]
     assert names(with_(cfg, prm__reference="policy")) == ["policy", "prm"]
+    adapter = dataclasses.replace(cfg.prm.lora, r=4)
+    assert names(with_(cfg, prm__lora=adapter)) == ["policy", "prm", "base", "reference"]
+    assert names(with_(cfg, algorithm__advantage="rloo", model__lora=adapter)) == ["policy", "base"]  # no reference
+
+
+@pytest.mark.parametrize("targets", [["all-linear"], ["q_proj", "v_proj"], ["k_proj", "o_proj", "down_proj"]])
+def test_adapter_parameters_are_what_peft_adds(targets):
+    """Grouped-query attention (k/v narrower than q) and a head width other than hidden / heads."""
+    from prm_rl.config import LoraSection
+    from prm_rl.models.lora import SharedBase
+
+    config = Qwen3Config(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=12, intermediate_size=48)
+    lora = LoraSection(r=3, target_modules=targets)
+    shared = SharedBase(Qwen3ForCausalLM(config), {"prm": ("prm.lora", lora)})
+    assert est.adapter_param_count(est.shape_from_hf(config), lora, "prm.lora") == \
+        sum(p.numel() for p in shared.adapter_parameters("prm"))
+
+
+def test_lora_holds_one_base_and_small_adapters(cfg):
+    shape = est.shape_of_tiny(TinyModelConfig(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024), 28)
+    full = est.estimate(cfg, 2, shape, resident=True)  # resident: without the GPU's 2 GB reduce buckets
+    lora_config = with_(cfg, model__lora=dataclasses.replace(cfg.model.lora, r=8),
+                        prm__lora=dataclasses.replace(cfg.prm.lora, r=8))
+    lora = est.estimate(lora_config, 2, shape, resident=True)
+    assert [m.name for m in lora.models] == ["policy", "prm", "base", "reference"]
+    policy, prm, base, ref = lora.models
+    n = est.param_count(shape)
+    assert base.params.device == 4 * n and ref.params.device == 0  # the reference is the base: no copy
+    adapter = est.adapter_param_count(shape, lora_config.model.lora, "model.lora")
+    assert adapter > 0 and policy.params.device == prm.params.device == 4 * adapter
+    assert policy.activations == full.models[0].activations  # forwards run through the whole base all the same
+    def held(e: est.Estimate) -> int:
+        return sum(m.static.device for m in e.models)
+
+    assert held(lora) < held(full) / 4  # one base, no second and third copy, no optimiser states for it
+    assert lora.device < full.device
+    with pytest.raises(est.EstimateError, match=r"^model\.lora\.target_modules: 'c_attn' is not"):
+        bad = dataclasses.replace(cfg.model.lora, r=8, target_modules=["c_attn"])
+        est.estimate(with_(cfg, model__lora=bad), 2, shape)
 
 
 def test_micro_batch_rows_follow_the_batch_config(cfg):
