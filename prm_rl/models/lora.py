@@ -68,6 +68,14 @@ class SharedBase:
                 raise ConfigError(f"{option}.target_modules={list(lora.target_modules)}: "
                                   f"{str(err).splitlines()[0]}") from None
 
+    def describe(self) -> str:
+        """One line for the run's log: each adapter's size against the base's."""
+        base = sum(p.numel() for n, p in self.model.named_parameters() if ADAPTER_PREFIX not in n)
+        sizes = ", ".join(f"{role} {sum(p.numel() for p in self.adapter_parameters(role)) / 1e6:.2f}M"
+                          for role in self.roles)
+        return (f"LoRA: one frozen base of {base / 1e6:.2f}M parameters (also the reference); adapters: {sizes} "
+                f"on {len(self.layers)} layers")
+
     def adapter_parameters(self, role: str) -> list[torch.nn.Parameter]:
         """The parameters of ``role``'s adapter (what its optimiser updates)."""
         return [p for n, p in self.model.named_parameters() if ADAPTER_PREFIX in n and f".{role}." in f"{n}."]

@@ -85,6 +85,8 @@ class PrimeTrainer(Job):
         mc, ds = cfg.model, cfg.deepspeed
         roles = load_role_models(checkpoint, mc, cfg.prm, policy=True, uses_prm=cfg.algorithm.uses_prm,
                                  reference=cfg.needs_reference, seed=cfg.trainer.seed)
+        if roles.shared is not None:
+            log(roles.shared.describe())
         policy = trainable_engine(roles.policy, ds, dtype=mc.dtype, lr=cfg.policy.learning_rate,
                                   weight_decay=cfg.policy.weight_decay, grad_clip=cfg.policy.grad_clip)
         prm = ref = None

@@ -26,9 +26,11 @@ def assert_exports_are_base_plus_adapter(run_dir, roles: list[str]) -> None:
     (PEFT's format) computes."""
     import peft
 
-    start_model = json.loads((run_dir / "summary.json").read_text())["reference"]
     ids = torch.randint(4, 20, (2, 16), generator=torch.Generator().manual_seed(0))
     for role in roles:
+        # the adapter names its base: the run's starting checkpoint
+        start_model = json.loads((run_dir / "adapters" / role / "adapter_config.json").read_text())[
+            "base_model_name_or_path"]
         merged = AutoModelForCausalLM.from_pretrained(run_dir / role)
         adapted = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(start_model),
                                                  str(run_dir / "adapters" / role))
