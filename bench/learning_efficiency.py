@@ -46,6 +46,10 @@ METHODS: dict[str, list[str]] = {
     "prime-prefix-tree": ["prm.loss=prefix", "prm.targets=tree", "prm.beta=2.0"],
     "prime-tree-prefix-tree": ["algorithm.advantage=prime-tree", "prm.loss=prefix", "prm.targets=tree",
                                "prm.beta=2.0"],
+    # policy and PRM as LoRA adapters on one base, also the reference (rank 32 of the model's width 128, alpha 2r),
+    # at 10x the recipe's learning rates (adapters move the weights through a low-rank product)
+    "prime-lora": ["model.lora.r=32", "prm.lora.r=32", "model.lora.alpha=64", "prm.lora.alpha=64",
+                   "policy.learning_rate=2e-4", "prm.learning_rate=1e-3"],
 }
 ENTRY = {"trl-grpo": "bench/trl_grpo.py"}  # every other method: our trainer
 RECIPE = {"prime-paper": "math_ppo_paper"}  # every other method: math_ppo

@@ -44,6 +44,8 @@ class SharedBase:
         self.model = self.peft_model.base_model.model  # the HF model, LoRA layers inside: HF's forward signature
         self.layers = {name: m for name, m in self.model.named_modules() if isinstance(m, BaseTunerLayer)}
         self.roles = tuple(adapters)
+        self._adapters = {role: [p for n, p in self.model.named_parameters()
+                                 if ADAPTER_PREFIX in n and f".{role}." in f"{n}."] for role in self.roles}
         self.dropout = {role: lora.dropout for role, (_, lora) in adapters.items()}
         self.active: str | None = "unset"
         self._keep_adapters_trainable()
@@ -78,7 +80,7 @@ class SharedBase:
 
     def adapter_parameters(self, role: str) -> list[torch.nn.Parameter]:
         """The parameters of ``role``'s adapter (what its optimiser updates)."""
-        return [p for n, p in self.model.named_parameters() if ADAPTER_PREFIX in n and f".{role}." in f"{n}."]
+        return list(self._adapters[role])
 
     def select(self, role: str | None) -> None:
         """Make ``role``'s adapter the active one (None: every adapter off, the frozen base alone).
@@ -156,7 +158,9 @@ class AdapterView(torch.nn.Module):
             layer_name, _, leaf = name.rpartition(".")
             layer = self._shared.layers.get(layer_name.removesuffix(BASE_LAYER))
             adapted = self.role is not None and leaf == "weight" and layer is not None and self.role in layer.lora_A
-            parts = [parameter, layer.lora_A[self.role].weight, layer.lora_B[self.role].weight] if adapted else [parameter]
+            parts = [parameter]
+            if adapted:
+                parts += [layer.lora_A[self.role].weight, layer.lora_B[self.role].weight]
             with gathered(parts):
                 weight = parameter.detach()
                 if adapted:
