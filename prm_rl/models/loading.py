@@ -10,10 +10,12 @@ import os
 from dataclasses import asdict
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from prm_rl.config import Config, ModelSection
 from prm_rl.errors import UsageError
+from prm_rl.models.lora import check_targets_of
+from prm_rl.models.tiny import tiny_config
 from prm_rl.models.warm_start import _spec, ensure_warm_start
 
 
@@ -91,11 +93,21 @@ def start_checkpoint(cfg: Config, log=print) -> str:
     check_model_source(cfg.model)
     if cfg.prm.init_path is not None:
         check_checkpoint("prm.init_path", cfg.prm.init_path, tokenizer=False)
+    check_lora_targets(cfg)
     if cfg.model.path is not None:
         return cfg.model.path
     spec = _spec(cfg.model.tiny, cfg.task.selected, asdict(cfg.warm_start),
                  heldout_seed=cfg.task.seed, heldout_size=cfg.task.eval_size)
     return str(ensure_warm_start(cfg.warm_start.cache_dir, spec, log=log))
+
+
+def check_lora_targets(cfg: Config) -> None:
+    """Fail in seconds, before the warm start, when ``model.lora``/``prm.lora`` targets a module the model lacks."""
+    adapters = {option: lora for option, lora in (("model.lora", cfg.model.lora), ("prm.lora", cfg.prm.lora))
+                if lora.r}
+    if adapters:
+        config = tiny_config(cfg.model.tiny) if cfg.model.path is None else AutoConfig.from_pretrained(cfg.model.path)
+        check_targets_of(config, adapters)
 
 
 def load_tokenizer(path: str) -> PreTrainedTokenizerBase:

@@ -178,6 +178,17 @@ class AdapterView(torch.nn.Module):
         return Path(directory) / self.role
 
 
+def check_targets_of(config, adapters: dict[str, LoraSection]) -> None:
+    """Before anything loads: each adapter's ``target_modules`` (``{option: settings}``) name modules of the model
+    ``config`` describes (its skeleton is built on the meta device: no weights, no memory)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    for option, lora in adapters.items():
+        _check_targets(skeleton, option, lora.target_modules)
+
+
 def _check_targets(model: torch.nn.Module, option: str, modules: list[str]) -> None:
     """Every named target must be a module of ``model`` (PEFT itself only fails when none is)."""
     names = [name for name, _ in model.named_modules()]

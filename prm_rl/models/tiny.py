@@ -44,24 +44,24 @@ def build_char_tokenizer(characters: list[str]) -> PreTrainedTokenizerFast:
     )
 
 
+def tiny_config(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast | None = None):
+    """The ``LlamaConfig`` of the built-in model sized by ``cfg`` (``tokenizer``: its vocabulary and special
+    tokens; None gives the architecture alone, e.g. to list its module names)."""
+    from transformers import LlamaConfig
+
+    special = {} if tokenizer is None else dict(
+        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id)
+    return LlamaConfig(hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+                       num_key_value_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
+                       max_position_embeddings=cfg.max_positions, tie_word_embeddings=True, **special)
+
+
 def build_tiny_model(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast, seed: int) -> LlamaForCausalLM:
     """A freshly initialised Llama-architecture LM sized by ``cfg`` (weights depend only on ``seed``)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=cfg.hidden_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_heads,
-        intermediate_size=cfg.intermediate_size,
-        max_position_embeddings=cfg.max_positions,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return LlamaForCausalLM(config)
+        return LlamaForCausalLM(tiny_config(cfg, tokenizer))

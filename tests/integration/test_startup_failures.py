@@ -197,6 +197,16 @@ def test_verifier_option_error_is_one_line_naming_the_config_path(tmp_path, opti
     assert "warm start" not in proc.stdout
 
 
+def test_a_lora_target_the_model_lacks_is_one_line_before_the_warm_start(tmp_path):
+    proc = train_py("model.lora.r=8", "model.lora.target_modules=[q_proj,c_attn]",
+                    f"warm_start.cache_dir={tmp_path / 'empty'}", f"trainer.output_dir={tmp_path / 'run'}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert stderr_lines(proc) == ["config error: model.lora.target_modules=['q_proj', 'c_attn']: the model has no "
+                                  "module 'c_attn' (its linear layers: down_proj, gate_proj, k_proj, lm_head, o_proj, "
+                                  "q_proj, up_proj, v_proj)"]
+    assert "warm start" not in proc.stdout
+
+
 def test_unwritable_output_dir_fails_before_loading_models():
     proc = train_py("trainer.output_dir=/proc/prm_rl_run")
     assert proc.returncode == 5, proc.stderr[-2000:]
