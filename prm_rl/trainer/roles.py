@@ -18,7 +18,7 @@ from prm_rl.models.lora import SharedBase
 @dataclass
 class RoleModels:
     policy: torch.nn.Module | None  # None: the job trains no policy (offline PRM training)
-    prm: torch.nn.Module | None  # None: the estimator uses no PRM
+    prm: torch.nn.Module | None  # None: the advantage estimator uses no PRM
     ref: torch.nn.Module | None  # None: nothing reads the reference
     shared: SharedBase | None  # the LoRA base the views share; None when no role is an adapter
 
