@@ -149,8 +149,8 @@ def test_lora_roles_share_one_frozen_base(probe, case, ranks):
     assert before["base"].keys() == after["base"].keys() and len(before["base"]) > 0
     for name, weight in before["base"].items():
         assert torch.equal(after["base"][name], weight), f"base weight {name} changed"
-    roles = [r for r in ("policy", "prm") if r in before]
-    assert roles == ["policy", "prm"][2 - len(roles):] if "model.lora.r=4" not in CASES[case] else roles
+    roles = [role for role, option in (("policy", "model.lora.r=4"), ("prm", "prm.lora.r=4")) if option in CASES[case]]
+    assert roles and all(role in before for role in roles)
     for role in roles:
         assert lora["after"][f"{role}_optimiser_holds_own_adapter"], role
         assert any(not torch.equal(after[role][n], w) for n, w in before[role].items()), f"{role} adapter did not move"
