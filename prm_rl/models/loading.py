@@ -14,7 +14,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from prm_rl.config import Config, ModelSection
 from prm_rl.errors import UsageError
-from prm_rl.models.lora import check_targets_of
+from prm_rl.models.lora import check_targets_of, lora_adapters
 from prm_rl.models.tiny import tiny_config
 from prm_rl.models.warm_start import _spec, ensure_warm_start
 
@@ -103,8 +103,7 @@ def start_checkpoint(cfg: Config, log=print) -> str:
 
 def check_lora_targets(cfg: Config) -> None:
     """Fail in seconds, before the warm start, when ``model.lora``/``prm.lora`` targets a module the model lacks."""
-    adapters = {option: lora for option, lora in (("model.lora", cfg.model.lora), ("prm.lora", cfg.prm.lora))
-                if lora.r}
+    adapters = lora_adapters(cfg.model, cfg.prm)
     if adapters:
         config = tiny_config(cfg.model.tiny) if cfg.model.path is None else AutoConfig.from_pretrained(cfg.model.path)
         check_targets_of(config, adapters)

@@ -19,10 +19,21 @@ from typing import Callable, ContextManager, Iterator
 
 import torch
 
-from prm_rl.config import ConfigError, LoraSection
+from prm_rl.config import ConfigError, LoraSection, ModelSection, PrmSection
 
 ADAPTER_PREFIX = "lora_"  # PEFT's adapter parameters are named lora_A.<adapter>, lora_B.<adapter>, ...
 BASE_LAYER = ".base_layer"  # PEFT wraps each targeted layer; the original weight sits under this name
+
+
+def lora_adapters(model: ModelSection, prm: PrmSection, *, policy: bool = True,
+                  uses_prm: bool = True) -> dict[str, tuple[str, LoraSection]]:
+    """The roles that are LoRA adapters (``r > 0``, among those the run has): role -> (its option, its settings)."""
+    adapters = {}
+    if policy and model.lora.r:
+        adapters["policy"] = ("model.lora", model.lora)
+    if uses_prm and prm.lora.r:
+        adapters["prm"] = ("prm.lora", prm.lora)
+    return adapters
 
 
 class SharedBase:
@@ -178,14 +189,14 @@ class AdapterView(torch.nn.Module):
         return Path(directory) / self.role
 
 
-def check_targets_of(config, adapters: dict[str, LoraSection]) -> None:
-    """Before anything loads: each adapter's ``target_modules`` (``{option: settings}``) name modules of the model
+def check_targets_of(config, adapters: dict[str, tuple[str, LoraSection]]) -> None:
+    """Before anything loads: each adapter's ``target_modules`` (:func:`lora_adapters`) name modules of the model
     ``config`` describes (its skeleton is built on the meta device: no weights, no memory)."""
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(config)
-    for option, lora in adapters.items():
+    for option, lora in adapters.values():
         _check_targets(skeleton, option, lora.target_modules)
 
 

@@ -392,19 +392,19 @@ def estimate(cfg: Config, world_size: int = 1, shape: ModelShape | None = None, 
     checkpointing = cfg.model.gradient_checkpointing
     generating, ref_generating = generation_rows(cfg, w)
 
-    def trained(name: str, rows: int, kv_rows: int, lora) -> ModelMemory:
+    def trained(name: str, rows: int, kv_rows: int, lora, option: str) -> ModelMemory:
         """A full model, or (``lora.r > 0``) an adapter: the same terms over its ``a`` parameters, but the
         activations, which run through the whole base (the base's own bytes are the ``base`` row's)."""
-        k = adapter_param_count(s, lora, f"{'model' if name == 'policy' else 'prm'}.lora") if lora.r else n
+        k = adapter_param_count(s, lora, option) if lora.r else n
         return ModelMemory(name, z, param_bytes(k, p, z, w, off), optimizer_bytes(k, p, z, w, off),
                            grads=0 if off and z == 3 else grad_bytes(k, p, z, w),  # offloaded: the host's fp32 ones
                            bucket=bucket_bytes(k, p, z, resident), gathered=0 if lora.r else gathered_bytes(n, p, z),
                            activations=train_activation_bytes(s, p, rows, length, checkpointing),
                            step=step_bytes(k, p, z, w, off), kv_cache=kv_cache_bytes(s, p, kv_rows, length))
 
-    models = [trained("policy", policy_rows(cfg, w, length), generating, cfg.model.lora)]
+    models = [trained("policy", policy_rows(cfg, w, length), generating, cfg.model.lora, "model.lora")]
     if cfg.algorithm.uses_prm:
-        models.append(trained("prm", prm_rows(cfg, w, length), 0, cfg.prm.lora))
+        models.append(trained("prm", prm_rows(cfg, w, length), 0, cfg.prm.lora, "prm.lora"))
     lora = cfg.model.lora.r or (cfg.algorithm.uses_prm and cfg.prm.lora.r)
     if lora:  # one frozen base under the adapters (and the reference): sharded at stage 3 like a trained model's
         models.append(ModelMemory("base", params=param_bytes(n, p, z, w, off), gathered=gathered_bytes(n, p, z)))

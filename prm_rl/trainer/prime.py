@@ -84,9 +84,7 @@ class PrimeTrainer(Job):
         cfg = self.cfg
         mc, ds = cfg.model, cfg.deepspeed
         roles = load_role_models(checkpoint, mc, cfg.prm, policy=True, uses_prm=cfg.algorithm.uses_prm,
-                                 reference=cfg.needs_reference, seed=cfg.trainer.seed)
-        if roles.shared is not None:
-            log(roles.shared.describe())
+                                 reference=cfg.needs_reference, seed=cfg.trainer.seed, log=log)
         policy = trainable_engine(roles.policy, ds, dtype=mc.dtype, lr=cfg.policy.learning_rate,
                                   weight_decay=cfg.policy.weight_decay, grad_clip=cfg.policy.grad_clip)
         prm = ref = None

@@ -72,9 +72,7 @@ class PrmTrainer(Job):
         mc = cfg.model
         p = cfg.prm
         roles = load_role_models(self.reference_path, mc, p, policy=False, uses_prm=True, reference=True,
-                                 seed=cfg.trainer.seed)
-        if roles.shared is not None:
-            log(roles.shared.describe())
+                                 seed=cfg.trainer.seed, log=log)
         self.prm = trainable_engine(roles.prm, cfg.deepspeed, dtype=mc.dtype, lr=p.learning_rate,
                                     weight_decay=p.weight_decay, grad_clip=p.grad_clip)
         self.ref = frozen_model(roles.ref, cfg.deepspeed, dtype=mc.dtype)

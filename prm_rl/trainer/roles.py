@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
-from prm_rl.config import LoraSection, ModelSection, PrmSection
+from prm_rl.config import ModelSection, PrmSection
 from prm_rl.models.loading import load_causal_lm
-from prm_rl.models.lora import SharedBase
+from prm_rl.models.lora import SharedBase, lora_adapters
 
 
 @dataclass
@@ -23,25 +23,15 @@ class RoleModels:
     shared: SharedBase | None  # the LoRA base the views share; None when no role is an adapter
 
 
-def lora_adapters(model: ModelSection, prm: PrmSection, *, policy: bool,
-                  uses_prm: bool) -> dict[str, tuple[str, LoraSection]]:
-    """The roles that are LoRA adapters: role -> (its option, its settings)."""
-    adapters = {}
-    if policy and model.lora.r:
-        adapters["policy"] = ("model.lora", model.lora)
-    if uses_prm and prm.lora.r:
-        adapters["prm"] = ("prm.lora", prm.lora)
-    return adapters
-
-
 def load_role_models(checkpoint: str, model: ModelSection, prm: PrmSection, *, policy: bool, uses_prm: bool,
-                     reference: bool, seed: int) -> RoleModels:
+                     reference: bool, seed: int, log=print) -> RoleModels:
     """Bare modules for each role the run needs (``policy``, ``uses_prm``, ``reference``), ready for DeepSpeed;
-    ``seed`` draws the adapters' initial weights."""
+    ``seed`` draws the adapters' initial weights; ``log`` gets one line on the shared base when there is one."""
     adapters = lora_adapters(model, prm, policy=policy, uses_prm=uses_prm)
     shared = None
     if adapters:
         shared = SharedBase(load_causal_lm(checkpoint, model.dtype, model.gradient_checkpointing), adapters, seed)
+        log(shared.describe())
 
     def role(name: str, wanted: bool, path: str) -> torch.nn.Module | None:
         if not wanted:

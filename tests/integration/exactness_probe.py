@@ -23,11 +23,10 @@ from prm_rl.config import Config, register_schema, to_config  # noqa: E402
 from prm_rl.engine import dist  # noqa: E402
 from prm_rl.engine.deepspeed_engine import frozen_model, full_parameters, trainable_engine  # noqa: E402
 from prm_rl.data import arithmetic  # noqa: E402
-from prm_rl.models.lora import ADAPTER_PREFIX, SharedBase  # noqa: E402
+from prm_rl.models.lora import ADAPTER_PREFIX, SharedBase, lora_adapters  # noqa: E402
 from prm_rl.models.tiny import TinyModelConfig, build_char_tokenizer, build_tiny_model  # noqa: E402
 from prm_rl.rollout.generate import Rollout, response_mask_from_ids  # noqa: E402
 from prm_rl.trainer import stages  # noqa: E402
-from prm_rl.trainer.roles import lora_adapters  # noqa: E402
 from prm_rl.trainer.step import LearnSections, learn  # noqa: E402
 
 REPO = __file__.rsplit("/tests/", 1)[0]
@@ -94,7 +93,7 @@ def run_case(overrides: list[str], out: Path) -> None:
         return built
 
     # LoRA (model.lora / prm.lora): the adapted roles are views of one base, model(0), and so is the reference
-    adapters = lora_adapters(cfg.model, cfg.prm, policy=True, uses_prm=True)
+    adapters = lora_adapters(cfg.model, cfg.prm)
     shared = SharedBase(model(0), adapters, seed=0) if adapters else None
     policy = trainable_engine(shared.view("policy") if "policy" in adapters else model(0), ds, dtype=dtype,
                               lr=cfg.policy.learning_rate, weight_decay=cfg.policy.weight_decay,

@@ -4,7 +4,6 @@ Real PEFT layers on the built-in tiny Llama; the DeepSpeed side (engines, ranks,
 tests/integration/test_rank_exactness.py and test_lora_runs.py."""
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
@@ -147,4 +146,5 @@ def test_lora_off_by_default_and_either_role_alone_is_accepted():
     assert to_config({}).model.lora.r == 0 and to_config({}).prm.lora.r == 0
     to_config({"model": {"lora": {"r": 8}}, "deepspeed": {"zero_stage": 3}})
     to_config({"prm": {"lora": {"r": 8}}, "deepspeed": {"zero_stage": 3}})
-    copy.deepcopy(to_config({"model": {"lora": {"r": 8, "target_modules": ["q_proj", "v_proj"]}}}))
+    targets = to_config({"model": {"lora": {"r": 8, "target_modules": ["q_proj", "v_proj"]}}}).model.lora.target_modules
+    assert list(targets) == ["q_proj", "v_proj"]
