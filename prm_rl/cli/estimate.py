@@ -3,8 +3,8 @@
     python -m prm_rl.cli.estimate +recipe=math_ppo [key=value ...] [--world-size N] [--gpu-gib 80] [--json]
 
 The config is composed from recipes/ as launch/train.py composes it. Prints a table in GiB per model and rank (or
-``--json`` bytes); exit 1 with one line when ``--gpu-gib`` is given and the device total exceeds it, exit 2 with
-one line on a bad config.
+``--json`` bytes); exit 1 with one line when ``--gpu-gib`` is given and the run does not fit it, exit 2 with
+one line on a bad config. With ``rollout.engine=vllm`` ``--gpu-gib`` is required: vLLM takes a share of it.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import json
 import sys
 
 from prm_rl.cli.startup import compose
-from prm_rl.errors import EXIT_USAGE, UsageError
+from prm_rl.errors import EXIT_USAGE, ConfigError, UsageError
 from prm_rl.trainer.memory import GIB, as_dict, estimate, fit_message, table
 
 
@@ -30,11 +30,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with contextlib.redirect_stdout(sys.stderr):  # "no recipe given" notes go to stderr, keeping --json clean
             cfg = compose(args.overrides, args.world_size)
-        est = estimate(cfg, args.world_size)
+        gpu_bytes = None if args.gpu_gib is None else int(args.gpu_gib * GIB)
+        if cfg.rollout.engine == "vllm" and gpu_bytes is None:
+            raise ConfigError("rollout.engine=vllm: vLLM takes rollout.vllm.gpu_memory_utilization of a GPU's "
+                              "memory: give --gpu-gib")
+        est = estimate(cfg, args.world_size, gpu_bytes=gpu_bytes)
     except UsageError as err:
         print(err.one_line(), file=sys.stderr)
         return EXIT_USAGE
-    warning = fit_message(est, int(args.gpu_gib * GIB)) if args.gpu_gib is not None else None
+    warning = fit_message(est, gpu_bytes) if gpu_bytes is not None else None
     if args.json:
         print(json.dumps({**as_dict(est), "gpu_gib": args.gpu_gib, "fits": warning is None}, indent=1))
     else:

@@ -15,13 +15,18 @@ Notation: ``n`` parameters of one model, ``P`` bytes per element of ``model.dtyp
   the step) with either the ``activations`` of the largest micro-batch forward/backward or the optimiser ``step``'s
   fp32 temporaries; or a generation's ``kv_cache``.
 
+With ``rollout.engine=vllm`` a rank also holds a vLLM engine (:class:`VllmMemory`), and its peak is the larger of
+two phases: vLLM sampling (everything held + vLLM's reservation) and the trainer's own work (everything held + the
+largest transient + vLLM's reservation if it stays awake, ``sleep_level`` 0). The policy then has no generation of
+its own: vLLM samples its rollouts, held-out accuracy and PRM evaluation.
+
 The DeepSpeed details were read in its source (0.19: runtime/engine.py, zero/stage_1_and_2.py, zero/stage3.py) and
 checked against the resident memory of CPU runs (bench/memory.py, docs/benchmarks/memory.md), where each term was
 seen except the reduce bucket's untouched pages.
 
 What it leaves out: the process itself (CUDA context, allocator fragmentation, on CPU the Python/torch/DeepSpeed
-baseline: measured in docs/benchmarks/memory.md), the rollout's small index tensors, and gradients of activations
-beyond the logits' and one layer's. Activations assume Hugging Face's ``sdpa`` attention (no ``[L, L]``
+baseline: measured in docs/benchmarks/memory.md), the rollout's small index tensors, gradients of activations
+beyond the logits' and one layer's, and (``kv_cache_gib`` set, CUDA graphs on) vLLM's CUDA graphs. Activations assume Hugging Face's ``sdpa`` attention (no ``[L, L]``
 attention matrix per head is kept) and Llama-style decoders (llama, mistral, qwen2, qwen3).
 """
 from __future__ import annotations
@@ -230,15 +235,16 @@ def layer_bytes_per_token(s: ModelShape, p: int) -> int:
     return norms + attention + 4 * s.intermediate * p
 
 
-def train_activation_bytes(s: ModelShape, p: int, rows: int, length: int, checkpointing: bool) -> int:
-    """Peak of one forward/backward over ``rows`` sequences of ``length`` tokens (``t = rows x length``):
+def train_activation_bytes(s: ModelShape, p: int, rows: int, length: int, checkpointing: bool, scored: int) -> int:
+    """Peak of one forward/backward over ``rows`` sequences of ``length`` tokens (``t = rows x length``), with
+    logits at ``scored`` positions a row (``u = rows x scored``):
 
     - every layer's :func:`layer_bytes_per_token` x ``t``; with gradient checkpointing only each layer's input
       ``[t, h]`` in the model dtype, plus one layer recomputed in full during the backward;
     - the attention mask ``[rows, 1, length, length]`` in the model dtype, shared by all layers;
     - the final RMSNorm (4h + 4 + 2hP per token) and the token ids (8 per token);
-    - the logits ``[t, V]`` and, in the backward, their gradient ``[t, V]`` (model dtype), the fp32 log-sum-exp
-      ``[t]`` and the fp32 chunk ``min(t V, LOGIT_CHUNK)`` that ``prm_rl.core.logprobs`` recomputes softmax in;
+    - the logits ``[u, V]`` and, in the backward, their gradient ``[u, V]`` (model dtype), the fp32 log-sum-exp
+      ``[u]`` and the fp32 chunk ``min(u V, LOGIT_CHUNK)`` that ``prm_rl.core.logprobs`` recomputes softmax in;
     - one layer's backward workspace: gradients of the MLP's ``[t, 2i]`` and of the residual ``[t, 2h]``.
     """
     t = rows * length
@@ -246,24 +252,118 @@ def train_activation_bytes(s: ModelShape, p: int, rows: int, length: int, checkp
     layers = (s.layers * s.hidden * p + layer) if checkpointing else s.layers * layer
     mask = rows * length * length * p
     head = (4 * s.hidden + 4 + 2 * s.hidden * p + 8) * t
-    logits = 2 * t * s.vocab * p + 4 * t + 4 * min(t * s.vocab, LOGIT_CHUNK)
+    logits = 2 * logit_bytes(s, p, rows * scored)
+    logits += 4 * rows * scored + 4 * min(rows * scored * s.vocab, LOGIT_CHUNK)
     workspace = (2 * s.intermediate + 2 * s.hidden) * p * t
     return layers * t + mask + head + logits + workspace
 
 
-def forward_activation_bytes(s: ModelShape, p: int, rows: int, length: int) -> int:
-    """Peak of a forward without gradients (reference and old log-probs): the logits ``[t, V]``, the fp32
-    log-sum-exp and chunk, the mask, and one layer's working set (q, k, v, output ``[t, H d]`` and the MLP's
-    ``[t, 3i]``) and residual ``[t, 2h]``."""
-    t = rows * length
-    layer = (4 * s.heads * s.head_dim + 3 * s.intermediate + 2 * s.hidden) * p
-    return t * s.vocab * p + 4 * t + 4 * min(t * s.vocab, LOGIT_CHUNK) + rows * length * length * p + layer * t
+def forward_activation_bytes(s: ModelShape, p: int, rows: int, length: int, scored: int) -> int:
+    """Peak of a forward without gradients (reference and old log-probs): the logits ``[u, V]`` (``u = rows x
+    scored``), the fp32 log-sum-exp ``[u]`` and chunk, the mask, and one layer's working set
+    (:func:`layer_working_bytes`) over ``t = rows x length`` tokens."""
+    t, u = rows * length, rows * scored
+    logits = logit_bytes(s, p, u) + 4 * u + 4 * min(u * s.vocab, LOGIT_CHUNK)
+    return logits + rows * length * length * p + layer_working_bytes(s, p) * t
+
+
+def logit_bytes(s: ModelShape, p: int, positions: int) -> int:
+    """Logits ``[positions, V]`` in the model dtype. The forwards ask for them only where a response token is
+    predicted (``logits_to_keep``, prm_rl/models/forward.py): ``max_new_tokens + 1`` positions a row, not the
+    prompt's."""
+    return positions * s.vocab * p
+
+
+def layer_working_bytes(s: ModelShape, p: int) -> int:
+    """Per token, what one layer's forward without gradients holds at once: q, k, v and the attention output
+    ``[H d]`` each, the MLP's gate, up and product ``[i]`` each, the residual and its normalised copy ``[h]``."""
+    return (4 * s.heads * s.head_dim + 3 * s.intermediate + 2 * s.hidden) * p
 
 
 def kv_cache_bytes(s: ModelShape, p: int, rows: int, length: int) -> int:
     """Hugging Face's generation cache: keys and values of every layer, ``[rows, kv_heads, length, d]`` each,
     in the model dtype."""
     return rows * s.layers * 2 * s.kv_heads * s.head_dim * length * p
+
+
+# ------------------------------------------------------------------------------------------ vLLM's engine
+# Tokens and sequences of one vLLM engine step: vLLM 0.32's defaults for its LLM class (engine/arg_utils.py,
+# get_batch_defaults), which the trainer keeps. Its start-up profile run takes activations for a step this size.
+VLLM_STEP_LARGE_GPU = (16384, 1024)  # a GPU of 70 GiB or more (H100, H200; an A100 gets the next line's)
+VLLM_STEP_GPU = (8192, 256)
+VLLM_STEP_CPU = (4096, 256)
+
+
+@dataclass
+class VllmMemory:
+    """vLLM's engine on one rank, bytes. vLLM (v1 worker, ``request_memory``) refuses to start unless
+    ``gpu_memory_utilization x device memory`` is free beside what the trainer's engines already hold; that share
+    then holds its weights, the activations of its profile run, CUDA graphs and, in what is left, its KV cache.
+    With ``kv_cache_gib`` set the KV cache is that size instead (``kv_cache_memory_bytes``, which ignores the share
+    for sizing), and vLLM holds weights + KV cache + profile run (the start-up check is made all the same)."""
+
+    utilization: float  # rollout.vllm.gpu_memory_utilization
+    sleep_level: int  # rollout.vllm.sleep_level, null resolved (:func:`vllm_sleep_level`)
+    requested: int  # utilization x device memory: what must be free when vLLM starts (0 on CPU: no such check)
+    weights: int  # its own copy of the policy's weights, in the model dtype
+    profile: int  # activations of its profile run (:func:`vllm_profile_bytes`)
+    kv_cache: int  # its KV cache
+    reservation: int  # what it holds while awake: the share, or weights + kv_cache + profile with kv_cache_gib
+    sequence_kv: int  # KV cache of one sequence of max_model_len tokens: vLLM will not start with less
+    sync: int  # one full parameter, copied for it at each weight sync beside its reservation
+
+    @property
+    def held_in_update(self) -> int:
+        """Its device bytes while the trainer works: all of them at sleep level 0 (it stays awake), none at 1 and 2
+        (level 1 moves the weights to host memory, level 2 drops them; both drop the KV cache)."""
+        return self.reservation if self.sleep_level == 0 else 0
+
+    @property
+    def host(self) -> int:
+        """Host bytes: its weights while asleep at level 1."""
+        return self.weights if self.sleep_level == 1 else 0
+
+
+def vllm_sleep_level(settings, gpu: bool) -> int:
+    """``rollout.vllm.sleep_level``; null (auto) is 2 on a GPU and 0 on CPU, where vLLM cannot sleep."""
+    level = getattr(settings, "sleep_level", 0)
+    return (2 if gpu else 0) if level is None else level
+
+
+def vllm_step(gpu_bytes: int | None) -> tuple[int, int]:
+    """(tokens, sequences) of one vLLM engine step on this device (None: CPU)."""
+    if gpu_bytes is None:
+        return VLLM_STEP_CPU
+    return VLLM_STEP_LARGE_GPU if gpu_bytes >= 70 * GIB else VLLM_STEP_GPU
+
+
+def vllm_profile_bytes(s: ModelShape, p: int, tokens: int, sequences: int) -> int:
+    """Activations of vLLM's start-up profile run (``profile_run``: a forward of one engine step and a sampler run),
+    which it keeps free beside weights and KV cache: one layer's working set over the step's tokens and, per
+    sequence, the sampler's fp32 logits, probabilities and log-probabilities ``[V]`` each."""
+    return tokens * layer_working_bytes(s, p) + 3 * 4 * sequences * s.vocab
+
+
+def vllm_memory(settings, s: ModelShape, p: int, auto_len: int, gpu_bytes: int | None) -> VllmMemory:
+    """vLLM's engine with ``rollout.vllm`` ``settings`` on one rank, on a GPU of ``gpu_bytes`` (None: on CPU, where
+    prm_rl/rollout/vllm_engine.py gives it a KV cache of ``kv_cache_gib`` or CPU_KV_CACHE_GIB, and no share).
+    ``auto_len``: ``max_model_len`` when that is null (``data.max_prompt_tokens + rollout.max_new_tokens``)."""
+    from prm_rl.rollout.vllm_engine import CPU_KV_CACHE_GIB
+
+    gpu = gpu_bytes is not None
+    weights = param_count(s) * p
+    profile = vllm_profile_bytes(s, p, *vllm_step(gpu_bytes))
+    requested = math.ceil(gpu_bytes * settings.gpu_memory_utilization) if gpu else 0
+    kv_gib = settings.kv_cache_gib if settings.kv_cache_gib is not None or gpu else CPU_KV_CACHE_GIB
+    if kv_gib is None:  # the share, filled: the KV cache takes what weights and profile run leave
+        kv_cache, reservation = requested - weights - profile, requested
+    else:
+        kv_cache = int(kv_gib * GIB)  # as vllm_engine.py hands it to vLLM
+        reservation = weights + kv_cache + profile
+    max_len = getattr(settings, "max_model_len", None) or auto_len
+    largest = max(s.vocab, s.intermediate) * s.hidden * p  # the embedding (or lm_head), else an MLP matrix
+    return VllmMemory(settings.gpu_memory_utilization, vllm_sleep_level(settings, gpu), requested, weights, profile,
+                      kv_cache, reservation, kv_cache_bytes(s, p, 1, max_len), largest)
 
 
 # ------------------------------------------------------------------------------- batch sizes from the config
@@ -371,26 +471,52 @@ class Estimate:
     params_per_model: int
     tokens_per_row: int  # longest prompt + rollout.max_new_tokens
     models: list[ModelMemory]
+    vllm: VllmMemory | None = None  # rollout.engine=vllm
+
+    @property
+    def static_device(self) -> int:
+        """Device bytes the models hold for the run."""
+        return sum(m.static.device for m in self.models)
+
+    @property
+    def trainer_phase(self) -> int:
+        """Peak of the trainer's own work (updates, forwards, its own generations): everything held, the largest
+        transient of any model, and vLLM's bytes if it stays awake."""
+        awake = self.vllm.held_in_update if self.vllm else 0
+        return self.static_device + max(m.transient for m in self.models) + awake
+
+    @property
+    def vllm_phase(self) -> int:
+        """Peak while vLLM samples or takes the policy's weights: everything held, its reservation, one parameter
+        in transit. 0 without vLLM."""
+        return self.static_device + self.vllm.reservation + self.vllm.sync if self.vllm else 0
 
     @property
     def device(self) -> int:
-        """Peak on one rank's device: every model's static bytes plus the largest transient of any model."""
-        return sum(m.static.device for m in self.models) + max(m.transient for m in self.models)
+        """Peak on one rank's device: the larger phase."""
+        return max(self.trainer_phase, self.vllm_phase)
 
     @property
     def host(self) -> int:
-        return sum(m.static.host for m in self.models)
+        return sum(m.static.host for m in self.models) + (self.vllm.host if self.vllm else 0)
 
 
-def estimate(cfg: Config, world_size: int = 1, shape: ModelShape | None = None, resident: bool = False) -> Estimate:
+def estimate(cfg: Config, world_size: int = 1, shape: ModelShape | None = None, resident: bool = False,
+             gpu_bytes: int | None = None) -> Estimate:
     """The per-rank memory of a PRIME run of ``cfg`` on ``world_size`` ranks (``shape``: default
-    :func:`model_shape`; ``resident``: the resident memory of a CPU run, see :func:`bucket_bytes`)."""
+    :func:`model_shape`; ``resident``: the resident memory of a CPU run, see :func:`bucket_bytes`; ``gpu_bytes``:
+    one GPU's memory, which vLLM takes its share of; None = a CPU run)."""
     s = shape or model_shape(cfg)
     n, p = param_count(s), 2 if cfg.model.dtype == "bfloat16" else 4
     z, w, off = cfg.deepspeed.zero_stage, world_size, cfg.deepspeed.offload
     length = prompt_tokens(cfg) + cfg.rollout.max_new_tokens
+    scored = cfg.rollout.max_new_tokens + 1  # positions a row with logits (logit_bytes)
     checkpointing = cfg.model.gradient_checkpointing
     generating, ref_generating = generation_rows(cfg, w)
+    vllm = None
+    if cfg.rollout.engine == "vllm":  # it samples for the policy; the reference's one-off samples stay hf's
+        vllm = vllm_memory(cfg.rollout.vllm, s, p, cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens, gpu_bytes)
+        generating = 0
 
     def trained(name: str, rows: int, kv_rows: int, lora, option: str) -> ModelMemory:
         """A full model, or (``lora.r > 0``) an adapter: the same terms over its ``a`` parameters, but the
@@ -399,7 +525,7 @@ def estimate(cfg: Config, world_size: int = 1, shape: ModelShape | None = None, 
         return ModelMemory(name, z, param_bytes(k, p, z, w, off), optimizer_bytes(k, p, z, w, off),
                            grads=0 if off and z == 3 else grad_bytes(k, p, z, w),  # offloaded: the host's fp32 ones
                            bucket=bucket_bytes(k, p, z, resident), gathered=0 if lora.r else gathered_bytes(n, p, z),
-                           activations=train_activation_bytes(s, p, rows, length, checkpointing),
+                           activations=train_activation_bytes(s, p, rows, length, checkpointing, scored),
                            step=step_bytes(k, p, z, w, off), kv_cache=kv_cache_bytes(s, p, kv_rows, length))
 
     models = [trained("policy", policy_rows(cfg, w, length), generating, cfg.model.lora, "model.lora")]
@@ -410,7 +536,7 @@ def estimate(cfg: Config, world_size: int = 1, shape: ModelShape | None = None, 
         models.append(ModelMemory("base", params=param_bytes(n, p, z, w, off), gathered=gathered_bytes(n, p, z)))
     if cfg.needs_reference and lora:  # the base with the adapters off: its forwards and sampling only
         models.append(ModelMemory("reference", activations=forward_activation_bytes(s, p, forward_rows(cfg, w, length),
-                                                                                    length),
+                                                                                    length, scored),
                                   kv_cache=kv_cache_bytes(s, p, ref_generating, length)))
     elif cfg.needs_reference:
         # engine/deepspeed_engine.py frozen_model: a ZeRO-3 engine over several ranks, else a plain module, on the
@@ -419,30 +545,60 @@ def estimate(cfg: Config, world_size: int = 1, shape: ModelShape | None = None, 
         offloaded = cfg.model.offload_reference and not sharded
         visiting = n * p if offloaded else 0
         params = Bytes(0, n * p) if offloaded else param_bytes(n, p, 3 if sharded else 0, w, off)
-        forward = forward_activation_bytes(s, p, forward_rows(cfg, w, length), length)
+        forward = forward_activation_bytes(s, p, forward_rows(cfg, w, length), length, scored)
         models.append(ModelMemory("reference", params=params, gathered=gathered_bytes(n, p, z, sharded),
                                   activations=visiting + forward,
                                   kv_cache=visiting + kv_cache_bytes(s, p, ref_generating, length)))
-    return Estimate(w, n, length, models)
+    return Estimate(w, n, length, models, vllm)
 
 
 def fit_message(est: Estimate, capacity_bytes: int) -> str | None:
-    if est.device <= capacity_bytes:
+    """None when one rank's estimated peak fits in ``capacity_bytes``, else one line with the figures: the peak
+    (vLLM's reservation in it) and, where vLLM's share is part of what does not fit, the option that sets it."""
+    v = est.vllm
+    share = max(v.requested, v.reservation) if v else 0  # vLLM needs the requested share free even when it holds less
+    share_short = v is not None and (est.static_device + share > capacity_bytes or est.vllm_phase > capacity_bytes)
+    awake_short = v is not None and v.held_in_update > 0 and est.trainer_phase > capacity_bytes
+    kv_short = v is not None and v.kv_cache < v.sequence_kv
+    if est.device <= capacity_bytes and not share_short and not kv_short:
         return None
-    return (f"estimate: {est.device / GIB:.1f} GiB per rank does not fit in {capacity_bytes / GIB:.1f} GiB "
-            f"({est.world_size} ranks; python -m prm_rl.cli.estimate shows the terms)")
+
+    def gib(x: int) -> str:
+        return f"{x / GIB:.1f} GiB"
+
+    line = f"estimate: {gib(est.device)} per rank"
+    if v is not None:
+        line += f" (vLLM's {gib(v.reservation)} included)"
+    line += f" does not fit in {gib(capacity_bytes)} ({est.world_size} ranks; python -m prm_rl.cli.estimate shows " \
+            "the terms)"
+    if share_short or awake_short:
+        line += (f"; rollout.vllm.gpu_memory_utilization={v.utilization} takes {gib(share)} beside the "
+                 f"{gib(est.static_device)} the trainer's models hold")
+        line += ": lower it" if share_short else " and keeps it through the update (sleep_level 0): lower it or sleep"
+    if kv_short:
+        line += (f"; vLLM's KV cache, {gib(v.kv_cache)} after its weights ({gib(v.weights)}) and profile run "
+                 f"({gib(v.profile)}), holds less than one max_model_len sequence ({gib(v.sequence_kv)}): raise "
+                 "rollout.vllm.gpu_memory_utilization or set rollout.vllm.kv_cache_gib")
+    return line
 
 
-def check_fits(cfg: Config, world_size: int, capacity_bytes: int) -> str | None:
-    """None when the estimated device peak of one rank fits in ``capacity_bytes``, else a one-line warning."""
-    return fit_message(estimate(cfg, world_size), capacity_bytes)
+def check_fits(cfg: Config, world_size: int, capacity_bytes: int, gpu: bool = True) -> str | None:
+    """:func:`fit_message` of the estimate on ``world_size`` ranks with ``capacity_bytes`` each: one GPU's memory
+    (``gpu``), else a CPU run's share of host memory."""
+    return fit_message(estimate(cfg, world_size, gpu_bytes=capacity_bytes if gpu else None), capacity_bytes)
+
+
+def has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def machine_capacity(world_size: int) -> int:
     """Bytes one rank may use here: one GPU's memory, or without a GPU the host memory shared by this node's ranks."""
     import torch
 
-    if torch.cuda.is_available():
+    if has_gpu():
         return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
     # the DeepSpeed launcher's LOCAL_SIZE, torchrun's LOCAL_WORLD_SIZE; our own CPU ranks are all local
     ranks_here = int(os.environ.get("LOCAL_SIZE") or os.environ.get("LOCAL_WORLD_SIZE") or world_size)
@@ -453,7 +609,7 @@ def launch_warning(cfg: Config, world_size: int) -> str | None:
     """:func:`check_fits` against :func:`machine_capacity`, for the trainer to print before its models load;
     None when the run fits or its model's shape cannot be read (no estimate, no warning)."""
     try:
-        return check_fits(cfg, world_size, machine_capacity(world_size))
+        return check_fits(cfg, world_size, machine_capacity(world_size), has_gpu())
     except EstimateError:
         return None
 
@@ -463,16 +619,22 @@ COLUMNS = ("params", "grads", "optimizer", "bucket", "gathered", "activations", 
 
 
 def as_dict(est: Estimate) -> dict:
-    """The estimate as plain numbers (bytes), for ``--json`` and the benchmark."""
+    """The estimate as plain numbers (bytes), for ``--json`` and the benchmark; ``vllm`` is null with the hf
+    engine."""
+    vllm = None
+    if est.vllm is not None:
+        vllm = {**asdict(est.vllm), "held_in_update": est.vllm.held_in_update, "host": est.vllm.host}
     return {"world_size": est.world_size, "params_per_model": est.params_per_model,
             "tokens_per_row": est.tokens_per_row,
             "models": {m.name: {**asdict(m), "static": asdict(m.static), "transient": m.transient}
                        for m in est.models},
+            "vllm": vllm, "phases": {"trainer": est.trainer_phase, "vllm": est.vllm_phase},
             "total": {"device": est.device, "host": est.host}}
 
 
 def table(est: Estimate) -> str:
-    """A text table in GiB: a row per model (its device peak: its static bytes + its largest transient), a total."""
+    """A text table in GiB: a row per model (its device peak: its static bytes + its largest transient), vLLM's
+    row (its weights, profile run and KV cache; 'device': what it holds awake), a total."""
     def gib(x: int) -> str:
         return f"{x / GIB:.3f}"
 
@@ -482,6 +644,11 @@ def table(est: Estimate) -> str:
         values = [m.params.device, m.grads, m.optimizer.device, m.bucket, m.gathered, m.activations, m.step,
                   m.kv_cache]
         rows.append([m.name, *map(gib, values), gib(m.static.device + m.transient), gib(m.static.host)])
+    v = est.vllm
+    if v is not None:
+        by_column = {"params": v.weights, "activations": v.profile, "kv_cache": v.kv_cache}
+        rows.append(["vllm", *[gib(by_column[c]) if c in by_column else "" for c in COLUMNS], gib(v.reservation),
+                     gib(v.host)])
     rows.append(["total/rank", *[""] * len(COLUMNS), gib(est.device), gib(est.host)])
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(str(c).rjust(w) for c, w in zip(r, widths)) for r in [head, *rows]]
@@ -490,4 +657,10 @@ def table(est: Estimate) -> str:
             "run: params, optimizer, gathered, and grads and bucket at ZeRO-3; below it grads and bucket exist only "
             "while that model updates. A rank's peak: everything held plus the largest transient of any one model (an "
             "update: grads + bucket + activations or step; a generation: kv_cache).")
+    if v is not None:
+        awake = "stays awake through it" if v.sleep_level == 0 else f"sleeps through it (level {v.sleep_level})"
+        note += (f" vLLM samples the policy's rows (rollout.vllm.gpu_memory_utilization={v.utilization}; 'params': "
+                 f"its weights, 'activations': its profile run): the peak is the larger of the trainer's work, "
+                 f"{gib(est.trainer_phase)}, where vLLM {awake}, and vLLM's sampling, {gib(est.vllm_phase)} "
+                 f"(everything held + its {gib(v.reservation)} + a parameter in transit, {gib(v.sync)}).")
     return "\n".join([*lines, note])

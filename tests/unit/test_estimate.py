@@ -3,6 +3,7 @@ against hand-derived values, the CLI."""
 from __future__ import annotations
 
 import copy
+import math
 import dataclasses
 import json
 
@@ -258,3 +259,125 @@ def test_cli_config_errors_are_one_line_exit_2(capsys):
     assert estimate_main([*SMALL, "rollout.prompts_per_step=3", "--world-size", "2"]) == 2
     assert capsys.readouterr().err.strip() == ("config error: rollout.prompts_per_step=3: must divide evenly over 2 "
                                                "ranks")
+
+
+# ------------------------------------------------------------------------------------------------ vLLM's engine
+GPU = 80 * est.GIB
+
+
+def with_vllm(cfg, **settings):
+    """``cfg`` sampling with vLLM, ``rollout.vllm.<key>=value`` for each of ``settings``."""
+    return with_(cfg, rollout__engine="vllm", rollout__vllm=dataclasses.replace(cfg.rollout.vllm, **settings))
+
+
+def test_logits_are_counted_at_the_response_positions_only():
+    """logits_to_keep: a longer prompt adds layer activations but no logits; each scored position adds its logits,
+    their gradient (model dtype), its fp32 log-sum-exp and (under the chunk cap) its fp32 softmax chunk."""
+    shape = est.shape_of_tiny(TINY, 28)
+    grown = est.train_activation_bytes(shape, 4, 3, 50, False, 11) - est.train_activation_bytes(shape, 4, 3, 50, False, 10)
+    assert grown == 3 * (2 * 28 * 4 + 4 + 4 * 28)
+    forward = est.forward_activation_bytes(shape, 4, 3, 50, 11) - est.forward_activation_bytes(shape, 4, 3, 50, 10)
+    assert forward == 3 * (28 * 4 + 4 + 4 * 28)
+
+
+def test_the_vllm_term_is_there_with_vllm_and_not_with_hf(cfg):
+    shape = est.shape_of_tiny(TINY, 28)
+    hf = est.estimate(cfg, 2, shape, gpu_bytes=GPU)
+    vllm = est.estimate(with_vllm(cfg), 2, shape, gpu_bytes=GPU)
+    assert hf.vllm is None and est.as_dict(hf)["vllm"] is None
+    assert vllm.vllm is not None and est.as_dict(vllm)["vllm"]["reservation"] == vllm.vllm.reservation > 0
+    assert "vllm" not in est.table(hf) and "\n      vllm" in est.table(vllm)
+
+
+def test_no_hf_kv_cache_for_what_vllm_samples(cfg):
+    """vLLM samples the policy's rollouts, held-out and PRM-evaluation rows; the reference still samples its own."""
+    shape = est.shape_of_tiny(TINY, 28)
+    hf = {m.name: m for m in est.estimate(cfg, 2, shape).models}
+    vllm = {m.name: m for m in est.estimate(with_vllm(cfg), 2, shape, gpu_bytes=GPU).models}
+    assert hf["policy"].kv_cache > 0 and vllm["policy"].kv_cache == 0
+    assert vllm["reference"].kv_cache == hf["reference"].kv_cache > 0
+
+
+def test_vllms_share_is_held_through_the_update_at_sleep_level_0_only(cfg):
+    shape = est.shape_of_tiny(TINY, 28)
+    awake = est.estimate(with_vllm(cfg, gpu_memory_utilization=0.3, sleep_level=0), 2, shape, gpu_bytes=GPU)
+    asleep = est.estimate(with_vllm(cfg, gpu_memory_utilization=0.3, sleep_level=2), 2, shape, gpu_bytes=GPU)
+    share = 24 * est.GIB  # 0.3 x 80 GiB
+    assert awake.vllm.reservation == asleep.vllm.reservation == awake.vllm.requested == share
+    trainer = awake.static_device + max(m.transient for m in awake.models)
+    assert awake.trainer_phase == trainer + share and asleep.trainer_phase == trainer
+    # the sampling phase: one full parameter in transit, here the MLP's [32, 16] in fp32 (wider than the 28-row
+    # embedding)
+    assert awake.vllm.sync == 32 * 16 * 4
+    assert awake.vllm_phase == asleep.vllm_phase == asleep.static_device + share + 32 * 16 * 4
+    assert awake.device == trainer + share and asleep.device == asleep.vllm_phase
+    assert awake.host == asleep.host == 0
+
+
+def test_sleep_level_1_keeps_vllms_weights_in_host_memory(cfg):
+    shape = est.shape_of_tiny(TINY, 28)
+    e = est.estimate(with_vllm(cfg, sleep_level=1), 2, shape, gpu_bytes=GPU)
+    assert e.vllm.weights == 3056 * 4 and e.host == 3056 * 4  # the tiny model's parameters in fp32
+    assert e.trainer_phase == e.static_device + max(m.transient for m in e.models)
+
+
+def test_sleep_level_null_is_2_on_a_gpu_and_0_on_cpu(cfg):
+    auto = with_vllm(cfg).rollout.vllm
+    auto.sleep_level = None
+    assert est.vllm_sleep_level(auto, gpu=True) == 2 and est.vllm_sleep_level(auto, gpu=False) == 0
+    assert est.vllm_sleep_level(with_vllm(cfg, sleep_level=1).rollout.vllm, gpu=True) == 1
+
+
+def test_a_set_kv_cache_holds_weights_kv_cache_and_profile_run(cfg):
+    shape = est.shape_of_tiny(TINY, 28)
+    e = est.estimate(with_vllm(cfg, kv_cache_gib=2.0), 2, shape, gpu_bytes=GPU).vllm
+    # profile run on an 80 GiB GPU: 16384 tokens x one layer's working set (q, k, v, out 4 x 16; gate, up,
+    # product 3 x 32; residual and its norm 2 x 16; fp32) + 1024 sequences x 3 fp32 [28] sampler tensors
+    profile = 16384 * (4 * 16 + 3 * 32 + 2 * 16) * 4 + 1024 * 3 * 4 * 28
+    assert e.profile == profile
+    assert e.kv_cache == 2 * est.GIB and e.reservation == 3056 * 4 + 2 * est.GIB + profile
+    assert e.requested == math.ceil(0.3 * GPU)  # still checked free when vLLM starts
+    on_cpu = est.estimate(with_vllm(cfg), 2, shape).vllm  # the CPU engine's cache: CPU_KV_CACHE_GIB, no share
+    assert on_cpu.kv_cache == est.GIB // 2 and on_cpu.requested == 0
+
+
+def test_the_warning_names_gpu_memory_utilization_when_vllms_share_does_not_fit(cfg, monkeypatch):
+    shape = est.shape_of_tiny(TINY, 28)
+    e = est.estimate(with_vllm(cfg, gpu_memory_utilization=0.9), 2, shape, gpu_bytes=GPU)
+    assert est.fit_message(e, GPU) is None  # 72 GiB beside the tiny models' few
+    # the same share of a GPU the models already fill a quarter of: vLLM would not start
+    tight = est.fit_message(e, e.static_device + e.vllm.requested - 1)
+    assert "(vLLM's 72.0 GiB included)" in tight
+    assert "rollout.vllm.gpu_memory_utilization=0.9 takes 72.0 GiB beside the" in tight and tight.endswith("lower it")
+    # the trainer warns with it: the built-in model on a 20 GiB GPU, where 0.9 of it fits beside the models' few MiB
+    # but not beside an update's 2 GiB as well (DeepSpeed's reduce buckets) at sleep level 0
+    monkeypatch.setattr(est, "has_gpu", lambda: True)
+    monkeypatch.setattr(est, "machine_capacity", lambda world_size: 20 * est.GIB)
+    warning = est.launch_warning(with_vllm(cfg, gpu_memory_utilization=0.9, sleep_level=0), 2)
+    assert warning.startswith("estimate: ") and warning.endswith(
+        "rollout.vllm.gpu_memory_utilization=0.9 takes 18.0 GiB beside the 0.0 GiB the trainer's models hold and keeps "
+        "it through the update (sleep_level 0): lower it or sleep")
+    assert est.launch_warning(with_vllm(cfg, gpu_memory_utilization=0.9, sleep_level=2), 2) is None
+    assert est.launch_warning(with_vllm(cfg, gpu_memory_utilization=0.5, sleep_level=0), 2) is None
+
+
+def test_a_share_too_small_for_one_sequence_is_refused(cfg):
+    shape = est.shape_of_tiny(TINY, 28)
+    e = est.estimate(with_vllm(cfg, gpu_memory_utilization=0.05), 2, shape, gpu_bytes=100 * 2**20)
+    # 5 MiB of a 100 MiB device: less than weights and the profile run of a small GPU's step (8192 tokens x 768 +
+    # 256 sequences x 3 x 4 x 28 bytes)
+    assert e.vllm.profile == 8192 * 768 + 256 * 3 * 4 * 28 and e.vllm.kv_cache < 0
+    assert "holds less than one max_model_len sequence" in est.fit_message(e, 100 * 2**20)
+    roomy = est.estimate(with_vllm(cfg, gpu_memory_utilization=0.5), 2, shape, gpu_bytes=100 * 2**20)
+    # 50 MiB: room for one sequence of the tiny model (the run still does not fit: DeepSpeed's 2 GiB of buckets)
+    assert "max_model_len" not in est.fit_message(roomy, 100 * 2**20)
+
+
+def test_cli_vllm_needs_the_gpus_memory_and_reports_its_term(capsys):
+    assert estimate_main([*SMALL, "rollout.engine=vllm", "--world-size", "2"]) == 2
+    assert capsys.readouterr().err.strip() == ("config error: rollout.engine=vllm: vLLM takes "
+                                               "rollout.vllm.gpu_memory_utilization of a GPU's memory: give --gpu-gib")
+    assert estimate_main([*SMALL, "rollout.engine=vllm", "--world-size", "2", "--gpu-gib", "80", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["vllm"]["reservation"] == report["vllm"]["requested"] == 24 * est.GIB  # base.yaml's 0.3
+    assert report["total"]["device"] == max(report["phases"].values())
