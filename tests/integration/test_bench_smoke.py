@@ -102,3 +102,44 @@ def test_prm_sweep_with_no_matching_variant_is_one_line_before_any_run(tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("prm_sweep.py: error: --only no-such-variant: no variant")
     assert not (tmp_path / "runs").exists() and not (tmp_path / "sweep.json").exists()
+
+
+def run_gpu_check(tmp_path, *flags: str) -> dict:
+    """bench/gpu_check.sh with ``flags``, its model and logs under tmp_path; returns its JSON."""
+    out = tmp_path / "gpu_check"
+    proc = subprocess.run(["bench/gpu_check.sh", *flags, "--out", str(out), "--work", str(tmp_path / "work")],
+                          cwd=REPO, env=environment(PYTHON=sys.executable), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(out.with_suffix(".json").read_text())
+
+
+def test_gpu_check_dry_run_plans_the_four_runs_with_their_estimates(tmp_path):
+    """The GPU check's plan on a CPU: the Qwen2-0.5B shape's config (no weights), the four commands, the estimator's
+    figure for each; nothing trains."""
+    report = run_gpu_check(tmp_path, "--dry-run")
+    assert report["mode"] == "dry-run" and report["parameters"] == 494_032_768  # Qwen2.5-0.5B's count
+    assert list(report["runs"]) == ["hf-zero2", "vllm-zero2", "hf-zero3", "vllm-zero3"]
+    for run in report["runs"].values():
+        command = run["command"].split()
+        assert command[:2] == ["python", "launch/train.py"] and "model.dtype=bfloat16" in command
+        assert {f"deepspeed.zero_stage={run['zero_stage']}", f"rollout.engine={run['engine']}",
+                "trainer.max_steps=3"} <= set(command)
+        assert ("rollout.vllm.sleep_level=2" in command) == (run["engine"] == "vllm")
+        assert run["estimate"]["device_gib"] > 0 and "train" not in run
+    assert not (tmp_path / "work" / "model_qwen2.5-0.5b" / "model.safetensors").exists()  # config and tokenizer only
+    assert "| vllm-zero3 | dry-run |" in (tmp_path / "gpu_check.md").read_text()
+
+
+@pytest.mark.slow
+def test_gpu_check_tiny_runs_the_driver_end_to_end(tmp_path):
+    """--tiny: one tiny run of one step on the CPU through the driver: its metrics read back, its run directory
+    deleted, its log and metrics kept."""
+    run = run_gpu_check(tmp_path, "--tiny")["runs"]["hf-zero2"]
+    result = run["train"]
+    assert result["status"] == "ok" and result["exit_code"] == 0 and result["steps_logged"] == 1
+    assert result["tokens_per_second"][0] > 0 and result["step_seconds"][0] > 0 and result["mem_peak_gb"] > 0
+    assert result["seconds_to_first_step"] > 0 and run["estimate"]["device_gib"] > 0
+    assert not (tmp_path / "work" / "run" / "hf-zero2").exists()
+    assert (tmp_path / "work" / "logs" / "hf-zero2.metrics.jsonl").exists()
+    assert "| hf-zero2 | ok |" in (tmp_path / "gpu_check.md").read_text()
