@@ -71,6 +71,9 @@ class LoraSection:
         # Whether the model has the target modules is checked when the adapter is built (models/lora.py).
 
 
+ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
+
+
 @dataclass
 class ModelSection:
     """The starting checkpoint: policy, PRM and reference all start from it"""
@@ -87,11 +90,14 @@ class ModelSection:
     """trade compute for activation memory in policy and PRM updates"""
     offload_reference: bool = False
     """keep the frozen reference in host memory, on the GPU only for its forwards (no effect on CPU or at ZeRO-3)"""
+    attn_implementation: str = "auto"
+    """auto | sdpa | eager | flash_attention_2: attention kernel; auto = flash_attention_2 where flash-attn imports on a GPU, else sdpa"""
     lora: LoraSection = field(default_factory=LoraSection)
     """the policy as a LoRA adapter (docs/algorithm.md, LoRA)"""
 
     def check(self) -> None:
         _choice("model.dtype", self.dtype, ("float32", "bfloat16"))
+        _choice("model.attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
         self.lora.check("model.lora")
         # What model.path and model.tokenizer_path name is checked by models.loading.check_model_source.
 

@@ -11,8 +11,25 @@ A bad argument, path or input row is one line on stderr and exit 2 (:mod:`prm_rl
 """
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
+
+import torch
+
+
+def add_placement_arguments(parser: argparse.ArgumentParser, dtype_of_run: bool = False) -> None:
+    """``--device`` and ``--dtype`` of a command that loads models: the GPU in bfloat16 when there is one
+    (``dtype_of_run``: the dtype defaults to the evaluated run's ``model.dtype`` instead)."""
+    gpu = torch.cuda.is_available()
+    parser.add_argument("--device", default="cuda" if gpu else "cpu",
+                        help="where the models compute (default: cuda when a GPU is there, else cpu)")
+    if dtype_of_run:
+        parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                            help="the models' weights and compute (default: the run's model.dtype)")
+    else:
+        parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16" if gpu else "float32",
+                            help="the models' weights and compute (default: bfloat16 on a GPU, float32 on the CPU)")
 
 
 def print_report(report: dict, out: Path | None) -> None:

@@ -11,7 +11,7 @@ import contextlib
 import sys
 from pathlib import Path
 
-from prm_rl.cli import print_report
+from prm_rl.cli import add_placement_arguments, print_report
 from prm_rl.config import PrmEvalSection, PrmSection, RolloutSection, TaskSection
 from prm_rl.data.prompts import BUILTIN_TASKS
 from prm_rl.errors import exit_on_usage_error
@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--beta", type=float, default=PrmSection.beta, help="log-ratio scale (prm.beta)")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON report here (also printed)")
     parser.add_argument("--plot", type=Path, default=None, help="PNG of accuracy against N")
+    add_placement_arguments(parser)
     args = parser.parse_args(argv)
 
     with exit_on_usage_error():  # before anything loads: a bad path is one line, not a traceback
@@ -44,7 +45,8 @@ def main(argv: list[str] | None = None) -> dict:
         check_checkpoint("--ref", args.ref, tokenizer=False)
     report = best_of_n.best_of_n_report(args.policy, args.prm, args.ref, task=args.task, num_prompts=args.num_prompts,
                                         n=args.n, draws=args.draws, seed=args.seed, temperature=args.temperature,
-                                        max_new_tokens=args.max_new_tokens, beta=args.beta)
+                                        max_new_tokens=args.max_new_tokens, beta=args.beta, device=args.device,
+                                        dtype=args.dtype)
     if args.plot:
         best_of_n.plot(report, args.plot)
     print_report(report, args.out)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from prm_rl.cli import print_report
+from prm_rl.cli import add_placement_arguments, print_report
 from prm_rl.errors import exit_on_usage_error
 from prm_rl.evaluation import saved_run
 
@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, help="write the metrics JSON here")
     parser.add_argument("--heatmaps", type=Path,
                         help="draw prm_eval.table_rows responses into FILE.png (and FILE.html, FILE.jsonl)")
+    add_placement_arguments(parser, dtype_of_run=True)
     args = parser.parse_args(argv)
 
     overrides = {key: value for key, value in (("num_prompts", args.num_prompts),
@@ -38,7 +39,8 @@ def main(argv: list[str] | None = None) -> dict:
     with exit_on_usage_error():  # a run directory, config, model path or held-out set that will not do: one line
         cfg = saved_run.run_config(args.run_dir, overrides)
         policy_dir, prm_dir = saved_run.model_dirs(args.run_dir, args.checkpoint, args.policy, args.prm)
-        result = saved_run.evaluate_saved_prm(cfg, policy_dir, prm_dir, args.heatmaps)
+        result = saved_run.evaluate_saved_prm(cfg, policy_dir, prm_dir, args.heatmaps, device=args.device,
+                                              dtype=args.dtype)
     print_report(result, args.out)
     return result
 

@@ -11,7 +11,7 @@ import contextlib
 import sys
 from pathlib import Path
 
-from prm_rl.cli import print_report
+from prm_rl.cli import add_placement_arguments, print_report
 from prm_rl.config import PrmEvalSection, RolloutSection
 from prm_rl.errors import UsageError, exit_on_usage_error
 from prm_rl.models.loading import check_checkpoint
@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-new-tokens", type=int, default=RolloutSection.max_new_tokens, help="response cap")
     parser.add_argument("--batch-size", type=int, default=1024, help="completions per generate call")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON report here (also printed)")
+    add_placement_arguments(parser)
     args = parser.parse_args(argv)
 
     with exit_on_usage_error():  # before anything loads: a bad path is one line, not a traceback
@@ -41,7 +42,8 @@ def main(argv: list[str] | None = None) -> dict:
                 raise UsageError(f"--prm-runs {run}: no summary.json (not a finished launch/train_prm.py run)")
     report = monte_carlo.monte_carlo_report(args.policy, args.prm_runs, num_prompts=args.num_prompts, n=args.n,
                                             rollouts=args.rollouts, seed=args.seed, temperature=args.temperature,
-                                            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+                                            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                                            device=args.device, dtype=args.dtype)
     print_report(report, args.out)
     return report
 

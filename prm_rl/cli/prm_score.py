@@ -17,6 +17,7 @@ from pathlib import Path
 import transformers
 
 from prm_rl import core, json_text
+from prm_rl.cli import add_placement_arguments
 from prm_rl.config import ModelSection, PrmSection, RewardSection
 from prm_rl.errors import EXIT_USAGE, UsageError
 from prm_rl.models.loading import check_model_source, load_causal_lm, load_tokenizer
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16, help="responses per forward pass")
     parser.add_argument("--tokens", action="store_true", help="also write each token's reward")
     parser.add_argument("--out", type=Path, default=None, help="output JSONL (default: stdout)")
+    add_placement_arguments(parser)
     args = parser.parse_args(argv)
     try:
         rows = [row for _, row in json_text.read_rows(args.file, required=("prompt", "response"))]
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     transformers.utils.logging.disable_progress_bar()  # stdout is the output; keep stderr to errors
     tokenizer = load_tokenizer(args.prm)
-    prm, ref = load_causal_lm(args.prm, "float32").eval(), load_causal_lm(args.ref, "float32").eval()
+    prm, ref = (load_causal_lm(path, args.dtype, device=args.device).eval() for path in (args.prm, args.ref))
     scored = score_rows(rows, prm, ref, tokenizer, beta=args.beta, delimiter=args.delimiter,
                         aggregate=args.aggregate, batch_size=args.batch_size, tokens=args.tokens)
     text = "".join(json.dumps(row) + "\n" for row in scored)

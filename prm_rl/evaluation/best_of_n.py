@@ -112,17 +112,18 @@ def plot(report: dict, path: Path) -> None:
 
 
 def best_of_n_report(policy_dir: str, prm_dir: str, ref_dir: str, *, task: str, num_prompts: int, n: int,
-                     draws: int, seed: int, temperature: float, max_new_tokens: int, beta: float) -> dict:
+                     draws: int, seed: int, temperature: float, max_new_tokens: int, beta: float,
+                     device: str = "cpu", dtype: str = "float32") -> dict:
     """Sample ``n`` responses to each of the first ``num_prompts`` held-out prompts of the built-in ``task`` from
     the policy (fixed ``seed``), score them with the verifier and with the PRM against its reference ``ref_dir``,
-    and report every selection method at every N (module docstring)."""
+    and report every selection method at every N (module docstring). The three models compute on ``device`` in
+    ``dtype``."""
     torch.set_grad_enabled(False)
     section = TaskSection(name=task)
     prompts = builtin_splits(section.selected, train_size=1, eval_size=section.eval_size, seed=section.seed).eval
     prompts = prompts[:num_prompts]
     tokenizer = load_tokenizer(policy_dir)
-    policy = load_causal_lm(policy_dir, "float32").eval()
-    prm, ref = load_causal_lm(prm_dir, "float32").eval(), load_causal_lm(ref_dir, "float32").eval()
+    policy, prm, ref = (load_causal_lm(path, dtype, device=device).eval() for path in (policy_dir, prm_dir, ref_dir))
     settings = PrmEvalSection(samples_per_prompt=n, temperature=temperature, seed=seed)
     with build_scorer() as scorer:
         groups = prm_quality.sample_heldout(policy, tokenizer, prompts, scorer, settings, max_new_tokens=max_new_tokens)

@@ -103,12 +103,13 @@ def mc_report(groups: prm_quality.HeldoutGroups, valid: torch.Tensor, prefixes, 
     return out
 
 
-def implicit_prm_side(run: Path, groups: prm_quality.HeldoutGroups, step_end_table: torch.Tensor) -> dict:
+def implicit_prm_side(run: Path, groups: prm_quality.HeldoutGroups, step_end_table: torch.Tensor, *,
+                      device: str = "cpu", dtype: str = "float32") -> dict:
     """A train_prm run's PRM on the same responses: its metrics, and its cost (labelled data + training from the
     run's summary.json, then scoring these responses: one forward of the PRM and one of its reference)."""
     summary = json.loads((run / "summary.json").read_text())
-    prm, ref = load_causal_lm(summary["prm"], "float32").eval(), load_causal_lm(summary["reference"], "float32")
-    metrics, _ = prm_quality.evaluate_prm(prm, ref.eval(), groups, beta=summary["beta"], step_end_table=step_end_table,
+    prm, ref = (load_causal_lm(summary[role], dtype, device=device).eval() for role in ("prm", "reference"))
+    metrics, _ = prm_quality.evaluate_prm(prm, ref, groups, beta=summary["beta"], step_end_table=step_end_table,
                                        micro_batch_size=PrmSection.micro_batch_size)
     c = summary["cost"]
     scoring = 2 * cost.forward_flops(c["parameters"], cost.tokens(groups.rollout))
@@ -119,14 +120,16 @@ def implicit_prm_side(run: Path, groups: prm_quality.HeldoutGroups, step_end_tab
 
 
 def monte_carlo_report(policy_dir: str, prm_runs: list[Path], *, num_prompts: int, n: int, rollouts: int, seed: int,
-                       temperature: float, max_new_tokens: int, batch_size: int) -> dict:
+                       temperature: float, max_new_tokens: int, batch_size: int, device: str = "cpu",
+                       dtype: str = "float32") -> dict:
     """Monte-Carlo step values of the policy's held-out responses, their metrics and cost, and each finished
-    ``launch/train_prm.py`` run of ``prm_runs`` on the same responses (module docstring)."""
+    ``launch/train_prm.py`` run of ``prm_runs`` on the same responses (module docstring); every model computes on
+    ``device`` in ``dtype``."""
     torch.set_grad_enabled(False)
     task = TaskSection()
     prompts = builtin_splits(task.selected, train_size=1, eval_size=task.eval_size, seed=task.seed).eval[:num_prompts]
     tokenizer = load_tokenizer(policy_dir)
-    policy = load_causal_lm(policy_dir, "float32").eval()
+    policy = load_causal_lm(policy_dir, dtype, device=device).eval()
     step_end_table = stages.step_end_table(tokenizer, RewardSection.step_delimiter)
     settings = PrmEvalSection(samples_per_prompt=n, temperature=temperature, seed=seed)
     with build_scorer() as scorer:
@@ -141,4 +144,5 @@ def monte_carlo_report(policy_dir: str, prm_runs: list[Path], *, num_prompts: in
     return {"policy": policy_dir, "num_prompts": len(prompts), "n": n, "rollouts": rollouts, "seed": seed,
             "responses": len(groups.responses), "prefixes": len(prefixes),
             "monte_carlo": mc_report(groups, valid, prefixes, successes), "monte_carlo_cost": spent,
-            "implicit_prm": {str(run): implicit_prm_side(run, groups, step_end_table) for run in prm_runs}}
+            "implicit_prm": {str(run): implicit_prm_side(run, groups, step_end_table, device=device, dtype=dtype)
+                             for run in prm_runs}}

@@ -75,10 +75,12 @@ def model_dirs(run_dir: Path, checkpoint: str | None, policy: str | None, prm: s
     return dirs
 
 
-def evaluate_saved_prm(cfg: Config, policy_dir: Path, prm_dir: Path, heatmaps: Path | None = None) -> dict:
+def evaluate_saved_prm(cfg: Config, policy_dir: Path, prm_dir: Path, heatmaps: Path | None = None, *,
+                       device: str = "cpu", dtype: str | None = None) -> dict:
     """The PRM's held-out metrics (keys: docs/prm_eval.md) and first-error hits by operation, on
     ``prm_eval.num_prompts`` x ``prm_eval.samples_per_prompt`` fresh samples of the policy; ``heatmaps``: also draw
-    ``prm_eval.table_rows`` responses into that .png (with .html and .jsonl beside it)."""
+    ``prm_eval.table_rows`` responses into that .png (with .html and .jsonl beside it). The models compute on
+    ``device`` in ``dtype`` (None: the run's ``model.dtype``)."""
     import torch
 
     from prm_rl.data.splits import load_prompt_splits
@@ -98,12 +100,13 @@ def evaluate_saved_prm(cfg: Config, policy_dir: Path, prm_dir: Path, heatmaps: P
         prompts = load_prompt_splits(cfg.data, cfg.task, tokenizer, scorer, quiet).eval[:settings.num_prompts]
         if not prompts:
             raise UsageError("no held-out prompts (data.eval is not set, or prm_eval.num_prompts is 0)")
-        policy = load_causal_lm(str(policy_dir), cfg.model.dtype)
-        prm = load_causal_lm(str(prm_dir), cfg.model.dtype)
+        placed = dict(device=device, attn_implementation=cfg.model.attn_implementation)
+        dtype = dtype or cfg.model.dtype
+        policy, prm = (load_causal_lm(str(path), dtype, **placed) for path in (policy_dir, prm_dir))
         groups = prm_quality.sample_heldout(policy, tokenizer, prompts, scorer, settings,
                                             max_new_tokens=cfg.rollout.max_new_tokens)
     if cfg.prm.reference == "sft":
-        ref, ref_temperature = load_causal_lm(sft, cfg.model.dtype), 1.0
+        ref, ref_temperature = load_causal_lm(sft, dtype, **placed), 1.0
     else:
         ref, ref_temperature = policy, cfg.rollout.temperature
     step_end_table = stages.step_end_table(tokenizer, cfg.reward.step_delimiter)

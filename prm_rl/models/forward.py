@@ -1,9 +1,12 @@
 """One forward pass of a causal LM over (prompt, response) rows, read out per response token."""
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from prm_rl.core import token_entropy, token_logprobs
+from prm_rl.models.device import input_device
 from prm_rl.rollout.generate import Rollout
 
 
@@ -16,7 +19,11 @@ def response_logprobs(model, batch: Rollout, temperature: float = 1.0, with_entr
     were actually sampled from. Columns that are padding in every row (the left of the prompts, the right of
     the responses) are cut before the forward, so a micro-batch of short rows runs a short forward; outputs
     are 0 past each row's response, so they do not depend on which rows shared a micro-batch.
+
+    ``batch`` may be in host memory: it is moved to the model's device here, and the outputs stay there (a loss
+    built from them is differentiated there).
     """
+    batch = batch.to(input_device(model))
     valid = batch.response_mask.bool()
     logp, entropy = _forward(model, _trimmed(batch), temperature, with_entropy, entropy_grad)
     pad = valid.shape[1] - logp.shape[1]
@@ -41,9 +48,12 @@ def _forward(model, batch: Rollout, temperature: float, with_entropy: bool,
     ids = torch.cat([batch.prompt_ids, batch.response_ids], dim=1)
     mask = torch.cat([batch.prompt_mask, batch.response_mask], dim=1)
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
-    prompt_len = batch.prompt_ids.shape[1]
-    logits = logits[:, prompt_len - 1:-1]
+    width = batch.response_ids.shape[1]
+    # Only the positions that predict a response token need logits: [n, T, V] instead of [n, P + T, V] (with a
+    # 150k vocabulary and long prompts, most of the forward's memory). A model that cannot skip them computes all.
+    keep = {"logits_to_keep": width + 1} if _keeps_logits(model) else {}
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, **keep).logits
+    logits = logits[:, -(width + 1):-1]
     if temperature != 1.0:
         logits = logits / temperature
     logp = token_logprobs(logits, batch.response_ids)
@@ -51,3 +61,8 @@ def _forward(model, batch: Rollout, temperature: float, with_entropy: bool,
     if with_entropy:  # differentiable only when an entropy bonus is in the loss; otherwise just logged
         entropy = token_entropy(logits if entropy_grad else logits.detach())
     return logp, entropy
+
+
+def _keeps_logits(model) -> bool:
+    """Whether the (possibly engine-wrapped) model's forward takes ``logits_to_keep`` (transformers' causal LMs)."""
+    return "logits_to_keep" in inspect.signature(getattr(model, "module", model).forward).parameters

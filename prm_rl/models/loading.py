@@ -6,6 +6,7 @@ Hugging Face checkpoint directory loaded as is. Both go through the same ``from_
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 from dataclasses import asdict
 
@@ -117,10 +118,27 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_causal_lm(checkpoint: str, dtype: str, gradient_checkpointing: bool = False) -> torch.nn.Module:
+def load_causal_lm(checkpoint: str, dtype: str, gradient_checkpointing: bool = False, *,
+                   attn_implementation: str = "auto", device: str | torch.device | None = None) -> torch.nn.Module:
+    """The causal LM at ``checkpoint`` in ``dtype`` (``model.dtype``) with the attention kernel
+    ``attn_implementation`` (``model.attn_implementation``), on ``device`` when given (else host memory)."""
     model = AutoModelForCausalLM.from_pretrained(
-        checkpoint, dtype=torch.bfloat16 if dtype == "bfloat16" else torch.float32
+        checkpoint, dtype=torch.bfloat16 if dtype == "bfloat16" else torch.float32,
+        attn_implementation=attention_kernel(attn_implementation),
     )
     if gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    if device is not None:
+        model.to(device)
+        model.tie_weights()  # some devices (XLA, lazy) get a new parameter per attribute: tied weights come apart
     return model
+
+
+def attention_kernel(choice: str) -> str:
+    """``model.attn_implementation`` as transformers takes it: ``auto`` is flash-attention 2 where its package
+    imports and a GPU is there, else PyTorch's scaled-dot-product attention."""
+    if choice != "auto":
+        return choice
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"

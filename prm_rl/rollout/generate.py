@@ -12,6 +12,8 @@ import torch
 from transformers import DynamicCache
 from transformers.generation.logits_process import TopPLogitsWarper
 
+from prm_rl.models.device import input_device
+
 
 @dataclass
 class Rollout:
@@ -27,6 +29,10 @@ class Rollout:
 
     def select(self, rows: torch.Tensor) -> "Rollout":
         return Rollout(*(None if (x := getattr(self, f)) is None else x[rows] for f in self.__dataclass_fields__))
+
+    def to(self, device: torch.device) -> "Rollout":
+        """The same rows on ``device`` (tensors already there are not copied)."""
+        return Rollout(*(None if (x := getattr(self, f)) is None else x.to(device) for f in self.__dataclass_fields__))
 
 
 def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,7 +80,7 @@ def generate(
     """
     was_training = model.training
     model.eval()
-    on = next(model.parameters()).device
+    on = input_device(model)
     ids, mask = prompt_ids.to(on), prompt_mask.to(on)
     if not synced_gpus and can_drop_finished_rows(model):
         # Finished rows leave the batch: +34% response tokens/s (median of 7 paired rounds, min +27%) over

@@ -30,7 +30,8 @@ def load_role_models(checkpoint: str, model: ModelSection, prm: PrmSection, *, p
     adapters = lora_adapters(model, prm, policy=policy, uses_prm=uses_prm)
     shared = None
     if adapters:
-        shared = SharedBase(load_causal_lm(checkpoint, model.dtype, model.gradient_checkpointing), adapters, seed)
+        shared = SharedBase(load_causal_lm(checkpoint, model.dtype, model.gradient_checkpointing,
+                                           attn_implementation=model.attn_implementation), adapters, seed)
         log(shared.describe())
 
     def role(name: str, wanted: bool, path: str) -> torch.nn.Module | None:
@@ -38,10 +39,12 @@ def load_role_models(checkpoint: str, model: ModelSection, prm: PrmSection, *, p
             return None
         if name in adapters:
             return shared.view(name)
-        return load_causal_lm(path, model.dtype, model.gradient_checkpointing)
+        return load_causal_lm(path, model.dtype, model.gradient_checkpointing,
+                              attn_implementation=model.attn_implementation)
 
     ref = None
     if reference:
-        ref = shared.view(None) if shared else load_causal_lm(checkpoint, model.dtype)
+        ref = shared.view(None) if shared else load_causal_lm(checkpoint, model.dtype,
+                                                              attn_implementation=model.attn_implementation)
     return RoleModels(policy=role("policy", policy, checkpoint), prm=role("prm", uses_prm, prm.init_path or checkpoint),
                       ref=ref, shared=shared)

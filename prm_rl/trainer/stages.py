@@ -18,6 +18,7 @@ from prm_rl.config import AlgorithmSection, FilterSection, PolicySection, PrmSec
 from prm_rl.data.sample import Sample, encode_prompts
 from prm_rl.engine import dist
 from prm_rl.engine.deepspeed_engine import backward_and_step, grad_norm
+from prm_rl.models.device import input_device
 from prm_rl.models.forward import response_logprobs
 from prm_rl.rollout.generate import Rollout, generate, left_pad
 from prm_rl.trainer.sharding import micro_batches, split_minibatches
@@ -178,6 +179,7 @@ def prm_update_stage(prm, batch: Rollout, scores: torch.Tensor, ref_logp: torch.
         if p.targets == "tree":
             prefix_targets = core.prefix_values(batch.response_ids, mask, scores, k)
     log_ratio = torch.zeros(mask.shape, dtype=torch.float32)
+    on = input_device(prm)  # each micro-batch goes there once; the returned log-ratios come back to host memory
     sums = {"loss": 0.0, "steps": 0.0, "grad_norm": 0.0, "skipped_updates": 0.0}
     parts = [(epoch, part) for epoch in range(p.epochs)
              for part in split_minibatches(torch.randperm(len(batch) // k, generator=generator), p.mini_batches)]
@@ -186,12 +188,11 @@ def prm_update_stage(prm, batch: Rollout, scores: torch.Tensor, ref_logp: torch.
         denom = float(max(1, prm_loss.terms(scores[rows], k)))  # the loss is a mean over the whole mini-batch
         for mb in micro_batches(rows, p.micro_batch_size, group_size=k, lengths=row_lengths(batch),
                                 max_tokens=p.micro_batch_tokens):
-            sub = batch.select(mb.rows)
+            sub = batch.select(mb.rows).to(on)
             logp, _ = response_logprobs(prm, sub)
-            lr = core.implicit_log_ratio(logp, ref_logp[mb.rows].to(logp.device), sub.response_mask)
-            on = lr.device
+            lr = core.implicit_log_ratio(logp, ref_logp[mb.rows].to(on), sub.response_mask)
             inputs = core.PrmLossInputs(
-                lr, sub.response_mask.to(on), scores[mb.rows].to(on), k, p.beta, margin=p.margin,
+                lr, sub.response_mask, scores[mb.rows].to(on), k, p.beta, margin=p.margin,
                 prefix_ends=None if prefix_ends is None else prefix_ends[mb.rows].to(on),
                 prefix_targets=None if prefix_targets is None else prefix_targets[mb.rows].to(on))
             loss = prm_loss.summed(inputs) / denom
@@ -322,21 +323,22 @@ def policy_update_stage(policy, batch: Rollout, old_logp: torch.Tensor | None, a
     # holds the same advantages, so all agree on the rows and run the same number of micro-batches.
     skip = pc.skip_zero_advantage and not pc.entropy_coef and not pc.kl_coef
     live = core.rows_with_gradient(advantages, mask).cpu() if skip else torch.ones(len(batch), dtype=torch.bool)
+    on = input_device(policy)  # each micro-batch, with its advantages and old/reference log-probs, goes there once
     for epoch in range(pc.ppo_epochs):
         for part in split_minibatches(torch.randperm(len(batch), generator=generator), pc.mini_batches):
             denom = float(part.numel()) if pc.loss_agg == "seq-mean-token-mean" else float(mask[part].sum())
             running = part[live[part]] if live[part].any() else part[:1]  # a zero-gradient row keeps the step
             for mb in micro_batches(running, pc.micro_batch_size, lengths=row_lengths(batch),
                                     max_tokens=pc.micro_batch_tokens):
-                sub = batch.select(mb.rows)
+                sub = batch.select(mb.rows).to(on)
                 m = sub.response_mask
                 logp, entropy = response_logprobs(policy, sub, r.temperature, with_entropy=True,
                                                   entropy_grad=pc.entropy_coef != 0)
-                adv = advantages[mb.rows].to(logp.device)
-                old = logp.detach() if old_logp is None else old_logp[mb.rows].to(logp.device)
+                adv = advantages[mb.rows].to(on)
+                old = logp.detach() if old_logp is None else old_logp[mb.rows].to(on)
                 token_loss, clipped = core.ppo_clip_loss(logp, old, adv, m, pc.clip_eps, pc.dual_clip)
                 if sub.sampler_logp is not None:
-                    sampled = sub.sampler_logp.to(logp.device)
+                    sampled = sub.sampler_logp
                     ratio = core.sampler_ratio(old, sampled)
                     token_loss = token_loss * core.sampler_correction(ratio, r.is_correction, r.is_cap)
                     if epoch == 0 and mb.weight:
@@ -345,7 +347,7 @@ def policy_update_stage(policy, batch: Rollout, old_logp: torch.Tensor | None, a
                 if pc.entropy_coef:
                     loss = loss - pc.entropy_coef * core.aggregate(entropy, m, pc.loss_agg, denom)
                 if pc.kl_coef:
-                    kl = core.kl_penalty(logp, ref_logp[mb.rows].to(logp.device), pc.kl_estimator)
+                    kl = core.kl_penalty(logp, ref_logp[mb.rows].to(on), pc.kl_estimator)
                     loss = loss + pc.kl_coef * core.aggregate(kl, m, pc.loss_agg, denom)
                 if not backward_and_step(policy, loss * mb.weight * dist.world_size(), mb.is_last):
                     sums["skipped_updates"] += 1.0 / dist.world_size()
