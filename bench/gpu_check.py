@@ -16,9 +16,9 @@ Each run is ``python launch/train.py`` with overrides, in its own process group 
 ``mem/<stage>_gb``: torch's allocated peak, which misses vLLM's own memory pool and the CUDA context); the largest
 ``memory.used`` nvidia-smi showed while it ran, less what was in use before it (everything on the GPU); the
 estimator's device figure; ``rollout/logprob_diff`` on the vllm runs. A run that fails or runs out of time is
-recorded with its exit code and the last lines of its log, and the next one starts. Run directories are deleted after
-each run (their checkpoints are ~15 GB); metrics.jsonl and the log stay in ``--work``/logs. Writes OUT.json and
-OUT.md (default docs/benchmarks/gpu_check).
+recorded with its exit code and the last lines of its log, and the next one starts. Run directories are deleted
+after each run (a run's final checkpoint and exports are ~19 GB); metrics.jsonl and the log stay in ``--work``/logs.
+Writes OUT.json and OUT.md (default docs/benchmarks/gpu_check).
 """
 from __future__ import annotations
 
