@@ -18,7 +18,8 @@ Notation: ``n`` parameters of one model, ``P`` bytes per element of ``model.dtyp
 With ``rollout.engine=vllm`` a rank also holds a vLLM engine (:class:`VllmMemory`), and its peak is the larger of
 two phases: vLLM sampling (everything held + vLLM's reservation) and the trainer's own work (everything held + the
 largest transient + vLLM's reservation if it stays awake, ``sleep_level`` 0). The policy then has no generation of
-its own: vLLM samples its rollouts, held-out accuracy and PRM evaluation.
+its own: vLLM samples its rollouts, held-out accuracy and PRM evaluation (the reference still samples its held-out
+responses once, with the trainer's own decode loop).
 
 The DeepSpeed details were read in its source (0.19: runtime/engine.py, zero/stage_1_and_2.py, zero/stage3.py) and
 checked against the resident memory of CPU runs (bench/memory.py, docs/benchmarks/memory.md), where each term was
@@ -26,8 +27,9 @@ seen except the reduce bucket's untouched pages.
 
 What it leaves out: the process itself (CUDA context, allocator fragmentation, on CPU the Python/torch/DeepSpeed
 baseline: measured in docs/benchmarks/memory.md), the rollout's small index tensors, gradients of activations
-beyond the logits' and one layer's, and (``kv_cache_gib`` set, CUDA graphs on) vLLM's CUDA graphs. Activations assume Hugging Face's ``sdpa`` attention (no ``[L, L]``
-attention matrix per head is kept) and Llama-style decoders (llama, mistral, qwen2, qwen3).
+beyond the logits' and one layer's, and vLLM's CUDA graphs when ``kv_cache_gib`` is set (within its share
+otherwise). Activations assume Hugging Face's ``sdpa`` attention (no ``[L, L]`` attention matrix per head is kept)
+and Llama-style decoders (llama, mistral, qwen2, qwen3).
 """
 from __future__ import annotations
 
@@ -354,7 +356,9 @@ def vllm_memory(settings, s: ModelShape, p: int, auto_len: int, gpu_bytes: int |
     weights = param_count(s) * p
     profile = vllm_profile_bytes(s, p, *vllm_step(gpu_bytes))
     requested = math.ceil(gpu_bytes * settings.gpu_memory_utilization) if gpu else 0
-    kv_gib = settings.kv_cache_gib if settings.kv_cache_gib is not None or gpu else CPU_KV_CACHE_GIB
+    kv_gib = settings.kv_cache_gib
+    if kv_gib is None and not gpu:  # vllm_engine.py's size on CPU, where vLLM has no share to fill
+        kv_gib = CPU_KV_CACHE_GIB
     if kv_gib is None:  # the share, filled: the KV cache takes what weights and profile run leave
         kv_cache, reservation = requested - weights - profile, requested
     else:

@@ -274,8 +274,11 @@ def test_logits_are_counted_at_the_response_positions_only():
     """logits_to_keep: a longer prompt adds layer activations but no logits; each scored position adds its logits,
     their gradient (model dtype), its fp32 log-sum-exp and (under the chunk cap) its fp32 softmax chunk."""
     shape = est.shape_of_tiny(TINY, 28)
-    grown = est.train_activation_bytes(shape, 4, 3, 50, False, 11) - est.train_activation_bytes(shape, 4, 3, 50, False, 10)
-    assert grown == 3 * (2 * 28 * 4 + 4 + 4 * 28)
+    def train(length: int, scored: int) -> int:
+        return est.train_activation_bytes(shape, 4, 3, length, False, scored)
+
+    assert train(50, 11) - train(50, 10) == 3 * (2 * 28 * 4 + 4 + 4 * 28)
+    assert train(60, 10) - train(50, 10) == train(60, 20) - train(50, 20) > 0  # the prompt: layers, not logits
     forward = est.forward_activation_bytes(shape, 4, 3, 50, 11) - est.forward_activation_bytes(shape, 4, 3, 50, 10)
     assert forward == 3 * (28 * 4 + 4 + 4 * 28)
 
