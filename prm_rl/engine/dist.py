@@ -33,12 +33,13 @@ def init(timeout_minutes: int = 60) -> tuple[int, int]:
         if "WORLD_SIZE" not in os.environ:
             _single_process_env()
 
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "gloo":
+        if torch.cuda.is_available():  # before the process group, as torch asks for NCCL: its device is this one
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))  # the GPU index on this node, not RANK
+            backend = "nccl"
+        else:
+            backend = "gloo"
             _remove_stale_shm_segment()
         deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(minutes=timeout_minutes))
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     return rank(), world_size()
 
 

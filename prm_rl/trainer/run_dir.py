@@ -3,7 +3,8 @@
 ``.lock`` (the live run's owner, :mod:`prm_rl.trainer.run_lock`), ``config.yaml`` (resolved config),
 ``metrics.jsonl`` (one JSON object per step), ``policy/`` and ``prm/`` (Hugging Face format) and
 ``summary.json`` (``steps``, ``wall_seconds``, ``eval_accuracy_start``, ``eval_accuracy_final``, ``command``,
-...). Written by rank 0 only.
+...). Written by rank 0 only, once per run however many nodes it spans: every rank must see the directory
+(shared storage), as each writes its own part of every checkpoint there.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from prm_rl.engine import dist
@@ -25,16 +27,16 @@ from prm_rl.trainer.faults import EXIT_CHECKPOINT, RunStopped
 def create(output_dir: str | None, name: str, log: Callable[[str], None]) -> Path:
     """Make (rank 0) and agree on (all ranks) the run directory, owned by this run (:mod:`run_lock`).
 
-    Fails fast, with nothing in the directory changed, if it is not writable (:class:`RunStopped`, exit 5)
-    or another run owns it (:class:`run_lock.RunDirInUse`, exit 2).
+    Fails fast, with nothing in the directory changed, if it is not writable (:class:`RunStopped`, exit 5),
+    another run owns it (:class:`run_lock.RunDirInUse`, exit 2) or a rank on another node cannot see it (exit 5).
     """
     found = None
     if dist.is_main():
         path = Path(output_dir) if output_dir else Path("runs") / name
         try:
             path.mkdir(parents=True, exist_ok=True)
-            run_lock.acquire(path, log)  # held until this process exits
-            found = ("ok", str(path.resolve()))
+            lock = run_lock.acquire(path, log)  # held until this process exits
+            found = ("ok", (str(path.resolve()), lock.owner))
         except run_lock.RunDirInUse as err:
             found = ("in use", str(err))
         except OSError as err:
@@ -44,7 +46,21 @@ def create(output_dir: str | None, name: str, log: Callable[[str], None]) -> Pat
         raise run_lock.RunDirInUse(value)
     if kind == "error":
         raise RunStopped(value, EXIT_CHECKPOINT)
-    return Path(value)
+    path, owner = Path(value[0]), value[1]
+    _check_every_rank_sees(path, owner)
+    return path
+
+
+def _check_every_rank_sees(path: Path, owner: str) -> None:
+    """One run directory for the whole run, on storage every node shares: each rank writes its checkpoint shards
+    and random state into it, and a resume reads them all back. Rank 0's lock owner (pid, host, start time) is
+    this run's alone, so a directory of the same path on a node's own disk does not pass for it."""
+    sees = torch.tensor([run_lock.owner_text(path) == owner])
+    blind = [r for r, ok in enumerate(dist.gather_rows(sees).tolist()) if not ok]
+    if blind:
+        raise RunStopped(f"trainer.output_dir={path}: rank(s) {', '.join(map(str, blind))} do not see the run "
+                         "directory rank 0 made (a disk of their own node?); put it on storage every node mounts "
+                         "at the same path", EXIT_CHECKPOINT)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -73,8 +89,15 @@ def save_hf_model(model, tokenizer, out: Path, adapters: Path | None = None) -> 
 
 
 def command_line() -> str:
-    """The command that started the run, as far as a rank can see it (the launcher's own flags are lost)."""
-    launcher = ["python"]
-    if "CROSS_RANK" in os.environ:  # set by the deepspeed launcher, not by a plain python start
-        launcher = ["deepspeed"] + (["--num_gpus", str(dist.world_size())] if dist.world_size() > 1 else [])
-    return " ".join([*launcher, *sys.argv])
+    """The command that started the run, as far as a rank can see it (the launcher's other flags are lost)."""
+    return " ".join([*_launcher(os.environ), *sys.argv])
+
+
+def _launcher(env) -> list[str]:
+    if "TORCHELASTIC_RUN_ID" in env:  # torchrun
+        return ["torchrun", "--nnodes", env["GROUP_WORLD_SIZE"], "--nproc_per_node", env["LOCAL_WORLD_SIZE"]]
+    if "CROSS_RANK" not in env:  # set by the deepspeed launcher, not by a plain python start
+        return ["python"]
+    if int(env.get("CROSS_SIZE", "1")) > 1:  # deepspeed --hostfile, one launcher per node
+        return ["deepspeed", "--num_nodes", env["CROSS_SIZE"], "--num_gpus", env["LOCAL_SIZE"]]
+    return ["deepspeed"] + (["--num_gpus", str(dist.world_size())] if dist.world_size() > 1 else [])

@@ -83,8 +83,8 @@ def _read_owner(fd: int) -> Owner | None:
 class RunLock:
     """Held by rank 0 for the life of the process; :meth:`release` (also run at exit) empties the owner."""
 
-    def __init__(self, fd: int, path: Path):
-        self.fd, self.path = fd, path
+    def __init__(self, fd: int, path: Path, owner: str):
+        self.fd, self.path, self.owner = fd, path, owner  # owner: the text written, this run's alone
 
     def release(self) -> None:
         if self.fd < 0:
@@ -116,20 +116,30 @@ def acquire(run_dir: Path, log: Callable[[str], None]) -> RunLock:
                                   f"{path} (a filesystem without flock?); stop it, or delete the file if it is "
                                   "not a run")
             log(f"run directory: took over the lock of a run that is gone ({previous.describe()})")
-        _write_owner(fd)
+        owner = _write_owner(fd)
     except BaseException:
         os.close(fd)
         raise
-    lock = RunLock(fd, path)
+    lock = RunLock(fd, path, owner)
     atexit.register(lock.release)
     return lock
 
 
-def _write_owner(fd: int) -> None:
+def _write_owner(fd: int) -> str:
     me = Owner(pid=os.getpid(), host=socket.gethostname(),
                started=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                process_start=_process_start(os.getpid()), command=" ".join(sys.argv))
+    text = json.dumps(asdict(me)) + "\n"
     os.ftruncate(fd, 0)
     os.lseek(fd, 0, os.SEEK_SET)
-    os.write(fd, (json.dumps(asdict(me)) + "\n").encode())
+    os.write(fd, text.encode())
     os.fsync(fd)
+    return text
+
+
+def owner_text(run_dir: Path) -> str | None:
+    """What ``run_dir``'s lock file holds, as this process sees it (None: no such file here)."""
+    try:
+        return (run_dir / LOCK_FILE).read_text()
+    except OSError:
+        return None
