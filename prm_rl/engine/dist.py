@@ -135,6 +135,13 @@ def combine_rows(x: torch.Tensor) -> torch.Tensor:
     return all_reduce_sum(x)
 
 
+def ranks_failing(ok: bool) -> list[int]:
+    """The ranks whose ``ok`` is False, on every rank: a check each rank makes for itself (does it see a file?)
+    that all must then act on together, lest the ranks that passed wait for the others in a collective."""
+    flags = gather_rows(torch.tensor([ok]))
+    return [r for r, passed in enumerate(flags.tolist()) if not passed]
+
+
 def broadcast_object(obj):
     """Rank 0's python object on every rank."""
     if not active():

@@ -14,6 +14,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from prm_rl.config import Config, ModelSection
+from prm_rl.engine import dist
 from prm_rl.errors import UsageError
 from prm_rl.models.lora import check_targets_of, lora_adapters
 from prm_rl.models.tiny import tiny_config
@@ -100,6 +101,22 @@ def start_checkpoint(cfg: Config, log=print) -> str:
     spec = _spec(cfg.model.tiny, cfg.task.selected, asdict(cfg.warm_start),
                  heldout_seed=cfg.task.seed, heldout_size=cfg.task.eval_size)
     return str(ensure_warm_start(cfg.warm_start.cache_dir, spec, log=log))
+
+
+def check_every_rank_sees(start: str) -> None:
+    """Every rank loads the starting checkpoint that rank 0 found or trained (once per run): on several nodes it
+    must sit on storage they all share, as the warm start's cache does only where ``warm_start.cache_dir`` is.
+    Collective; raises on every rank alike. A Hub model id (no directory on rank 0) is each rank's download."""
+    def here() -> bool:
+        return os.path.isdir(os.path.expanduser(start))
+
+    if not dist.broadcast_object(here()):
+        return
+    blind = dist.ranks_failing(here())
+    if blind:
+        raise ModelSourceError(f"{start}: rank(s) {', '.join(map(str, blind))} do not see the starting checkpoint "
+                               "rank 0 found or trained (a disk of their own node?); put it, or warm_start.cache_dir, "
+                               "on storage every node mounts at the same path")
 
 
 def check_lora_targets(cfg: Config) -> None:

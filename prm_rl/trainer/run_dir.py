@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from prm_rl.engine import dist
@@ -55,8 +54,7 @@ def _check_every_rank_sees(path: Path, owner: str) -> None:
     """One run directory for the whole run, on storage every node shares: each rank writes its checkpoint shards
     and random state into it, and a resume reads them all back. Rank 0's lock owner (pid, host, start time) is
     this run's alone, so a directory of the same path on a node's own disk does not pass for it."""
-    sees = torch.tensor([run_lock.owner_text(path) == owner])
-    blind = [r for r, ok in enumerate(dist.gather_rows(sees).tolist()) if not ok]
+    blind = dist.ranks_failing(run_lock.owner_text(path) == owner)
     if blind:
         raise RunStopped(f"trainer.output_dir={path}: rank(s) {', '.join(map(str, blind))} do not see the run "
                          "directory rank 0 made (a disk of their own node?); put it on storage every node mounts "

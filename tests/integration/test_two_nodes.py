@@ -10,6 +10,7 @@ resumed, must equal the 1-node x 2-rank run bit for bit.
 """
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
@@ -21,7 +22,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tiny_runs import (REPO, STARTUP_ABORT, _port, all_rows, command, comparable, environment, launch)
+from test_checkpoint_resume import _can_mount_tmpfs
+from tiny_runs import REPO, STARTUP_ABORT, _port, all_rows, command, comparable, environment, launch
 
 RUN = ["trainer.max_steps=3", "trainer.checkpoint_every=1", "wandb.mode=disabled"]
 NODES = 2
@@ -57,17 +59,20 @@ def node_command(warm: Path, run_dir: Path, node: int, port: int) -> list[str]:
 
 
 @contextmanager
-def nodes_running(warm: Path, run_dir: Path, logs: Path, port_offset: int):
-    """Both nodes' launchers, started together; whatever is left of them is killed on the way out."""
+def nodes_running(commands: list[list[str]], logs: Path):
+    """Each node's launcher (``commands[node]``), started together; whatever is left of them is killed on the way
+    out."""
     env = own_environment()
-    port = _port(port_offset)
-    nodes = [subprocess.Popen(node_command(warm, run_dir, node, port), cwd=REPO, env=env,
-                              stdout=(logs / f"node{node}.log").open("w"), stderr=subprocess.STDOUT)
-             for node in range(NODES)]
+    nodes = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=(logs / f"node{node}.log").open("w"),
+                              stderr=subprocess.STDOUT) for node, cmd in enumerate(commands)]
     try:
         yield nodes
     finally:
         kill_nodes(nodes)
+
+
+def node_commands(warm: Path, run_dir: Path, port_offset: int) -> list[list[str]]:
+    return [node_command(warm, run_dir, node, _port(port_offset)) for node in range(NODES)]
 
 
 def kill_nodes(nodes: list[subprocess.Popen]) -> None:
@@ -107,7 +112,7 @@ def run_nodes_to_the_end(warm: Path, run_dir: Path, logs: Path, port_offset: int
     """Both nodes to completion; returns each node's output. A start that DeepSpeed aborts before the first step
     (tiny_runs.STARTUP_ABORT, on either node) is started again, up to twice, as tiny_runs does."""
     for _ in range(3):
-        with nodes_running(warm, run_dir, logs, port_offset) as nodes:
+        with nodes_running(node_commands(warm, run_dir, port_offset), logs) as nodes:
             codes = [node.wait(timeout=900) for node in nodes]
         outs = [node_log(logs, n) for n in range(NODES)]
         aborted = any(STARTUP_ABORT in out for out in outs) and "[prm_rl] held-out" not in outs[0]
@@ -137,7 +142,7 @@ def test_two_nodes_killed_and_resumed_equal_one_node_of_two_ranks(tmp_path, warm
     first, second = tmp_path / "first", tmp_path / "second"
     first.mkdir(), second.mkdir()
     checkpoint = run_dir / "checkpoints" / "step_000001"
-    with nodes_running(warm_cache, run_dir, first, port_offset=2) as nodes:
+    with nodes_running(node_commands(warm_cache, run_dir, port_offset=2), first) as nodes:
         wait_for_file(checkpoint, nodes, first)  # the rename that commits the first checkpoint
     assert not (run_dir / "checkpoints" / "step_000003").exists(), "the run finished before the kill: rerun"
     # Each rank wrote its own random state, named by its global rank.
@@ -152,3 +157,22 @@ def test_two_nodes_killed_and_resumed_equal_one_node_of_two_ranks(tmp_path, warm
     summary = (run_dir / "summary.json").read_text()
     assert '"world_size": 2' in summary
     assert '"command": "torchrun --nnodes 2 --nproc_per_node 1 launch/train.py +recipe=math_ppo' in summary
+
+
+@pytest.mark.slow
+def test_a_node_that_does_not_share_the_run_directory_stops_the_run_at_start(tmp_path, warm_cache):
+    """Node 1 runs in a mount namespace of its own with an empty file system over the run directory's parent, as
+    a node whose trainer.output_dir is on its own disk: the start stops on both nodes, before it writes anything."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    if shutil.which("unshare") is None or not _can_mount_tmpfs(shared):
+        pytest.skip("needs unshare and tmpfs mounts in a user namespace")
+    run_dir = shared / "run"
+    commands = node_commands(warm_cache, run_dir, port_offset=2)
+    commands[1] = ["unshare", "-rm", "sh", "-c", f"mount -t tmpfs tmpfs {shared} && exec \"$@\"", "sh", *commands[1]]
+    with nodes_running(commands, tmp_path) as nodes:
+        codes = [node.wait(timeout=600) for node in nodes]
+    out = node_log(tmp_path, 0)
+    assert codes[0] != 0 and codes[1] != 0
+    assert f"trainer.output_dir={run_dir}: rank(s) 1 do not see the run directory rank 0 made" in out, out[-3000:]
+    assert sorted(p.name for p in run_dir.iterdir()) == [".lock"] and not (run_dir / ".lock").read_text()
