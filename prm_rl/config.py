@@ -263,8 +263,8 @@ class RolloutSection:
                               "must be in (0, 1]")
         if self.vllm.kv_cache_gib is not None:
             _positive("rollout.vllm.kv_cache_gib", self.vllm.kv_cache_gib)
-        if self.vllm.sleep_level not in (0, 1, 2):
-            raise ConfigError(f"rollout.vllm.sleep_level={self.vllm.sleep_level}: must be 0, 1 or 2")
+        if self.vllm.sleep_level not in (None, 0, 1, 2):
+            raise ConfigError(f"rollout.vllm.sleep_level={self.vllm.sleep_level}: must be 0, 1, 2 or null")
         _positive("rollout.prompts_per_step", self.prompts_per_step)
         _positive("rollout.samples_per_prompt", self.samples_per_prompt)
         _positive("rollout.eval_batch_size", self.eval_batch_size)

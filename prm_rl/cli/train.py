@@ -6,10 +6,21 @@ PRM offline (docs/prm_training.md). Plain ``python`` instead of ``deepspeed`` wo
 Composes the Hydra config from recipes/ and hands it to :func:`prm_rl.cli.startup.train`, which validates it, runs
 the trainer and turns every known failure into one line and an exit code (docs/checkpoints.md, "Exit codes").
 """
+import glob
 import os
 import sys
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per rank unless the user says otherwise
+
+def gpu_machine(env: dict[str, str], device_files: list[str]) -> bool:
+    """An NVIDIA device (``/dev/nvidiaN``) is there and CUDA_VISIBLE_DEVICES does not hide them all: told without
+    importing torch, since OpenMP reads OMP_NUM_THREADS once, when torch starts."""
+    return env.get("CUDA_VISIBLE_DEVICES") not in ("", "-1") and bool(device_files)
+
+
+if not gpu_machine(dict(os.environ), glob.glob("/dev/nvidia[0-9]*")):
+    # CPU ranks share the cores: one thread each unless the user says otherwise. On a GPU machine the threads are
+    # left alone: DeepSpeed's CPU Adam (optimiser offload) runs on them.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from prm_rl.cli import startup  # noqa: E402
 from prm_rl.config import RECIPES, register_schema  # noqa: E402

@@ -166,18 +166,42 @@ def full_parameters(model) -> Iterator[torch.nn.Module]:
         yield module
 
 
-def full_named_parameters(model) -> Iterator[tuple[str, torch.Tensor]]:
+def _zero3(model) -> bool:
+    return hasattr(model, "zero_optimization_stage") and model.zero_optimization_stage() == 3
+
+
+@contextmanager
+def gathered(model, parameters: list[torch.nn.Parameter]) -> Iterator[None]:
+    """``parameters`` of ``model`` whole for the ``with`` block (ZeRO-3 gathers them collectively; else a no-op)."""
+    with deepspeed.zero.GatheredParameters(parameters, modifier_rank=None, enabled=_zero3(model)):
+        yield
+
+
+def host_weights(model) -> dict[str, torch.Tensor]:
+    """The underlying HF module's weights (parameters and persistent buffers) in host memory on rank 0, empty on the
+    other ranks. Collective: under ZeRO-3 every rank gathers each parameter in turn, so no device holds more than
+    one whole parameter beyond its shard (gathering the whole model at once would need its full size free on every
+    GPU). A tied weight comes once; a LoRA view gives its merged weights (:func:`full_named_parameters`)."""
+    module = unwrap(model)
+    main = dist.is_main()
+    weights = {name: tensor.cpu() for name, tensor in full_named_parameters(model, remove_duplicate=True) if main}
+    if main:
+        persistent = module.state_dict().keys()  # under ZeRO-3 the parameters in it are empty: cheap to list
+        weights |= {name: buffer.cpu() for name, buffer in module.named_buffers() if name in persistent}
+    return weights
+
+
+def full_named_parameters(model, remove_duplicate: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
     """``(name, full tensor)`` for every parameter of the underlying HF module, one at a time: under ZeRO-3 each
     is gathered (collectively: every rank must walk the whole iterator) and copied out, so at most one full
     parameter more than the shard is held. Names are Hugging Face's, as a checkpoint holds them: a tied weight
-    comes under each of its names (an inference engine may hold a separate copy of ``lm_head.weight``). A LoRA
-    view gives the weights it computes with: base + its adapter, merged aside."""
+    comes under each of its names (an inference engine may hold a separate copy of ``lm_head.weight``; with
+    ``remove_duplicate`` once, as a checkpoint stores it). A LoRA view gives the weights it computes with: base +
+    its adapter, merged aside (tied weights under each name)."""
     module = unwrap(model)
-    zero3 = hasattr(model, "zero_optimization_stage") and model.zero_optimization_stage() == 3
     if isinstance(module, AdapterView):
-        yield from module.merged_named_parameters(
-            lambda params: deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=zero3))
+        yield from module.merged_named_parameters(lambda params: gathered(model, params))
         return
-    for name, parameter in module.named_parameters(remove_duplicate=False):
-        with deepspeed.zero.GatheredParameters([parameter], modifier_rank=None, enabled=zero3):
+    for name, parameter in module.named_parameters(remove_duplicate=remove_duplicate):
+        with gathered(model, [parameter]):
             yield name, parameter.detach().clone()

@@ -38,20 +38,23 @@ class HeldoutGroups:
 
 
 def sample_heldout(policy: torch.nn.Module, tokenizer, prompts: list[Sample], scorer, settings: PrmEvalSection,
-                   *, max_new_tokens: int, synced_gpus: bool = False) -> HeldoutGroups:
+                   *, max_new_tokens: int, synced_gpus: bool = False, sampler=None) -> HeldoutGroups:
     """Sample ``settings.samples_per_prompt`` responses to each prompt with a fixed seed.
 
     The seed is fixed and the training random state is set aside meanwhile, so evaluating never changes
-    the training run, and every evaluation of one policy sees the same responses.
+    the training run, and every evaluation of one policy sees the same responses. ``sampler``: a vLLM engine
+    holding ``policy``'s weights samples instead (:func:`prm_rl.trainer.stages.generate_stage`).
     """
     k = settings.samples_per_prompt
     usable = len(prompts) - len(prompts) % dist.world_size()  # generate_stage splits rows evenly over ranks
     prompts = prompts[:usable]
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(settings.seed * 1000 + dist.rank())
+        seed = settings.seed * 1000 + dist.rank()
+        torch.manual_seed(seed)
         rollout = stages.generate_stage(policy, tokenizer, prompts, k, max_new_tokens=max_new_tokens,
-                                        temperature=settings.temperature, top_p=1.0, synced_gpus=synced_gpus)
+                                        temperature=settings.temperature, top_p=1.0, synced_gpus=synced_gpus,
+                                        sampler=sampler, seed=seed)
     scores, _ = stages.verify_stage(scorer, tokenizer, rollout, prompts, k)
     responses = stages.decode_responses(tokenizer, rollout, range(len(rollout)))
     return HeldoutGroups(rollout, scores, [p for p in prompts for _ in range(k)], responses, k)

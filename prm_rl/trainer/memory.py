@@ -518,9 +518,9 @@ def estimate(cfg: Config, world_size: int = 1, shape: ModelShape | None = None, 
     checkpointing = cfg.model.gradient_checkpointing
     generating, ref_generating = generation_rows(cfg, w)
     vllm = None
-    if cfg.rollout.engine == "vllm":  # it samples for the policy; the reference's one-off samples stay hf's
+    if cfg.rollout.engine == "vllm":  # it samples everything: rollouts, evaluations, the reference's held-out set
         vllm = vllm_memory(cfg.rollout.vllm, s, p, cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens, gpu_bytes)
-        generating = 0
+        generating = ref_generating = 0
 
     def trained(name: str, rows: int, kv_rows: int, lora, option: str) -> ModelMemory:
         """A full model, or (``lora.r > 0``) an adapter: the same terms over its ``a`` parameters, but the

@@ -21,7 +21,7 @@ from prm_rl.engine.deepspeed_engine import (frozen_model, full_named_parameters,
                                             trainable_engine)
 from prm_rl.trainer.memory import launch_warning
 from prm_rl.rollout.generate import Rollout
-from prm_rl.rollout.vllm_engine import VllmSampler
+from prm_rl.rollout.vllm_engine import VllmSampler, planned_length
 from prm_rl.tracking import heatmap
 from prm_rl.tracking.logger import finite_or_none
 from prm_rl.evaluation import prm_quality
@@ -83,6 +83,11 @@ class PrimeTrainer(Job):
         reference is the SFT model, frozen (with LoRA the base the adapters share, adapters off)."""
         cfg = self.cfg
         mc, ds = cfg.model, cfg.deepspeed
+        sampler = None
+        if cfg.rollout.engine == "vllm":  # first: vLLM starts only where its share of the GPU is free (then sleeps)
+            longest = planned_length(cfg.rollout.vllm, checkpoint, cfg.data.max_prompt_tokens, cfg.rollout.max_new_tokens)
+            sampler = VllmSampler(checkpoint, cfg.rollout.vllm, dtype=mc.dtype, seed=cfg.trainer.seed + dist.rank(),
+                                  max_model_len=longest)
         roles = load_role_models(checkpoint, mc, cfg.prm, policy=True, uses_prm=cfg.algorithm.uses_prm,
                                  reference=cfg.needs_reference, seed=cfg.trainer.seed, log=log)
         policy = trainable_engine(roles.policy, ds, dtype=mc.dtype, lr=cfg.policy.learning_rate,
@@ -94,9 +99,6 @@ class PrimeTrainer(Job):
         if roles.ref is not None:
             ref = frozen_model(roles.ref, ds, dtype=mc.dtype, offload=mc.offload_reference)
         synced = ds.zero_stage == 3 and dist.world_size() > 1
-        sampler = None
-        if cfg.rollout.engine == "vllm":  # after the engines: vLLM sizes its cache by the memory they leave
-            sampler = VllmSampler(checkpoint, cfg.rollout.vllm, dtype=mc.dtype, seed=cfg.trainer.seed + dist.rank())
         return stages.Models(policy, prm, ref, tokenizer, synced, offload_reference=mc.offload_reference,
                              sampler=sampler)
 
@@ -129,9 +131,10 @@ class PrimeTrainer(Job):
             metrics, log_ratio = self._score_prm(groups)
             out = {f"prm_eval/{k}": v for k, v in metrics.items()}
             if m.ref is not None:
-                if self.sft_groups is None:
-                    self.sft_groups = self._sample_heldout(m.ref)
-                out |= {f"prm_eval_sft/{k}": v for k, v in self._score_prm(self.sft_groups)[0].items()}
+                if self.sft_groups is None:  # at step 0 the policy is the starting model: its samples are these
+                    self.sft_groups = groups if step == 0 else self._sample_heldout(m.ref)
+                sft = metrics if self.sft_groups is groups else self._score_prm(self.sft_groups)[0]
+                out |= {f"prm_eval_sft/{k}": v for k, v in sft.items()}
         if dist.is_main() and settings.table_rows:
             shown = prm_quality.heatmap_rows(groups, log_ratio, m.tokenizer, self.step_ends, cfg.prm.beta,
                                           settings.table_rows)
@@ -143,11 +146,21 @@ class PrimeTrainer(Job):
         return out
 
     def _sample_heldout(self, model) -> prm_quality.HeldoutGroups:
-        """``prm_eval.samples_per_prompt`` responses of ``model`` (engine or module) to each evaluation prompt."""
+        """``prm_eval.samples_per_prompt`` responses of ``model`` (engine or module) to each evaluation prompt; with
+        the vllm engine it samples them, given ``model``'s weights (the policy's again before the next rollout)."""
         cfg, m = self.cfg, self.models
-        return prm_quality.sample_heldout(getattr(model, "module", model), m.tokenizer,
-                                       self.eval_samples[:cfg.prm_eval.num_prompts], self.run.scorer, cfg.prm_eval,
-                                       max_new_tokens=cfg.rollout.max_new_tokens, synced_gpus=m.synced_generation)
+        sampler = None
+        if m.sampler is not None and model is m.policy:
+            sampler = self._synced_sampler()
+        elif m.sampler is not None:
+            m.sampler.load_weights(full_named_parameters(model))
+            sampler, self.sampler_stale = m.sampler, True
+        groups = prm_quality.sample_heldout(getattr(model, "module", model), m.tokenizer,
+                                            self.eval_samples[:cfg.prm_eval.num_prompts], self.run.scorer,
+                                            cfg.prm_eval, max_new_tokens=cfg.rollout.max_new_tokens,
+                                            synced_gpus=m.synced_generation, sampler=sampler)
+        self._sampler_done()
+        return groups
 
     def _score_prm(self, groups: prm_quality.HeldoutGroups) -> tuple[dict[str, float], torch.Tensor]:
         """The PRM's metrics on ``groups``, read against its own reference (as in training)."""
@@ -181,14 +194,14 @@ class PrimeTrainer(Job):
             with timed("weight_sync"):
                 sampler = self._synced_sampler()
         while rounds < cfg.filter.fill_rounds and len(self.buffer) < wanted:
-            seeds = self._sampler_seeds(wanted * k) if m.sampler is not None else None
+            seed = self._sampler_seed()
             prompts = self.prompts.take(wanted)
             with timed("generate"):
                 r = cfg.rollout
                 rollout = stages.generate_stage(m.policy.module, m.tokenizer, prompts, k,
                                                 max_new_tokens=r.max_new_tokens, temperature=r.temperature,
                                                 top_p=r.top_p, synced_gpus=m.synced_generation,
-                                                sampler=sampler, seeds=seeds)
+                                                sampler=sampler, seed=seed)
                 if r.release_cache:
                     release_cached_memory()
             with timed("verify"):
@@ -235,11 +248,10 @@ class PrimeTrainer(Job):
         if self.models.sampler is not None:
             self.models.sampler.sleep()
 
-    def _sampler_seeds(self, rows: int) -> torch.Tensor:
-        """[rows] vLLM seeds for the next round, one per global row, from the run's seed and the prompt stream's
-        position: a resumed run draws what the uninterrupted one did."""
-        g = torch.Generator().manual_seed(self.cfg.trainer.seed * 1_000_003 + self.prompts.position)
-        return torch.randint(2**31 - 1, (rows,), generator=g)
+    def _sampler_seed(self) -> int:
+        """This rank's vLLM seed for the next round, from the run's seed, the prompt stream's position and the
+        rank: a resumed run draws what the uninterrupted one did."""
+        return (self.cfg.trainer.seed * 1_000_003 + self.prompts.position) * 1009 + dist.rank()
 
     # --- what the run asks of this job (prm_rl.trainer.run.Job) ------------------------------------------
     def engines(self) -> dict:

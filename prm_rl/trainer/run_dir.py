@@ -17,7 +17,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig, OmegaConf
 
 from prm_rl.engine import dist
-from prm_rl.engine.deepspeed_engine import full_parameters
+from prm_rl.engine.deepspeed_engine import gathered, host_weights, unwrap
 from prm_rl.models.lora import AdapterView
 from prm_rl.trainer import run_lock
 from prm_rl.trainer.faults import EXIT_CHECKPOINT, RunStopped
@@ -74,14 +74,19 @@ def save_config(run_dir: Path, cfg: DictConfig) -> None:
 
 
 def save_hf_model(model, tokenizer, out: Path, adapters: Path | None = None) -> None:
-    """Hugging Face export of a (possibly ZeRO-3 sharded) model; collective, rank 0 writes. A LoRA view is
-    exported merged (base + adapter: what ``from_pretrained`` and every prm_rl command read) and, given
-    ``adapters``, its adapter alone too, as ``adapters/<role>/`` in PEFT's format."""
-    with full_parameters(model) as module:
-        if dist.is_main():
-            module.save_pretrained(out)
-            tokenizer.save_pretrained(out)
-            if adapters is not None and isinstance(module, AdapterView):
+    """Hugging Face export of a (possibly ZeRO-3 sharded) model; collective: the weights are gathered one at a time
+    into rank 0's host memory (:func:`host_weights`) and rank 0 writes them. A LoRA view is exported merged (base +
+    adapter: what ``from_pretrained`` and every prm_rl command read) and, given ``adapters``, its adapter alone too,
+    as ``adapters/<role>/`` in PEFT's format."""
+    weights = host_weights(model)
+    module = unwrap(model)
+    if dist.is_main():
+        checkpoint = module.shared_model if isinstance(module, AdapterView) else module
+        checkpoint.save_pretrained(out, state_dict=weights)
+        tokenizer.save_pretrained(out)
+    if adapters is not None and isinstance(module, AdapterView):
+        with gathered(model, module.trainable_parameters()):  # small: the adapter alone
+            if dist.is_main():
                 module.save_adapter(adapters)
     dist.barrier()
 

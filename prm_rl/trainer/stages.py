@@ -83,12 +83,13 @@ def _sums_to_means(sums: dict[str, float], counts: dict[str, str | None]) -> dic
 
 def generate_stage(policy: torch.nn.Module, tok, prompts: list[Sample], k: int, *, max_new_tokens: int,
                    temperature: float, top_p: float, synced_gpus: bool, sampler=None,
-                   seeds: torch.Tensor | None = None) -> Rollout:
+                   seed: int | None = None) -> Rollout:
     """K samples for each of this rank's prompts; returns the global rollout (groups contiguous).
 
     ``policy`` is the bare model (an engine's ``.module``); ``synced_gpus`` as in :func:`generate`.
     ``sampler``: a :class:`~prm_rl.rollout.vllm_engine.VllmSampler` holding the policy's weights samples instead
-    of ``policy``, with ``seeds`` [B K] (one per global row); the rollout then carries its log-probs.
+    of ``policy``, its draws a function of ``seed`` (this rank's) and the prompts; the rollout then carries its
+    log-probs.
     """
     # Every rank tokenizes the whole global prompt list so all share one left-padded prompt width.
     ids = [row for row in encode_prompts(tok, [s.prompt for s in prompts]) for _ in range(k)]
@@ -100,7 +101,7 @@ def generate_stage(policy: torch.nn.Module, tok, prompts: list[Sample], k: int, 
     if sampler is None:
         local = generate(policy, prompt_ids[mine], prompt_mask[mine], synced_gpus=synced_gpus, **sampling)
     else:
-        local = sampler.rollout(ids[mine], seeds=seeds[mine].tolist(), **sampling)
+        local = sampler.rollout(ids[mine], seed=seed, **sampling)
     return Rollout(prompt_ids, prompt_mask,
                    dist.gather_rows(local.response_ids, tok.pad_token_id),
                    dist.gather_rows(local.response_mask, 0),

@@ -2,6 +2,8 @@
 tokens, the same log-probs of sampled tokens, and a real weight sync after optimiser updates."""
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import torch
 
@@ -15,7 +17,7 @@ from prm_rl.engine.deepspeed_engine import full_named_parameters  # noqa: E402
 from prm_rl.models.forward import response_logprobs  # noqa: E402
 from prm_rl.models.tiny import TinyModelConfig, build_char_tokenizer, build_tiny_model  # noqa: E402
 from prm_rl.rollout.generate import Rollout, generate, left_pad, response_mask_from_ids  # noqa: E402
-from prm_rl.rollout.vllm_engine import VllmConfig, VllmSampler  # noqa: E402
+from prm_rl.rollout.vllm_engine import VllmConfig, VllmSampler, check_free_memory, planned_length  # noqa: E402
 
 MAX_NEW = 24
 # float32 on both sides; measured here: at most ~5e-6 over every sampled token (vLLM's kernels vs HF's).
@@ -25,15 +27,20 @@ LOGPROB_TOLERANCE = 1e-4
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    """A small tied-embedding Llama saved as a checkpoint, its tokenizer, prompts, and one vLLM engine on it."""
+    """A small tied-embedding Llama saved as a checkpoint, its tokenizer, prompts, and one vLLM engine on it.
+
+    Its generation_config.json lists a second EOS id, as Qwen's does: a token the greedy responses hold mid-way,
+    which vLLM must not stop on (the trainer ends a response on the tokenizer's EOS only)."""
     tokenizer = build_char_tokenizer(arithmetic.CHARACTERS)
     model = build_tiny_model(TinyModelConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128,
                                              max_positions=64), tokenizer, seed=3)
+    problems = arithmetic.heldout_problems(arithmetic.ArithmeticConfig(min_steps=1, max_steps=3), 12, seed=0)
+    prompts = encode_prompts(tokenizer, [arithmetic.prompt_text(p) for p in problems])
+    mid_response = Counter(t for row in hf_greedy(model.eval(), tokenizer, prompts) for t in row[:-1]).most_common(1)
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, mid_response[0][0]]
     path = tmp_path_factory.mktemp("vllm_model")
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
-    problems = arithmetic.heldout_problems(arithmetic.ArithmeticConfig(min_steps=1, max_steps=3), 12, seed=0)
-    prompts = encode_prompts(tokenizer, [arithmetic.prompt_text(p) for p in problems])
     sampler = VllmSampler(str(path), VllmConfig(), dtype="float32", seed=0)
     return model.eval(), tokenizer, prompts, sampler
 
@@ -68,7 +75,10 @@ def update(model, tokenizer, prompts, seed: int) -> None:
 
 def test_greedy_tokens_equal_the_hf_engine_row_for_row(setup):
     model, tokenizer, prompts, sampler = setup
-    assert vllm_greedy(sampler, tokenizer, prompts) == hf_greedy(model, tokenizer, prompts)
+    second_eos = model.generation_config.eos_token_id[1]
+    expected = hf_greedy(model, tokenizer, prompts)
+    assert any(second_eos in row[:-1] for row in expected)  # vLLM would stop early there if it read the config
+    assert vllm_greedy(sampler, tokenizer, prompts) == expected
 
 
 def test_sampled_tokens_log_probs_match_the_trainers_at_the_sampling_temperature(setup):
@@ -77,7 +87,7 @@ def test_sampled_tokens_log_probs_match_the_trainers_at_the_sampling_temperature
         rows = prompts * 2
         ids, sampler_logp = sampler.sample(rows, max_new_tokens=MAX_NEW, eos_id=tokenizer.eos_token_id,
                                            pad_id=tokenizer.pad_token_id, do_sample=True, temperature=temperature,
-                                           seeds=list(range(len(rows))))
+                                           seed=temperature_seed(temperature))
         mask, truncated = response_mask_from_ids(ids, tokenizer.eos_token_id)
         prompt_ids, prompt_mask = left_pad(rows, tokenizer.pad_token_id)
         batch = Rollout(prompt_ids, prompt_mask, ids.masked_fill(mask == 0, tokenizer.pad_token_id), mask, truncated)
@@ -88,17 +98,24 @@ def test_sampled_tokens_log_probs_match_the_trainers_at_the_sampling_temperature
         assert mask.sum() > len(rows)  # real responses, not one token each
 
 
+def temperature_seed(temperature: float) -> int:
+    return int(temperature * 100)
+
+
 def test_seeded_draws_repeat_whatever_was_sampled_between(setup):
     _, tokenizer, prompts, sampler = setup
     draw = dict(max_new_tokens=MAX_NEW, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
-                do_sample=True, seeds=[11, 12, 13])
+                do_sample=True, seed=11)
     first, _ = sampler.sample(prompts[:3], **draw)
     sampler.sample(prompts, max_new_tokens=MAX_NEW, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
                    do_sample=True)
     again, _ = sampler.sample(prompts[:3], **draw)
     assert torch.equal(first, again)
-    other, _ = sampler.sample(prompts[:3], **{**draw, "seeds": [21, 22, 23]})
+    other, _ = sampler.sample(prompts[:3], **{**draw, "seed": 21})
     assert not torch.equal(first, other)
+    state = torch.get_rng_state()
+    sampler.sample(prompts[:3], **draw)
+    assert torch.equal(torch.get_rng_state(), state)  # the trainer's own random stream is left as it was
 
 
 def test_after_each_update_and_sync_vllm_samples_the_updated_policy(setup):
@@ -111,6 +128,27 @@ def test_after_each_update_and_sync_vllm_samples_the_updated_policy(setup):
         sampler.load_weights(full_named_parameters(model))  # tied lm_head/embeddings come under both names
         assert vllm_greedy(sampler, tokenizer, prompts) == updated
         before = updated
+
+
+def test_machine_dependent_defaults_and_the_planned_length(setup, tmp_path):
+    assert VllmConfig().resolved(gpu=True) == VllmConfig(enforce_eager=False, sleep_level=2)
+    assert VllmConfig().resolved(gpu=False) == VllmConfig(enforce_eager=True, sleep_level=0)
+    assert VllmConfig(sleep_level=1, enforce_eager=True).resolved(gpu=True).sleep_level == 1  # a set value stays
+    model, tokenizer, _, _ = setup
+    model.save_pretrained(tmp_path)  # max_positions=64
+    assert planned_length(VllmConfig(), str(tmp_path), longest_prompt=20, max_new_tokens=24) == 44
+    assert planned_length(VllmConfig(), str(tmp_path), longest_prompt=512, max_new_tokens=24) == 64
+    assert planned_length(VllmConfig(max_model_len=50), str(tmp_path), longest_prompt=512, max_new_tokens=24) == 50
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the free-memory check reads a GPU")
+def test_a_share_larger_than_the_free_gpu_memory_is_refused_naming_the_option():
+    from prm_rl.errors import ConfigError
+
+    free, total = torch.cuda.mem_get_info()
+    hold = torch.empty(int(total * 0.5), dtype=torch.uint8, device="cuda")  # noqa: F841 - leaves < 0.9 free
+    with pytest.raises(ConfigError, match=r"^rollout\.vllm\.gpu_memory_utilization=0\.9: vLLM needs"):
+        check_free_memory(VllmConfig(gpu_memory_utilization=0.9))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="sleep mode is a GPU feature")

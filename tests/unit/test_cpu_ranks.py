@@ -1,6 +1,7 @@
 """How many ranks ``trainer.cpu_ranks`` starts, and when a launch starts any."""
 from __future__ import annotations
 
+from prm_rl.cli.train import gpu_machine
 from prm_rl.engine.cpu_ranks import AUTO_MAX_RANKS, SPAWNED, ranks_to_start, run_ranks, should_spawn
 
 
@@ -44,3 +45,12 @@ def test_a_failed_rank_stops_the_others_instead_of_leaving_them_waiting(tmp_path
                       "    time.sleep(600)\n"  # as if waiting in a collective for rank 1
                       "sys.exit(5)\n")
     assert run_ranks([str(script)], 2, grace_s=5) == 5
+
+
+def test_one_thread_per_rank_is_set_only_where_no_gpu_is_visible():
+    """OMP_NUM_THREADS=1 suits CPU ranks sharing cores, and starves DeepSpeed's CPU Adam beside a GPU."""
+    assert gpu_machine({}, ["/dev/nvidia0"])
+    assert gpu_machine({"CUDA_VISIBLE_DEVICES": "0,1"}, ["/dev/nvidia0", "/dev/nvidia1"])
+    assert not gpu_machine({}, [])
+    assert not gpu_machine({"CUDA_VISIBLE_DEVICES": ""}, ["/dev/nvidia0"])
+    assert not gpu_machine({"CUDA_VISIBLE_DEVICES": "-1"}, ["/dev/nvidia0"])
