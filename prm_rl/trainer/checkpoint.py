@@ -16,6 +16,10 @@ Collective: every rank calls :func:`save` and :func:`load`; rank 0 does the book
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
+import hashlib
+import io
 import json
 import random
 import re
@@ -80,9 +84,14 @@ def rng_state(shuffle: torch.Generator) -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any], shuffle: torch.Generator) -> None:
+    """Apply :func:`rng_state`'s states, or, for a rank new to a resized run, seed its fresh streams."""
+    shuffle.set_state(state["shuffle"])
+    if "seed" in state:
+        torch.manual_seed(state["seed"])  # CUDA's generators too
+        random.seed(state["seed"])
+        return
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    shuffle.set_state(state["shuffle"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -156,21 +165,145 @@ def _prepare(staging: Path, engines: dict[str, Any]) -> str | None:
     return None
 
 
-def load(path: Path, engines: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """Restore the engines' states (collective); returns (trainer state, buffer state, this rank's RNG state)."""
-    state = json.loads((path / "trainer_state.json").read_text())
-    if state["world_size"] != dist.world_size():
-        raise RunStopped(f"checkpoint {path} was written by {state['world_size']} ranks, this run has "
-                         f"{dist.world_size()}: resume with the same number of ranks", EXIT_CHECKPOINT)
+def load(path: Path, engines: dict[str, Any], *, run_dir: Path, seed: int,
+         log: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Restore the engines' states (collective); returns (trainer state, buffer state, this rank's RNG state).
+
+    A checkpoint written by another number of ranks is resumed too (:func:`_load_repartitioned`): weights,
+    optimiser moments and step counts come back exactly, re-cut into this run's ZeRO partitions; see
+    :func:`_rng_of_this_rank` for the per-rank random streams.
+    """
+    state = _trainer_state(path)
+    saved_ranks = state["world_size"]
+    resized = saved_ranks != dist.world_size()
+    if resized:
+        log(_resize_note(saved_ranks, dist.world_size()))
+        _load_repartitioned(path, engines, root(run_dir) / "repartition.tmp")
+    else:
+        for name, engine in engines.items():
+            _load_deepspeed(engine, path / name / "ds")
+    buffer_state = torch.load(_existing(path / "buffer.pt"), weights_only=False)
+    return state, buffer_state, _rng_of_this_rank(path, saved_ranks, seed=seed, step=state["step"])
+
+
+def _resize_note(saved_ranks: int, ranks: int) -> str:
+    """The one line a run resumed on a different world size logs."""
+    streams = f"ranks 0..{min(saved_ranks, ranks) - 1} keep their random streams"
+    if ranks > saved_ranks:
+        streams += f", ranks {saved_ranks}..{ranks - 1} seed new ones from trainer.seed, the step and the rank"
+    return (f"resuming on a different world size: {ranks} ranks, the checkpoint was written by {saved_ranks}; "
+            f"weights and optimiser states re-partitioned exactly; {streams}; from here on the samples differ "
+            "from those of a run that kept its ranks")
+
+
+def _trainer_state(path: Path) -> dict[str, Any]:
+    file = path / "trainer_state.json"
+    try:
+        state = json.loads(file.read_text())
+    except ValueError as err:
+        raise RunStopped(f"checkpoint {file}: not JSON ({err})", EXIT_CHECKPOINT) from err
+    missing = [key for key in ("step", "world_size") if key not in state]
+    if missing:
+        raise RunStopped(f"checkpoint {file}: no {', '.join(missing)} (an older layout?)", EXIT_CHECKPOINT)
+    return state
+
+
+def _existing(file: Path) -> Path:
+    if not file.exists():
+        raise RunStopped(f"checkpoint file {file} is missing (an older layout, or a copy cut short?)", EXIT_CHECKPOINT)
+    return file
+
+
+def _load_deepspeed(engine, ds_dir: Path) -> None:
+    """DeepSpeed's own load of the folder one ``save_checkpoint`` wrote (every rank reads its own partition)."""
+    load_path, _ = engine.load_checkpoint(str(ds_dir), tag="state", load_optimizer_states=True,
+                                          load_lr_scheduler_states=True,
+                                          load_module_strict=not isinstance(engine.module, AdapterView))
+    if load_path is None:
+        raise RunStopped(f"checkpoint {ds_dir}: no DeepSpeed state", EXIT_CHECKPOINT)
+
+
+def _load_repartitioned(path: Path, engines: dict[str, Any], scratch: Path) -> None:
+    """Load ZeRO states saved by another number of ranks (collective).
+
+    Rank 0 converts each engine's saved partitions into DeepSpeed's universal checkpoint (one file per parameter
+    and state: fp32 weight, Adam's two moments, step; ``deepspeed.checkpoint.ds_to_universal``) in ``scratch``;
+    every rank then loads its new partition from those files, and ``scratch`` is deleted. ZeRO stage 0 keeps no
+    partitions: its states load as they were saved.
+    """
+    partitioned = {name: e for name, e in engines.items() if e.zero_optimization_stage() > 0}
+    problem = _convert_to_universal(path, partitioned, scratch) if dist.is_main() else None
+    problem = dist.broadcast_object(problem)
+    if problem:
+        raise RunStopped(problem, EXIT_CHECKPOINT)
     for name, engine in engines.items():
-        load_path, _ = engine.load_checkpoint(str(path / name / "ds"), tag="state", load_optimizer_states=True,
-                                              load_lr_scheduler_states=True,
-                                              load_module_strict=not isinstance(engine.module, AdapterView))
-        if load_path is None:
-            raise RunStopped(f"checkpoint {path}: no DeepSpeed state for {name}", EXIT_CHECKPOINT)
-    rng_file = path / "rng" / f"rank_{dist.rank()}.pt"
-    buffer_state = torch.load(path / "buffer.pt", weights_only=False)
-    return state, buffer_state, torch.load(rng_file, weights_only=False)
+        if name in partitioned:
+            with _universal_load(engine):
+                _load_deepspeed(engine, scratch / name)
+        else:
+            _load_deepspeed(engine, path / name / "ds")
+    dist.barrier()
+    if dist.is_main():
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _convert_to_universal(path: Path, engines: dict[str, Any], scratch: Path) -> str | None:
+    """Write ``scratch/<name>/state/`` for each engine (rank 0); a one-line reason if a checkpoint cannot be read."""
+    shutil.rmtree(scratch, ignore_errors=True)  # a conversion killed part-way
+    for name in engines:
+        saved = path / name / "ds"
+        try:
+            to_universal(saved, scratch / name / "state")
+        except Exception as err:  # noqa: BLE001 - whatever the converter trips on, the saved files are not ours
+            shutil.rmtree(scratch, ignore_errors=True)
+            return (f"checkpoint {saved}: cannot re-partition it for {dist.world_size()} ranks "
+                    f"({type(err).__name__}: {err})")
+    return None
+
+
+def to_universal(saved: Path, out: Path) -> Path:
+    """DeepSpeed's universal checkpoint of one engine's saved folder (``.../policy/ds``) in ``out``: its ZeRO
+    partitions put together, ``out/zero/<parameter>/{fp32,exp_avg,exp_avg_sq[,step]}.pt`` (full tensors), the same
+    whatever rank count wrote them. Quiet: the converter's progress lines are dropped."""
+    from deepspeed.checkpoint import ds_to_universal
+
+    args = argparse.Namespace(input_folder=str(saved / "state"), output_folder=str(out), num_extract_workers=1,
+                              num_merge_workers=1, keep_temp_folder=False, strict=True,
+                              inject_missing_state=True)  # our checkpoints predate DeepSpeed's universal metadata
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        ds_to_universal.main(args)
+    return out
+
+
+@contextlib.contextmanager
+def _universal_load(engine):
+    """DeepSpeed's ``checkpoint.load_universal`` for one load. DeepSpeed reads the setting only while loading, so
+    switching it on here, rather than in the engine's config, leaves same-size resumes on the direct load."""
+    engine._config.load_universal_checkpoint = True
+    try:
+        yield
+    finally:
+        engine._config.load_universal_checkpoint = False
+
+
+def _rng_of_this_rank(path: Path, saved_ranks: int, *, seed: int, step: int) -> dict[str, Any]:
+    """This rank's random generator states.
+
+    The saving run's rank ``r`` wrote ``rng/rank_<r>.pt``; a rank that had none (a run resumed on more ranks)
+    starts a fresh stream seeded from (``trainer.seed``, step, rank), so a resized resume is reproducible too.
+    The shared shuffling generator is the same on every rank: it comes from rank 0's file.
+    """
+    rank = dist.rank()
+    if rank < saved_ranks:
+        return torch.load(_existing(path / "rng" / f"rank_{rank}.pt"), weights_only=False)
+    shared = torch.load(_existing(path / "rng" / "rank_0.pt"), weights_only=False)
+    return {"seed": _fresh_seed(seed, step, rank), "shuffle": shared["shuffle"]}
+
+
+def _fresh_seed(seed: int, step: int, rank: int) -> int:
+    """A 63-bit seed for (run seed, step, rank): a hash, so unrelated to the seed of any other step or rank."""
+    digest = hashlib.sha256(f"prm_rl rank stream {seed} {step} {rank}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def config_changes(path: Path, config: DictConfig) -> list[str]:

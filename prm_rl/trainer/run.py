@@ -162,7 +162,8 @@ class Run:
     def _resume(self, job: Job, path: Path) -> dict[str, Any]:
         for change in checkpoint.config_changes(path, self.raw_cfg) if dist.is_main() else []:
             log(f"config differs from the checkpoint's: {change}")
-        state, buffer_state, rng = checkpoint.load(path, job.engines())
+        state, buffer_state, rng = checkpoint.load(path, job.engines(), run_dir=self.dir,
+                                                   seed=self.cfg.trainer.seed, log=log)
         for name, engine in job.engines().items():  # the config's optimiser settings win over the saved ones
             section = getattr(self.cfg, name)
             set_optimizer_hyperparameters(engine, lr=section.learning_rate, weight_decay=section.weight_decay)
