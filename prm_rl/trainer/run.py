@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from prm_rl.config import Config
 from prm_rl.engine import dist
 from prm_rl.engine.deepspeed_engine import set_optimizer_hyperparameters
-from prm_rl.models.loading import load_tokenizer, start_checkpoint
+from prm_rl.models.loading import check_every_rank_sees, load_tokenizer, start_checkpoint
 from prm_rl.rewards import build_scorer
 from prm_rl.tracking.logger import MetricsLogger
 from prm_rl.trainer import checkpoint, run_dir
@@ -108,6 +108,7 @@ class Run:
         v = cfg.verifier
         self.scorer = build_scorer(v.tasks, num_workers=v.num_workers, timeout_s=v.timeout_s, root="verifier.tasks")
         self.start_checkpoint = on_rank0(lambda: start_checkpoint(cfg, log=log))  # may train the warm start
+        check_every_rank_sees(self.start_checkpoint)  # several nodes: the warm start's cache must be shared
         self.tokenizer = load_tokenizer(cfg.model.tokenizer_path or self.start_checkpoint)
         self.guard = NonFiniteGuard(cfg.trainer.max_bad_steps)
         self.logger: MetricsLogger | None = None  # rank 0's, opened by fit()
