@@ -253,12 +253,32 @@ def _convert_to_universal(path: Path, engines: dict[str, Any], scratch: Path) ->
     for name in engines:
         saved = path / name / "ds"
         try:
-            to_universal(saved, scratch / name / "state")
+            to_universal(_own_parameters_only(saved, scratch / name / "saved"), scratch / name / "state")
         except Exception as err:  # noqa: BLE001 - whatever the converter trips on, the saved files are not ours
             shutil.rmtree(scratch, ignore_errors=True)
             return (f"checkpoint {saved}: cannot re-partition it for {dist.world_size()} ranks "
                     f"({type(err).__name__}: {err})")
     return None
+
+
+def _own_parameters_only(saved: Path, staged: Path) -> Path:
+    """A copy of the engine's saved folder whose model states hold only the parameters its optimiser trains; the
+    optimiser partitions are linked, not copied.
+
+    A LoRA role's module also holds the other role's adapter (trainable, so saved with the module, but trained by
+    the other engine). ds_to_universal writes every module tensor without optimiser state to a file of its own, as
+    a view that drags its whole flat buffer along: with a 7B model's adapters, tens of GB of scratch.
+    """
+    (staged / "state").mkdir(parents=True)
+    for file in (saved / "state").iterdir():
+        if file.name.endswith("model_states.pt"):
+            states = torch.load(file, map_location="cpu", weights_only=False)
+            own = {name for group in states.get("param_shapes") or [] for name in group}
+            states["module"] = {k: v for k, v in (states.get("module") or {}).items() if k in own}
+            torch.save(states, staged / "state" / file.name)
+        else:
+            (staged / "state" / file.name).symlink_to(file.resolve())
+    return staged
 
 
 def to_universal(saved: Path, out: Path) -> Path:
