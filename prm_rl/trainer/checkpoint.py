@@ -12,6 +12,7 @@
 A checkpoint is written into ``step_N.tmp`` and renamed to ``step_N`` once every rank has finished: the
 rename is the commit, so a kill during a save leaves a ``.tmp`` leftover that resume reports, removes and
 never loads. ``checkpoints/latest`` then names the newest complete checkpoint, for people and tools.
+A checkpoint also resumes on another number of ranks (:func:`load`; docs/checkpoints.md says what stays exact).
 Collective: every rank calls :func:`save` and :func:`load`; rank 0 does the bookkeeping.
 """
 from __future__ import annotations
