@@ -574,6 +574,8 @@ class TrainerSection:
     """save a checkpoint every N steps (0 = only at the end); one is always saved at the end"""
     keep_checkpoints: int = 2
     """newest checkpoints kept; older ones are deleted once a newer one is complete"""
+    checkpoint_hf: bool = True
+    """also write each trained model's Hugging Face export into every checkpoint (policy/hf, prm/hf); false: only RUN/policy, RUN/prm at the end"""
     max_bad_steps: int = 3
     """stop after this many steps in a row whose updates were skipped for NaN/inf"""
     cpu_ranks: int = 0

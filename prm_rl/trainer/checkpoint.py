@@ -3,7 +3,8 @@
 ``<run_dir>/checkpoints/step_000020/`` holds:
 
 * ``policy/ds``, ``prm/ds``: DeepSpeed states of the trained engines (weights, optimiser, every rank's ZeRO shard)
-* ``policy/hf``, ``prm/hf``: Hugging Face export of the weights (``from_pretrained`` loads them)
+* ``policy/hf``, ``prm/hf``: Hugging Face export of the weights (``from_pretrained`` loads them), unless
+  ``trainer.checkpoint_hf=false``
 * ``trainer_state.json``: step, prompt-stream position, guard counters, W&B run id, starting accuracy
 * ``buffer.pt``: groups that passed the filter and wait for the next step (``filter.fill_rounds > 1``)
 * ``rng/rank_<r>.pt``: every rank's random generator states
@@ -99,12 +100,13 @@ def set_rng_state(state: dict[str, Any], shuffle: torch.Generator) -> None:
 
 def save(run_dir: Path, step: int, *, engines: dict[str, Any], tokenizer, trainer_state: dict[str, Any],
          buffer_state: dict[str, Any], rng: dict[str, Any], config: DictConfig, keep: int,
-         log: Callable[[str], None]) -> Path:
-    """Write checkpoint ``step`` (collective), make it the latest, then delete all but the newest ``keep``."""
+         log: Callable[[str], None], hf_export: bool = True) -> Path:
+    """Write checkpoint ``step`` (collective), make it the latest, then delete all but the newest ``keep``
+    (``hf_export``: with each engine's Hugging Face export, ``trainer.checkpoint_hf``)."""
     started = time.time()
     final = root(run_dir) / f"step_{step:06d}"
     staging = final.with_name(final.name + ".tmp")
-    problem = _prepare(staging, engines) if dist.is_main() else None
+    problem = _prepare(staging, engines, hf_export) if dist.is_main() else None
     problem = dist.broadcast_object(problem)
     if problem:
         raise RunStopped(f"checkpoint at step {step} not written: {problem}", EXIT_CHECKPOINT)
@@ -114,7 +116,8 @@ def save(run_dir: Path, step: int, *, engines: dict[str, Any], tokenizer, traine
             # a LoRA engine's frozen base is the starting checkpoint's: not saved again, twice, every time
             engine.save_checkpoint(str(staging / name / "ds"), tag="state", save_latest=False,
                                    exclude_frozen_parameters=True)
-            run_files.save_hf_model(engine, tokenizer, staging / name / "hf")
+            if hf_export:
+                run_files.save_hf_model(engine, tokenizer, staging / name / "hf")
         (staging / "rng").mkdir(exist_ok=True)
         torch.save(rng, staging / "rng" / f"rank_{dist.rank()}.pt")
         if dist.is_main():
@@ -142,7 +145,7 @@ def save(run_dir: Path, step: int, *, engines: dict[str, Any], tokenizer, traine
     return final
 
 
-def _prepare(staging: Path, engines: dict[str, Any]) -> str | None:
+def _prepare(staging: Path, engines: dict[str, Any], hf_export: bool) -> str | None:
     """Clear a stale staging folder and check the disk can take a checkpoint; a reason if it cannot."""
     shutil.rmtree(staging, ignore_errors=True)
     try:
@@ -156,7 +159,7 @@ def _prepare(staging: Path, engines: dict[str, Any]) -> str | None:
         def numel(params) -> int:  # ds_numel: the full size of a ZeRO-3 partitioned parameter
             return sum(getattr(p, "ds_numel", p.numel()) for p in params)
 
-        needed = sum(4 * 4 * numel(trainable_parameters(e.module)) + 4 * numel(e.module.parameters())
+        needed = sum(4 * 4 * numel(trainable_parameters(e.module)) + 4 * numel(e.module.parameters()) * hf_export
                      for e in engines.values())
     free = shutil.disk_usage(staging).free
     if free < needed:

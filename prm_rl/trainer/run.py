@@ -221,7 +221,8 @@ class Run:
         return checkpoint.save(self.dir, step, engines=job.engines(), tokenizer=self.tokenizer,
                                trainer_state=state, buffer_state=job.buffer_state(),
                                rng=checkpoint.rng_state(self.shuffle), config=self.raw_cfg,
-                               keep=self.cfg.trainer.keep_checkpoints, log=log)
+                               keep=self.cfg.trainer.keep_checkpoints, log=log,
+                               hf_export=self.cfg.trainer.checkpoint_hf)
 
     # --- the end -----------------------------------------------------------------------------------------
     def _finish(self, job: Job) -> dict:

@@ -4,6 +4,7 @@ does) is tests/integration/test_lora_runs.py's, with the policy and the PRM as L
 from __future__ import annotations
 
 import pytest
+from transformers import AutoModelForCausalLM
 
 from tiny_runs import launch, metrics, require_vllm
 
@@ -29,6 +30,10 @@ def assert_synced_every_step(rows: list[dict], steps: int) -> None:
 def test_two_ranks_under_zero3_run_prime_steps_on_the_vllm_engine_with_tis(tmp_path, warm_cache):
     run_dir = tmp_path / "run"
     proc = launch(warm_cache, run_dir, ["trainer.max_steps=3", "deepspeed.zero_stage=3", "rollout.is_correction=tis",
-                                        *VLLM])
+                                        "trainer.checkpoint_hf=false", *VLLM])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert_synced_every_step(metrics(run_dir), 3)
+    # trainer.checkpoint_hf=false: the Hugging Face exports are written at the end only (gathered under ZeRO-3)
+    final = run_dir / "checkpoints" / "step_000003"
+    assert (final / "policy" / "ds").is_dir() and not (final / "policy" / "hf").exists()
+    assert AutoModelForCausalLM.from_pretrained(run_dir / "policy").num_parameters() > 0
