@@ -161,17 +161,17 @@ _VLLM: dict[str, object] = {}  # one engine per checkpoint: built in the warm-up
 
 
 def vllm_engine(job: Job) -> list[torch.Tensor]:
-    """The trainer's vllm engine (rollout.engine=vllm): a colocated vLLM engine, per-row seeds from the trial's."""
+    """The trainer's vllm engine (rollout.engine=vllm): a colocated vLLM engine, the round's seed from the trial's."""
     from prm_rl.rollout.vllm_engine import VllmConfig, VllmSampler
 
     if job.checkpoint not in _VLLM:
         dtype = str(next(job.model.parameters()).dtype).removeprefix("torch.")
         _VLLM[job.checkpoint] = VllmSampler(job.checkpoint, VllmConfig(), dtype=dtype, seed=0)
     tok = job.tokenizer
-    seeds = torch.randint(2**31 - 1, (len(job.rows),)).tolist()
+    seed = int(torch.randint(2**31 - 1, ()))
     ids, _ = _VLLM[job.checkpoint].sample(job.rows, max_new_tokens=job.max_new_tokens, eos_id=tok.eos_token_id,
                                           pad_id=tok.pad_token_id, do_sample=True, temperature=job.temperature,
-                                          top_p=job.top_p, seeds=seeds)
+                                          top_p=job.top_p, seed=seed)
     return [ids]
 
 

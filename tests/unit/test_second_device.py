@@ -32,7 +32,6 @@ from prm_rl.rollout.generate import generate, hf_generate
 from prm_rl.trainer import stages
 from prm_rl.trainer.step import LearnSections, learn
 
-torch._lazy.ts_backend.init()  # once per process; idempotent for the backend's registration
 LAZY = torch.device("lazy")
 TOK = build_char_tokenizer(arithmetic.CHARACTERS)
 SHAPE = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_positions=96)
@@ -57,6 +56,13 @@ def on_lazy(module: torch.nn.Module) -> torch.nn.Module:
 def host(x: torch.Tensor) -> torch.Tensor:
     assert x.device.type == "cpu", f"a result left on {x.device}: callers keep results in host memory"
     return x
+
+
+@pytest.fixture(scope="module", autouse=True)
+def lazy_backend():
+    """The lazy backend, started when this module's first test runs (not when pytest collects it: the suite's other
+    in-process tests run without it)."""
+    torch._lazy.ts_backend.init()
 
 
 @pytest.fixture(scope="module")
