@@ -50,6 +50,11 @@ METHODS: dict[str, list[str]] = {
     # at 10x the recipe's learning rates (adapters move the weights through a low-rank product)
     "prime-lora": ["model.lora.r=32", "prm.lora.r=32", "model.lora.alpha=64", "prm.lora.alpha=64",
                    "policy.learning_rate=2e-4", "prm.learning_rate=1e-3"],
+    # oracle controls (the task's step checker as credit: docs/algorithm.md), and RLOO at the band they use
+    "rloo-low0": ["algorithm.advantage=rloo", "filter.low=0.0"],  # all-wrong groups kept (they carry no advantage)
+    "oracle-steps": ["algorithm.advantage=oracle-steps", "filter.low=0.0"],  # signal in all-wrong groups too
+    "oracle-from-error": ["algorithm.advantage=oracle-from-error"],  # wrong responses' correct prefixes spared
+    "oracle-error-step": ["algorithm.advantage=oracle-error-step"],  # ... and what follows the error too
 }
 ENTRY = {"trl-grpo": "bench/trl_grpo.py"}  # every other method: our trainer
 RECIPE = {"prime-paper": "math_ppo_paper"}  # every other method: math_ppo

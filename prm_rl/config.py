@@ -447,7 +447,8 @@ class AlgorithmSection:
 
     advantage: str = "prime"
     """prime (RLOO process + RLOO outcome) | rloo (outcome only; no PRM loaded) | grpo | spro (policy as its own PRM) |
-    tree (RLOO outcome + prefix-tree credit; no PRM) | prime-tree (prime + prefix-tree credit)"""
+    tree (RLOO outcome + prefix-tree credit; no PRM) | prime-tree (prime + prefix-tree credit) | oracle-steps,
+    oracle-from-error, oracle-error-step (the task's step checker as credit: controls, built-in arithmetic only)"""
     process_gamma: float = 1.0
     """discount of the process-reward returns (the authors' reward_model_gamma)"""
     outcome_gamma: float = 1.0
@@ -482,6 +483,13 @@ class AlgorithmSection:
         from prm_rl.core import ADVANTAGE_ESTIMATORS
 
         return ADVANTAGE_ESTIMATORS[self.advantage].self_guided
+
+    @property
+    def checked_steps(self) -> bool:
+        """The estimator reads the task's own step checker (an oracle control): no PRM."""
+        from prm_rl.core import ADVANTAGE_ESTIMATORS
+
+        return ADVANTAGE_ESTIMATORS[self.advantage].checked_steps
 
     @property
     def uses_tree(self) -> bool:
@@ -656,6 +664,10 @@ class Config:
         if (b * k) % self.policy.mini_batches:
             raise ConfigError(f"policy.mini_batches={self.policy.mini_batches}: must divide the {b * k} responses "
                               f"of a step (rollout.prompts_per_step x rollout.samples_per_prompt)")
+        if self.algorithm.checked_steps and (self.data.train is not None or self.task.name != "arithmetic"):
+            raise ConfigError(f"algorithm.advantage={self.algorithm.advantage}: credits steps by the task's own step "
+                              "checker, which only the built-in arithmetic task has (data.train null, "
+                              "task.name=arithmetic)")
         if self.model.path is not None and self.data.train is None and not (offline_prm and self.prm_train.data):
             raise ConfigError(f"data.train: required with model.path={self.model.path} (the built-in arithmetic "
                               "prompts are for the built-in model); point it at your training prompts")

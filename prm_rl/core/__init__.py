@@ -19,6 +19,7 @@ from .advantages import (
     tree_advantages,
 )
 from .tree import TREE_SPLITS, prefix_values, segment_ends, tree_credit
+from .checked import first_error_credit, step_correctness_rewards
 from .credit import CREDITS, credit_rewards, masked_step_advantage, reward_carriers
 from .watch import correlation, repeated_ngram_fraction
 from .filters import (
@@ -100,6 +101,8 @@ __all__ = [
     "prefix_values",
     "segment_ends",
     "tree_credit",
+    "step_correctness_rewards",
+    "first_error_credit",
     "grpo_outcome",
     "place_on_last_token",
     "discounted_returns",

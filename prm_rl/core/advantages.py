@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 
+from .checked import first_error_credit
 from .credit import masked_step_advantage
 from .filters import _as_groups
 from .masked import _last_token_mask, _valid, masked_mean, masked_whiten
@@ -211,26 +212,30 @@ class AdvantageEstimator:
     ``uses_prm``: the trainer builds and trains a PRM and passes its dense rewards (None otherwise);
     ``self_guided``: no PRM, the trainer passes the policy's own beta * log(pi_theta / pi_ref) per token (SPRO);
     ``uses_tree``: the trainer passes ``tree_credit`` [N, T], the group's prefix-tree credit already scaled by
-    ``algorithm.tree_coef`` (None otherwise).
+    ``algorithm.tree_coef`` (None otherwise);
+    ``checked_steps``: no PRM, the trainer passes the task's own step checker's verdict as process rewards
+    (:func:`prm_rl.core.step_correctness_rewards`): an oracle control.
     """
 
     fn: Callable[..., torch.Tensor]
     uses_prm: bool
     self_guided: bool = False
     uses_tree: bool = False
+    checked_steps: bool = False
 
 
 # ``algorithm.advantage`` names a key here; the config's allowed values are these keys.
 ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {}
 
 
-def register_advantage(name: str, *, uses_prm: bool, self_guided: bool = False, uses_tree: bool = False):
+def register_advantage(name: str, *, uses_prm: bool, self_guided: bool = False, uses_tree: bool = False,
+                       checked_steps: bool = False):
     """Decorator: make ``fn`` selectable as ``algorithm.advantage=name`` (docs/contributing.md)."""
 
     def add(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         if name in ADVANTAGE_ESTIMATORS:
             raise ValueError(f"advantage estimator {name!r} is already registered")
-        ADVANTAGE_ESTIMATORS[name] = AdvantageEstimator(fn, uses_prm, self_guided, uses_tree)
+        ADVANTAGE_ESTIMATORS[name] = AdvantageEstimator(fn, uses_prm, self_guided, uses_tree, checked_steps)
         return fn
 
     return add
@@ -287,3 +292,35 @@ def _prime_tree(scores, process_rewards, mask, group_size, *, outcome_coef, proc
                                whiten=False)[1]
     returns = returns + torch.where(_valid(mask), _float(tree_credit), _zero(returns))
     return masked_whiten(returns, mask) if whiten else returns
+
+
+# --- oracle controls: the task's own step checker instead of a PRM (prm_rl.core.checked) -----------------------
+
+@register_advantage("oracle-steps", uses_prm=False, checked_steps=True)
+def _oracle_steps(scores, process_rewards, mask, group_size, *, outcome_coef, process_coef, process_gamma,
+                  outcome_gamma, whiten, tree_credit):
+    """PRIME's estimator with the checker's step correctness as the process rewards (+1 per right step, -1 on the
+    first wrong one): signal even where every response of a group is wrong."""
+    return prime_advantages(scores, process_rewards, mask, group_size, outcome_coef=outcome_coef,
+                            process_coef=process_coef, process_gamma=process_gamma, outcome_gamma=outcome_gamma,
+                            whiten=whiten)[0]
+
+
+@register_advantage("oracle-from-error", uses_prm=False, checked_steps=True)
+def _oracle_from_error(scores, process_rewards, mask, group_size, *, outcome_coef, process_coef, process_gamma,
+                       outcome_gamma, whiten, tree_credit):
+    """Outcome RLOO with a wrong response's advantage kept from its first wrong step to its end: its correct prefix
+    is not blamed."""
+    advantages = _rloo(scores, None, mask, group_size, outcome_coef=outcome_coef, process_coef=process_coef,
+                       process_gamma=process_gamma, outcome_gamma=outcome_gamma, whiten=whiten, tree_credit=None)
+    return first_error_credit(advantages, process_rewards, scores, mask, through_end=True)
+
+
+@register_advantage("oracle-error-step", uses_prm=False, checked_steps=True)
+def _oracle_error_step(scores, process_rewards, mask, group_size, *, outcome_coef, process_coef, process_gamma,
+                       outcome_gamma, whiten, tree_credit):
+    """Outcome RLOO with a wrong response's advantage on its first wrong step alone (neither the correct prefix
+    nor what follows the error is blamed)."""
+    advantages = _rloo(scores, None, mask, group_size, outcome_coef=outcome_coef, process_coef=process_coef,
+                       process_gamma=process_gamma, outcome_gamma=outcome_gamma, whiten=whiten, tree_credit=None)
+    return first_error_credit(advantages, process_rewards, scores, mask, through_end=False)

@@ -15,6 +15,7 @@ import torch
 
 from prm_rl import core
 from prm_rl.config import AlgorithmSection, FilterSection, PolicySection, PrmSection, RewardSection, RolloutSection
+from prm_rl.data import arithmetic
 from prm_rl.data.sample import Sample, encode_prompts
 from prm_rl.engine import dist
 from prm_rl.engine.deepspeed_engine import backward_and_step, grad_norm
@@ -251,6 +252,25 @@ def process_reward_stage(log_ratio: torch.Tensor, batch: Rollout, step_ends: tor
         carriers = core.reward_carriers(mask, r.granularity, step_end_mask(step_ends, batch), r.reward_eos)
         rewards = core.credit_rewards(rewards, carriers, r.credit, r.softmin_temperature)
     return rewards
+
+
+def checked_step_rewards_stage(tokenizer, batch: Rollout, step_ends: torch.Tensor) -> torch.Tensor:
+    """``[N, T]`` the built-in arithmetic task's step checker as process rewards
+    (:func:`prm_rl.core.step_correctness_rewards`): an oracle control, read off the decoded prompt and response of
+    every row (global batch: every rank computes the same). A row the checker cannot read gets none."""
+    mask = batch.response_mask
+    first_wrong = []
+    for i in range(len(batch)):
+        prompt = tokenizer.decode(batch.prompt_ids[i][batch.prompt_mask[i].bool()], skip_special_tokens=True)
+        response = tokenizer.decode(batch.response_ids[i][mask[i].bool()], skip_special_tokens=True)
+        try:
+            first_wrong.append(arithmetic.first_wrong_step(prompt, response) or 0)
+        except ValueError:  # not a built-in chain: no verdict
+            first_wrong.append(-1)
+    first_wrong = torch.tensor(first_wrong, dtype=torch.long)
+    ends = core.segment_ends(mask, step_end_mask(step_ends, batch), "step")
+    rewards = core.step_correctness_rewards(ends, first_wrong.clamp(min=0))
+    return torch.where((first_wrong >= 0)[:, None], rewards, torch.zeros_like(rewards))
 
 
 def tree_credit_stage(batch: Rollout, scores: torch.Tensor, step_ends: torch.Tensor, k: int,

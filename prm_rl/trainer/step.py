@@ -81,6 +81,8 @@ def learn(models: stages.Models, batch: Rollout, scores: torch.Tensor, sections:
             process_rewards = stages.process_reward_stage(log_ratio, batch, step_ends, s.reward, s.prm.beta)
     elif s.algorithm.self_guided:  # SPRO: the policy is its own implicit PRM, read before its update
         process_rewards = s.prm.beta * core.implicit_log_ratio(old_logp, ref_logp, batch.response_mask)
+    elif s.algorithm.checked_steps:  # an oracle control: the task's own step checker instead of a PRM
+        process_rewards = stages.checked_step_rewards_stage(m.tokenizer, batch, step_ends)
 
     with timer("advantages"):
         tree = stages.tree_credit_stage(batch, scores, step_ends, k, s.algorithm) if s.algorithm.uses_tree else None

@@ -151,10 +151,18 @@ def test_registered_estimators_are_the_documented_functions():
     rewards = torch.randn(8, 5, generator=g) * mask
     tree = torch.randn(8, 5, generator=g) * mask
     knobs = dict(outcome_coef=1.0, process_coef=0.5, process_gamma=0.9, outcome_gamma=0.8, whiten=True)
-    run = {name: est.fn(scores, rewards if est.uses_prm or est.self_guided else None, mask, 4,
+    run = {name: est.fn(scores, rewards if est.uses_prm or est.self_guided or est.checked_steps else None, mask, 4,
                         tree_credit=tree if est.uses_tree else None, **knobs)
            for name, est in core.ADVANTAGE_ESTIMATORS.items()}
-    assert set(run) == {"prime", "rloo", "grpo", "spro", "tree", "prime-tree"}
+    assert set(run) == {"prime", "rloo", "grpo", "spro", "tree", "prime-tree", "oracle-steps", "oracle-from-error",
+                        "oracle-error-step"}
+    assert [n for n, e in core.ADVANTAGE_ESTIMATORS.items() if e.checked_steps] == [
+        "oracle-steps", "oracle-from-error", "oracle-error-step"]
+    torch.testing.assert_close(run["oracle-steps"], run["prime"])  # PRIME's math on the checker's rewards
+    no_error_marked = rewards.clamp(min=0)  # localisation reads the -1: without one, plain RLOO
+    for name in ("oracle-from-error", "oracle-error-step"):
+        localised = core.ADVANTAGE_ESTIMATORS[name].fn(scores, no_error_marked, mask, 4, tree_credit=None, **knobs)
+        torch.testing.assert_close(localised, core.prime_advantages(scores, None, mask, 4, **knobs)[0] * mask)
     assert [n for n, e in core.ADVANTAGE_ESTIMATORS.items() if e.uses_prm] == ["prime", "prime-tree"]
     assert [n for n, e in core.ADVANTAGE_ESTIMATORS.items() if e.self_guided] == ["spro"]
     assert [n for n, e in core.ADVANTAGE_ESTIMATORS.items() if e.uses_tree] == ["tree", "prime-tree"]
