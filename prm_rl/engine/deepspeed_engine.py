@@ -185,7 +185,7 @@ def host_weights(model) -> dict[str, torch.Tensor]:
     module = unwrap(model)
     main = dist.is_main()
     weights = {name: tensor.cpu() for name, tensor in full_named_parameters(model, remove_duplicate=True) if main}
-    if main:
+    if main and not isinstance(module, AdapterView):  # a view's buffers are named through PEFT's wrappers
         persistent = module.state_dict().keys()  # under ZeRO-3 the parameters in it are empty: cheap to list
         weights |= {name: buffer.cpu() for name, buffer in module.named_buffers() if name in persistent}
     return weights
