@@ -29,6 +29,9 @@ from bench.common import cell, mean, pyplot, run_jobs, spread, train, write_repo
 SETTINGS: dict[str, list[str]] = {
     "main": [],
     "hard": ["task.arithmetic.min_steps=4", "task.arithmetic.max_steps=6", "rollout.max_new_tokens=96"],
+    # at the edge of competence: SFT on chains of 2-6, RL on 8-12 (a low start, many all-wrong groups)
+    "edge": ["task.arithmetic.min_steps=8", "task.arithmetic.max_steps=12", "warm_start.chain_steps=[2,6]",
+             "rollout.max_new_tokens=160"],
 }
 METHODS: dict[str, list[str]] = {
     "rloo": ["algorithm.advantage=rloo"],  # outcome only: the baseline every ratio is against
@@ -55,6 +58,12 @@ METHODS: dict[str, list[str]] = {
     "oracle-steps": ["algorithm.advantage=oracle-steps", "filter.low=0.0"],  # signal in all-wrong groups too
     "oracle-from-error": ["algorithm.advantage=oracle-from-error"],  # wrong responses' correct prefixes spared
     "oracle-error-step": ["algorithm.advantage=oracle-error-step"],  # ... and what follows the error too
+    # rollouts that branch (docs/algorithm.md): 4 roots per prompt, each forked once at its highest-entropy step
+    # start, K = 8 leaves for fewer generated tokens than 8 independent samples
+    "rloo-branch": ["algorithm.advantage=rloo", "rollout.branch.roots=4"],
+    "tree-branch": ["algorithm.advantage=tree", "rollout.branch.roots=4"],
+    "prime-branch": ["rollout.branch.roots=4"],
+    "prime-prefix-tree-branch": ["prm.loss=prefix", "prm.targets=tree", "prm.beta=2.0", "rollout.branch.roots=4"],
 }
 ENTRY = {"trl-grpo": "bench/trl_grpo.py"}  # every other method: our trainer
 RECIPE = {"prime-paper": "math_ppo_paper"}  # every other method: math_ppo
@@ -80,7 +89,10 @@ def run_one(setting: str, method: str, seed: int, steps: int, eval_every: int, r
     seconds = [r["time/step"] for r in steady]
     along = [(r["step"], r["eval/accuracy"]) for r in rows if "eval/accuracy" in r]
     curve = [(0, summary["eval_accuracy_start"]), *along, (steps, summary["eval_accuracy_final"])]
-    return {"method": method, "seed": seed, "run_dir": str(out), "curve": curve,
+    drawn = [r.get("rollout/generated_tokens") for r in trained]  # None in runs older than the metric
+    tokens = [None if None in drawn else sum(n for r, n in zip(trained, drawn) if r["step"] <= step)
+              for step, _ in curve]
+    return {"method": method, "seed": seed, "run_dir": str(out), "curve": curve, "tokens": tokens,
             "seconds_per_step": sum(seconds) / len(seconds),
             "stage_seconds": {s: sum(r.get(f"time/{s}", 0.0) for r in steady) / len(steady) for s in STAGES},
             "watch": {k: [r.get(k) for r in trained] for k in WATCHED},
@@ -93,6 +105,12 @@ def steps_to(curve: list[tuple[int, float]], target: float) -> int | None:
     return next((step for step, acc in curve if acc >= target - 1e-9), None)
 
 
+def tokens_to(run: dict, target: float) -> int | None:
+    """Response tokens the run had sampled when its held-out accuracy first reached ``target``; None if it never
+    did (or the run predates the metric)."""
+    return next((n for (_, acc), n in zip(run["curve"], run.get("tokens", [])) if acc >= target - 1e-9), None)
+
+
 def table(results: list[dict]) -> str:
     methods = list(dict.fromkeys(r["method"] for r in results))
     by = {m: [r for r in results if r["method"] == m] for m in methods}
@@ -101,9 +119,11 @@ def table(results: list[dict]) -> str:
     target = mean(r["curve"][-1][1] for r in base)
     base_steps = [steps_to(r["curve"], target) for r in base]
     base_seconds = mean(r["seconds_per_step"] for r in base)
+    base_tokens = mean(tokens_to(r, target) for r in base)
     lines = [f"Target: {label}'s mean final held-out accuracy, {target:.3f}.\n",
              f"| method | seeds | held-out final | steps to target (per seed) | s/step | s/step vs {label} "
-             f"| steps to target vs {label} | seconds to target vs {label} |", "|---|---|---|---|---|---|---|---|"]
+             f"| steps to target vs {label} | seconds to target vs {label} | generated tokens to target vs {label} |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for m in methods:
         runs = by[m]
         reached = [steps_to(r["curve"], target) for r in runs]
@@ -111,10 +131,12 @@ def table(results: list[dict]) -> str:
         mine, theirs = mean(reached), mean(base_steps)  # the mean step of the seeds that reached the target
         steps_ratio = mine / theirs if mine and theirs else None
         seconds = "-" if steps_ratio is None else f"{steps_ratio * sec / base_seconds:.2f}x"
+        drawn = mean(tokens_to(r, target) for r in runs)
+        tokens = "-" if not drawn or not base_tokens else f"{drawn / base_tokens:.2f}x"
         lines.append(f"| {m} | {', '.join(str(r['seed']) for r in runs)} | {spread([r['curve'][-1][1] for r in runs])}"
                      f" | {', '.join('never' if s is None else str(s) for s in reached)} | {sec:.2f} | "
                      f"{sec / base_seconds:.2f}x | {'-' if steps_ratio is None else f'{steps_ratio:.2f}x'} | "
-                     f"{seconds} |")
+                     f"{seconds} | {tokens} |")
     lines.append(f"\n{label}'s own seeds reach its mean at steps {base_steps} (an evaluation every few steps: the "
                  "step counts are as fine as the evaluation grid). The ratios to target compare the mean step of "
                  "the seeds that reached it ('-': none did).")
@@ -167,7 +189,7 @@ def dense_reward_table(results: list[dict]) -> str:
 
 def plot(results: list[dict]):
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
     methods = list(dict.fromkeys(r["method"] for r in results))
     for i, m in enumerate(methods):
         runs = [r for r in results if r["method"] == m]
@@ -176,11 +198,17 @@ def plot(results: list[dict]):
         average = [mean(a) for a in accs]
         sec = mean(r["seconds_per_step"] for r in runs)
         color = plt.cm.tab10(i % 10)
-        for ax, xs in ((axes[0], steps), (axes[1], [s * sec for s in steps])):
+        drawn = [mean(r["tokens"][j] for r in runs) if all(r.get("tokens") and r["tokens"][j] is not None
+                                                          for r in runs) else None for j in range(len(steps))]
+        panels = [(axes[0], steps), (axes[1], [s * sec for s in steps])]
+        if None not in drawn:
+            panels.append((axes[2], [n / 1e6 for n in drawn]))
+        for ax, xs in panels:
             ax.plot(xs, average, marker="o", color=color, label=f"{m} ({len(runs)} seeds)")
             ax.fill_between(xs, [min(a) for a in accs], [max(a) for a in accs], color=color, alpha=0.15)
     axes[0].set_xlabel("step")
     axes[1].set_xlabel("training seconds (mean s/step x step)")
+    axes[2].set_xlabel("generated tokens (millions, mean over seeds)")
     for ax in axes:
         ax.set_ylabel("held-out accuracy (greedy)")
         ax.grid(alpha=0.3)

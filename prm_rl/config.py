@@ -120,11 +120,17 @@ class WarmStartSection:
     """cosine | constant_with_warmup | linear"""
     seed: int = 0
     """model init and data order"""
+    chain_steps: Optional[list[int]] = None
+    """arithmetic only: [fewest, most] operations in the demonstrations' chains; null = task.arithmetic's"""
 
     def check(self) -> None:
         for name in ("num_examples", "max_steps", "batch_size", "learning_rate"):
             _positive(f"warm_start.{name}", getattr(self, name))
         _choice("warm_start.lr_scheduler", self.lr_scheduler, ("cosine", "constant_with_warmup", "linear"))
+        if self.chain_steps is not None and not (len(self.chain_steps) == 2 and 1 <= self.chain_steps[0]
+                                                 <= self.chain_steps[1]):
+            raise ConfigError(f"warm_start.chain_steps={list(self.chain_steps)}: must be [fewest, most] with "
+                              "1 <= fewest <= most")
 
 
 @dataclass
@@ -222,6 +228,32 @@ class VerifierSection:
 
 
 @dataclass
+class BranchSection:
+    """Rollouts that branch (prm_rl/rollout/branch.py): a prompt's K responses grow from M roots forked mid-way"""
+
+    roots: int = 0
+    """M: root samples per prompt; 0 = no branching (K independent samples)"""
+    points: int = 1
+    """forks per root, at its highest-entropy positions"""
+    ways: int = 2
+    """responses through each fork: the root and ways - 1 new continuations (K = roots x (1 + points x (ways - 1)))"""
+    at: str = "step"
+    """step: fork where a new step starts (after a reward.step_delimiter) | token: at any token"""
+
+    def check(self, k: int) -> None:
+        from prm_rl.rollout.branch import FORK_RULES, leaves_per_root
+
+        _choice("rollout.branch.at", self.at, FORK_RULES)
+        _non_negative("rollout.branch.roots", self.roots)
+        _positive("rollout.branch.points", self.points)
+        if self.ways < 2:
+            raise ConfigError(f"rollout.branch.ways={self.ways}: must be >= 2 (the root and a new continuation)")
+        if self.roots and self.roots * leaves_per_root(self.points, self.ways) != k:
+            raise ConfigError(f"rollout.branch: roots x (1 + points x (ways - 1)) = {self.roots} x (1 + {self.points} "
+                              f"x {self.ways - 1}) must equal rollout.samples_per_prompt={k}")
+
+
+@dataclass
 class RolloutSection:
     """Sampling from the policy"""
 
@@ -247,6 +279,8 @@ class RolloutSection:
     """none | tis | mask: weight the policy loss for the sampler/trainer log-prob mismatch (docs/algorithm.md)"""
     is_cap: float = 2.0
     """tis: cap on the importance weight; mask: tokens with a weight outside [1/cap, cap] leave the loss"""
+    branch: BranchSection = field(default_factory=BranchSection)
+    """rollouts that branch mid-response (off by default: roots=0)"""
 
     def check(self) -> None:
         from prm_rl.core import IS_CORRECTIONS
@@ -272,6 +306,7 @@ class RolloutSection:
         _positive("rollout.max_new_tokens", self.max_new_tokens)
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"rollout.top_p={self.top_p}: must be in (0, 1]")
+        self.branch.check(self.samples_per_prompt)
 
 
 @dataclass
@@ -668,6 +703,9 @@ class Config:
             raise ConfigError(f"algorithm.advantage={self.algorithm.advantage}: credits steps by the task's own step "
                               "checker, which only the built-in arithmetic task has (data.train null, "
                               "task.name=arithmetic)")
+        if self.warm_start.chain_steps is not None and (self.model.path is not None or self.task.name != "arithmetic"):
+            raise ConfigError("warm_start.chain_steps: sets the chains of the built-in model's SFT on the arithmetic "
+                              "task (model.path null, task.name=arithmetic)")
         if self.model.path is not None and self.data.train is None and not (offline_prm and self.prm_train.data):
             raise ConfigError(f"data.train: required with model.path={self.model.path} (the built-in arithmetic "
                               "prompts are for the built-in model); point it at your training prompts")

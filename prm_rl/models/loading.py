@@ -8,7 +8,7 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
@@ -98,9 +98,16 @@ def start_checkpoint(cfg: Config, log=print) -> str:
     check_lora_targets(cfg)
     if cfg.model.path is not None:
         return cfg.model.path
-    spec = _spec(cfg.model.tiny, cfg.task.selected, asdict(cfg.warm_start),
-                 heldout_seed=cfg.task.seed, heldout_size=cfg.task.eval_size)
-    return str(ensure_warm_start(cfg.warm_start.cache_dir, spec, log=log))
+    return str(ensure_warm_start(cfg.warm_start.cache_dir, warm_start_spec(cfg), log=log))
+
+
+def warm_start_spec(cfg: Config) -> dict:
+    """What the built-in model's SFT depends on (its hash names the cache folder)."""
+    task = cfg.task.selected
+    if cfg.warm_start.chain_steps is not None:  # SFT on other chains than RL's (shorter: the policy starts weak)
+        task = replace(task, min_steps=cfg.warm_start.chain_steps[0], max_steps=cfg.warm_start.chain_steps[1])
+    return _spec(cfg.model.tiny, task, asdict(cfg.warm_start), heldout_seed=cfg.task.seed,
+                 heldout_size=cfg.task.eval_size)
 
 
 def check_every_rank_sees(start: str) -> None:

@@ -30,7 +30,8 @@ _FIRST_TASK = "arithmetic"
 
 def _spec(tiny: TinyModelConfig, task: TaskConfig, warm: dict, heldout_seed: int, heldout_size: int) -> dict:
     """Everything the warm start depends on; its hash names the cache folder."""
-    warm = {k: v for k, v in warm.items() if k != "cache_dir"}
+    # chain_steps is in the task's dict already: one SFT task, one hash, whatever RL's chains are
+    warm = {k: v for k, v in warm.items() if k not in ("cache_dir", "chain_steps")}
     spec = {"version": _VERSION, "model": asdict(tiny), "task": asdict(task), "warm_start": warm,
             "heldout_seed": heldout_seed, "heldout_size": heldout_size}
     name = task_generator(task).TASK_NAME

@@ -189,6 +189,7 @@ class PrimeTrainer(Job):
         cfg, m = self.cfg, self.models
         k, wanted = cfg.rollout.samples_per_prompt, cfg.rollout.prompts_per_step
         scores_all, lengths, truncated, repeats, kept_rows, failures, rounds = [], [], [], [], 0, 0, 0
+        generated_tokens = 0
         sampler = None
         if m.sampler is not None:
             with timed("weight_sync"):
@@ -198,10 +199,16 @@ class PrimeTrainer(Job):
             prompts = self.prompts.take(wanted)
             with timed("generate"):
                 r = cfg.rollout
-                rollout = stages.generate_stage(m.policy.module, m.tokenizer, prompts, k,
-                                                max_new_tokens=r.max_new_tokens, temperature=r.temperature,
-                                                top_p=r.top_p, synced_gpus=m.synced_generation,
-                                                sampler=sampler, seed=seed)
+                sampling = dict(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
+                                synced_gpus=m.synced_generation, sampler=sampler, seed=seed)
+                if r.branch.roots:
+                    rollout, drawn = stages.branched_generate_stage(
+                        m.policy.module, m.tokenizer, prompts, r.branch, self.step_ends,
+                        micro_batch_size=cfg.policy.micro_batch_size, max_tokens=cfg.policy.micro_batch_tokens,
+                        **sampling)
+                else:
+                    rollout = stages.generate_stage(m.policy.module, m.tokenizer, prompts, k, **sampling)
+                    drawn = rollout.response_mask.sum(dim=1)
                 if r.release_cache:
                     release_cached_memory()
             with timed("verify"):
@@ -212,6 +219,7 @@ class PrimeTrainer(Job):
             scores_all.append(scores)
             lengths.append(rollout.response_mask.sum(dim=1).float())
             truncated.append(rollout.truncated.float())
+            generated_tokens += int(drawn.sum())  # a branched leaf's shared prefix was drawn once, for its root
             repeats.append(core.repeated_ngram_fraction(rollout.response_ids, rollout.response_mask))
             kept_rows, failures, rounds = kept_rows + kept.numel(), failures + n_failed, rounds + 1
         self._sampler_done()
@@ -225,8 +233,8 @@ class PrimeTrainer(Job):
             "response/length_max": lengths.max().item(),
             "response/truncated_frac": truncated.mean().item(),
             "watch/repeated_4gram_frac": torch.cat(repeats).mean().item(),  # reward hacking: looping text
+            "rollout/generated_tokens": float(generated_tokens),  # the token budget of the step's sampling
         }
-        generated_tokens = lengths.sum().item()
         if len(self.buffer) == 0:
             return Collected(None, None, metrics, generated_tokens)
         batch, batch_scores = self.buffer.take(wanted)

@@ -14,13 +14,15 @@ from dataclasses import dataclass
 import torch
 
 from prm_rl import core
-from prm_rl.config import AlgorithmSection, FilterSection, PolicySection, PrmSection, RewardSection, RolloutSection
+from prm_rl.config import (AlgorithmSection, BranchSection, FilterSection, PolicySection, PrmSection, RewardSection,
+                           RolloutSection)
 from prm_rl.data import arithmetic
 from prm_rl.data.sample import Sample, encode_prompts
 from prm_rl.engine import dist
 from prm_rl.engine.deepspeed_engine import backward_and_step, grad_norm
 from prm_rl.models.device import input_device
 from prm_rl.models.forward import response_logprobs
+from prm_rl.rollout.branch import fork_positions, grow_leaves
 from prm_rl.rollout.generate import Rollout, generate, left_pad
 from prm_rl.trainer.sharding import micro_batches, split_minibatches
 
@@ -92,22 +94,57 @@ def generate_stage(policy: torch.nn.Module, tok, prompts: list[Sample], k: int, 
     of ``policy``, its draws a function of ``seed`` (this rank's) and the prompts; the rollout then carries its
     log-probs.
     """
-    # Every rank tokenizes the whole global prompt list so all share one left-padded prompt width.
-    ids = [row for row in encode_prompts(tok, [s.prompt for s in prompts]) for _ in range(k)]
-    prompt_ids, prompt_mask = left_pad(ids, tok.pad_token_id)
-    per_rank = len(ids) // dist.world_size()
+    rows = [row for row in encode_prompts(tok, [s.prompt for s in prompts]) for _ in range(k)]
+    return sample_rows(policy, tok, rows, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                       synced_gpus=synced_gpus, sampler=sampler, seed=seed)
+
+
+def sample_rows(policy: torch.nn.Module, tok, rows: list[list[int]], *, max_new_tokens: int, temperature: float,
+                top_p: float, synced_gpus: bool, sampler=None, seed: int | None = None) -> Rollout:
+    """One sample per token row (the global list; each rank samples its even share); the global rollout."""
+    # Every rank holds the whole global row list so all share one left-padded prompt width.
+    prompt_ids, prompt_mask = left_pad(rows, tok.pad_token_id)
+    per_rank = len(rows) // dist.world_size()
     mine = slice(dist.rank() * per_rank, (dist.rank() + 1) * per_rank)
     sampling = dict(max_new_tokens=max_new_tokens, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, do_sample=True,
                     temperature=temperature, top_p=top_p)
     if sampler is None:
         local = generate(policy, prompt_ids[mine], prompt_mask[mine], synced_gpus=synced_gpus, **sampling)
     else:
-        local = sampler.rollout(ids[mine], seed=seed, **sampling)
+        local = sampler.rollout(rows[mine], seed=seed, **sampling)
     return Rollout(prompt_ids, prompt_mask,
                    dist.gather_rows(local.response_ids, tok.pad_token_id),
                    dist.gather_rows(local.response_mask, 0),
                    dist.gather_rows(local.truncated),
                    None if local.sampler_logp is None else dist.gather_rows(local.sampler_logp, 0.0))
+
+
+def branched_generate_stage(policy: torch.nn.Module, tok, prompts: list[Sample], branch: BranchSection,
+                            step_end_table: torch.Tensor, *, max_new_tokens: int, temperature: float, top_p: float,
+                            synced_gpus: bool, micro_batch_size: int, max_tokens: int = 0, sampler=None,
+                            seed: int | None = None) -> tuple[Rollout, torch.Tensor]:
+    """K leaves per prompt from ``branch.roots`` root samples forked at their highest-entropy positions
+    (:mod:`prm_rl.rollout.branch`); returns (the global rollout, groups of K contiguous; [N] tokens sampled
+    for each leaf). Arguments as :func:`generate_stage`'s; the entropies come from ``policy``'s forward at the
+    sampling temperature, in micro-batches of ``micro_batch_size`` rows (``max_tokens``: a token budget).
+    """
+    encoded = encode_prompts(tok, [s.prompt for s in prompts])
+    sampling = dict(temperature=temperature, top_p=top_p, synced_gpus=synced_gpus, sampler=sampler)
+    roots = sample_rows(policy, tok, [p for p in encoded for _ in range(branch.roots)],
+                        max_new_tokens=max_new_tokens, seed=seed, **sampling)
+    _, entropy = token_stats_stage(policy, roots, micro_batch_size, temperature, max_tokens, with_entropy=True)
+    positions = fork_positions(entropy, roots.response_mask, step_end_mask(step_end_table, roots), branch.points,
+                               branch.at)
+    forks = [encoded[r // branch.roots] + roots.response_ids[r, :t].tolist()
+             for r in range(len(roots)) for t in positions[r].tolist() for _ in range(branch.ways - 1)]
+    # one budget for every continuation (the longest any needs); each leaf is cut back to max_new_tokens
+    continuations = sample_rows(policy, tok, forks, max_new_tokens=max_new_tokens - int(positions.min()),
+                                seed=None if seed is None else seed ^ _CONTINUATION_SEED, **sampling)
+    return grow_leaves(roots, positions, continuations, branch.ways, max_new_tokens, tok.eos_token_id,
+                       tok.pad_token_id)
+
+
+_CONTINUATION_SEED = 0x5BD1E995  # the vllm engine's continuations draw from another seed than its roots
 
 
 # --- verify ---------------------------------------------------------------------------------------
@@ -146,17 +183,27 @@ def row_lengths(batch: Rollout) -> torch.Tensor:
     return batch.prompt_mask.sum(dim=1) + batch.response_mask.sum(dim=1)
 
 
-@torch.no_grad()
 def logprob_stage(model, batch: Rollout, micro_batch_size: int, temperature: float = 1.0,
                   max_tokens: int = 0) -> torch.Tensor:
     """Response-token log-probs ``[N, T]`` of every row, each rank computing the rows it owns."""
-    out = torch.zeros(batch.response_ids.shape, dtype=torch.float32)
+    return token_stats_stage(model, batch, micro_batch_size, temperature, max_tokens)[0]
+
+
+@torch.no_grad()
+def token_stats_stage(model, batch: Rollout, micro_batch_size: int, temperature: float = 1.0, max_tokens: int = 0,
+                      with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Response-token log-probs ``[N, T]`` of every row (and the entropies of the distributions they were drawn
+    from ``[N, T]``), each rank computing the rows it owns."""
+    logp_out = torch.zeros(batch.response_ids.shape, dtype=torch.float32)
+    entropy_out = torch.zeros(batch.response_ids.shape, dtype=torch.float32) if with_entropy else None
     for mb in micro_batches(torch.arange(len(batch)), micro_batch_size, lengths=row_lengths(batch),
                             max_tokens=max_tokens):
-        logp, _ = response_logprobs(model, batch.select(mb.rows), temperature)
+        logp, entropy = response_logprobs(model, batch.select(mb.rows), temperature, with_entropy=with_entropy)
         if mb.weight:
-            out[mb.rows] = logp.float().cpu()
-    return dist.combine_rows(out)
+            logp_out[mb.rows] = logp.float().cpu()
+            if with_entropy:
+                entropy_out[mb.rows] = entropy.float().cpu()
+    return dist.combine_rows(logp_out), None if entropy_out is None else dist.combine_rows(entropy_out)
 
 
 # --- PRM update -----------------------------------------------------------------------------------

@@ -15,9 +15,10 @@ from safetensors.torch import load_file
 from tiny_runs import (REPO, assert_same_run, command, environment, kill_all, launch, metrics, start,
                        wait_for, wait_until_gone)
 
-# Band filter with two fill rounds: the carry-over buffer holds groups across steps (and checkpoints).
+# Band filter with two fill rounds: the carry-over buffer holds groups across steps (and checkpoints). Rollouts
+# branch (2 roots per prompt, each forked once): a resumed run must fork where the uninterrupted one did.
 RUN = ["trainer.max_steps=5", "trainer.checkpoint_every=2", "filter.low=0.2", "filter.high=0.8",
-       "filter.fill_rounds=2", "wandb.mode=offline"]
+       "filter.fill_rounds=2", "rollout.branch.roots=2", "wandb.mode=offline"]
 
 
 @pytest.fixture(scope="module")

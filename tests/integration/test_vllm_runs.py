@@ -1,5 +1,5 @@
 """Real runs of the trainer with ``rollout.engine=vllm`` (vLLM's CPU backend, one engine per rank): two ranks under
-ZeRO-3 with the TIS correction. A vllm run killed with SIGKILL and resumed (it must end where the uninterrupted run
+ZeRO-3 with the TIS correction, on rollouts that branch. A vllm run killed with SIGKILL and resumed (it must end where the uninterrupted run
 does) is tests/integration/test_lora_runs.py's, with the policy and the PRM as LoRA adapters: one run for both."""
 from __future__ import annotations
 
@@ -29,10 +29,15 @@ def assert_synced_every_step(rows: list[dict], steps: int) -> None:
 @pytest.mark.slow
 def test_two_ranks_under_zero3_run_prime_steps_on_the_vllm_engine_with_tis(tmp_path, warm_cache):
     run_dir = tmp_path / "run"
+    # Branching: each leaf's sampler log-probs are its root's up to the fork, then its continuation's; spliced
+    # wrong, they would differ from the trainer's by far more than kernel rounding.
     proc = launch(warm_cache, run_dir, ["trainer.max_steps=3", "deepspeed.zero_stage=3", "rollout.is_correction=tis",
-                                        "trainer.checkpoint_hf=false", *VLLM])
+                                        "trainer.checkpoint_hf=false", "rollout.branch.roots=2", *VLLM])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert_synced_every_step(metrics(run_dir), 3)
+    rows = metrics(run_dir)
+    assert_synced_every_step(rows, 3)
+    # fewer tokens drawn than the leaves hold: forks share their root's prefix
+    assert all(r["rollout/generated_tokens"] < r["response/length_mean"] * 8 * 4 for r in rows)
     # trainer.checkpoint_hf=false: the Hugging Face exports are written at the end only (gathered under ZeRO-3)
     final = run_dir / "checkpoints" / "step_000003"
     assert (final / "policy" / "ds").is_dir() and not (final / "policy" / "hf").exists()

@@ -114,6 +114,10 @@ def test_wrong_type_is_rejected():
     ("rollout.vllm.gpu_memory_utilization=1.5", "rollout.vllm.gpu_memory_utilization"),
     ("rollout.vllm.kv_cache_gib=0", "rollout.vllm.kv_cache_gib"),
     ("rollout.vllm.sleep_level=3", "rollout.vllm.sleep_level"),
+    ("warm_start.chain_steps=[6,2]", "warm_start.chain_steps"),
+    ("warm_start.chain_steps=[0,2]", "warm_start.chain_steps"),
+    ("warm_start.chain_steps=[2]", "warm_start.chain_steps"),
+    ("task.name=code warm_start.chain_steps=[2,6]", "warm_start.chain_steps"),
 ])
 def test_rule_violations_name_the_field(override, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
@@ -231,3 +235,16 @@ def test_base_yaml_and_the_schema_agree_on_every_default_and_its_doc():
 def test_the_offline_prm_trainer_refuses_the_vllm_engine():
     with pytest.raises(ConfigError, match=r"^rollout\.engine=vllm"):
         to_config(composed("+recipe=prm_math", "rollout.engine=vllm"), offline_prm=True)
+
+
+def test_warm_start_chains_make_the_sft_of_those_chains_whatever_rl_samples():
+    """warm_start.chain_steps: the SFT is the one a run on those chains would train (one cache), not RL's."""
+    from prm_rl.models.loading import warm_start_spec
+
+    edge = to_config(composed("+recipe=math_ppo", "task.arithmetic.min_steps=8", "task.arithmetic.max_steps=12",
+                              "warm_start.chain_steps=[2,6]"))
+    short = to_config(composed("+recipe=math_ppo", "task.arithmetic.min_steps=2", "task.arithmetic.max_steps=6"))
+    assert warm_start_spec(edge) == warm_start_spec(short)
+    assert warm_start_spec(edge)["task"]["max_steps"] == 6 and edge.task.arithmetic.max_steps == 12
+    assert warm_start_spec(to_config(composed("+recipe=math_ppo"))) != warm_start_spec(short)
+
