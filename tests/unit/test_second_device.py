@@ -141,6 +141,22 @@ def test_the_decode_loop_and_hf_generate_sample_the_same_on_the_second_device(gr
     assert torch.equal(expected, hf_generate(lazy, ids.to(LAZY), mask.to(LAZY), **greedy).cpu())
 
 
+def test_branched_rollouts_fork_and_sample_on_the_second_device():
+    """The branched stage samples roots, reads their entropies and samples continuations: all on the model's device,
+    the leaves back in host memory, the same as on the CPU (the lazy backend samples as the CPU does)."""
+    branch = to_config({"rollout": {"samples_per_prompt": K, "branch": {"roots": 2}}}).rollout.branch
+    step_ends = stages.step_end_table(TOK, "\n")
+    runs = []
+    for m in (model(), on_lazy(model())):
+        torch.manual_seed(7)
+        runs.append(stages.branched_generate_stage(m, TOK, PROMPTS[:2], branch, step_ends,
+                                                   max_new_tokens=MAX_NEW_TOKENS, temperature=1.0, top_p=1.0,
+                                                   synced_gpus=False, micro_batch_size=3))
+    (cpu, cpu_drawn), (lazy, lazy_drawn) = runs
+    assert torch.equal(cpu.response_ids, host(lazy.response_ids)) and torch.equal(cpu_drawn, host(lazy_drawn))
+    assert torch.equal(cpu.response_mask, host(lazy.response_mask))
+
+
 def test_held_out_accuracy_decodes_on_the_second_device(scorer):
     settings = dict(batch_size=3, max_new_tokens=MAX_NEW_TOKENS, synced_gpus=False)
     expected = heldout_accuracy(model(), TOK, PROMPTS, scorer, **settings)
