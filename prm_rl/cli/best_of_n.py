@@ -1,8 +1,8 @@
 """Best-of-N with an implicit PRM on the built-in task's held-out prompts (:mod:`prm_rl.evaluation.best_of_n`):
 ``python -m prm_rl.cli.best_of_n --policy DIR --prm DIR --ref DIR [--out F.json] [--plot F.png]``.
 
-Prints the JSON report (pass@N and every selection method at N = 1, 2, 4, ... up to ``--n``); a missing model
-directory is one line and exit 2.
+Prints the JSON report (pass@N and every selection method at N = 1, 2, 4, ... up to ``--n``, what each read-out's
+top pick looks like); a missing model directory is one line and exit 2.
 """
 from __future__ import annotations
 
@@ -34,6 +34,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--temperature", type=float, default=RolloutSection.temperature, help="sampling temperature")
     parser.add_argument("--max-new-tokens", type=int, default=RolloutSection.max_new_tokens, help="response cap")
     parser.add_argument("--beta", type=float, default=PrmSection.beta, help="log-ratio scale (prm.beta)")
+    parser.add_argument("--vote-by", choices=tuple(best_of_n.READOUTS), default="prm_min",
+                        help="read-out whose sigmoid weighs a response in PRM-weighted voting")
+    parser.add_argument("--responses", type=Path, default=None,
+                        help="JSONL of every response: text, correctness, steps, tokens, step rewards, scores")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON report here (also printed)")
     parser.add_argument("--plot", type=Path, default=None, help="PNG of accuracy against N")
     add_placement_arguments(parser)
@@ -45,8 +49,10 @@ def main(argv: list[str] | None = None) -> dict:
         check_checkpoint("--ref", args.ref, tokenizer=False)
     report = best_of_n.best_of_n_report(args.policy, args.prm, args.ref, task=args.task, num_prompts=args.num_prompts,
                                         n=args.n, draws=args.draws, seed=args.seed, temperature=args.temperature,
-                                        max_new_tokens=args.max_new_tokens, beta=args.beta, device=args.device,
-                                        dtype=args.dtype)
+                                        max_new_tokens=args.max_new_tokens, beta=args.beta, vote_by=args.vote_by,
+                                        device=args.device, dtype=args.dtype, keep_responses=args.responses is not None)
+    if args.responses:
+        best_of_n.write_responses(args.responses, report.pop("responses"))
     if args.plot:
         best_of_n.plot(report, args.plot)
     print_report(report, args.out)

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-__all__ = ["pass_at_k", "best_of_n", "vote", "bootstrap_interval"]
+__all__ = ["pass_at_k", "best_of_n", "vote", "bootstrap_interval", "at_step_ends", "last_step"]
 
 
 def pass_at_k(correct: torch.Tensor, k: int) -> torch.Tensor:
@@ -80,3 +80,21 @@ def bootstrap_interval(per_prompt: torch.Tensor, generator: torch.Generator, res
     tail = (1 - level) / 2
     low, high = torch.quantile(means, torch.tensor([tail, 1 - tail], dtype=means.dtype)).tolist()
     return float(per_prompt.mean()), low, high
+
+
+def at_step_ends(values: torch.Tensor, end_pos: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """A per-token quantity read at the last token of each step, compacted as step rewards are.
+
+    Shapes: ``values`` [N, T], ``end_pos`` (long), ``valid`` [N, S] (from :func:`prm_rl.core.step_rewards`) ->
+    [N, S], 0 where ``valid`` is False. E.g. the prefix value v_t (:func:`prm_rl.core.prefix_implicit_values`)
+    at the end of every step.
+    """
+    picked = values.gather(1, end_pos)
+    return torch.where(valid, picked, torch.zeros((), dtype=picked.dtype, device=picked.device))
+
+
+def last_step(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Each row's value at its last valid step: [N, S] -> [N], 0 for a row without a valid step."""
+    last = (valid.sum(dim=1) - 1).clamp(min=0)
+    picked = values.gather(1, last[:, None]).squeeze(1)
+    return torch.where(valid.any(dim=1), picked, torch.zeros((), dtype=picked.dtype, device=picked.device))

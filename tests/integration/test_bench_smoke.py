@@ -30,6 +30,7 @@ def test_prm_sweep_runs_and_tabulates(tmp_path, warm_cache):
 def test_best_of_n_bench_runs_on_a_tiny_budget(tmp_path):
     """bench/best_of_n.py end to end on tiny real models: a 'run' whose prm/ differs from the SFT model."""
     from prm_rl.data import arithmetic
+    from prm_rl.evaluation.best_of_n import METHODS
     from prm_rl.models.tiny import TinyModelConfig, build_char_tokenizer, build_tiny_model
 
     tokenizer = build_char_tokenizer(arithmetic.CHARACTERS)
@@ -40,12 +41,17 @@ def test_best_of_n_bench_runs_on_a_tiny_budget(tmp_path):
     out = tmp_path / "bon"
     proc = subprocess.run([sys.executable, "bench/best_of_n.py", "--runs", str(tmp_path / "run"), "--policy",
                            str(tmp_path / "sft"), "--ref", str(tmp_path / "sft"), "--num-prompts", "4", "--n", "4",
-                           "--draws", "4", "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+                           "--draws", "4", "--seeds", "0", "1", "--responses", "--out", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(out.with_suffix(".json").read_text())[str(tmp_path / "run")]
-    assert set(report["best_of_n"]) == {"prm_min", "prm_sum", "weighted_vote", "majority", "random"}
+    reports = json.loads(out.with_suffix(".json").read_text())
+    assert set(reports) == {f"{tmp_path / 'run'}@seed{s}" for s in (0, 1)}  # one sample of responses per seed
+    report = reports[f"{tmp_path / 'run'}@seed0"]
+    assert set(report["best_of_n"]) == set(METHODS)
     assert set(report["best_of_n"]["majority"]) == {"1", "2", "4"} and report["pass_at_k"]["4"] >= report["pass_at_1"]
     assert "| majority |" in out.with_suffix(".md").read_text() and out.with_suffix(".png").stat().st_size > 0
+    rows = [json.loads(line) for line in out.with_suffix(".responses.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * 4 * 4 and all(r["steps"] == len(r["step_rewards"]) for r in rows)
 
 
 def test_offline_prm_bench_runs_on_a_tiny_budget(tmp_path, warm_cache):
