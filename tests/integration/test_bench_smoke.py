@@ -83,10 +83,30 @@ def test_learning_efficiency_bench_runs_on_a_tiny_budget(tmp_path, warm_cache):
     assert [r["method"] for r in results] == ["rloo", "prime-softmin", "trl-grpo"]
     assert all([step for step, _ in r["curve"]] == [0, 1, 2] for r in results)
     assert results[2]["stage_seconds"]["generate"] > 0  # TRL's generation call, timed
+    assert results[0]["tokens"][0] == 0 < results[0]["tokens"][1] < results[0]["tokens"][2]  # tokens drawn so far
     report = out.with_suffix(".md").read_text()
     assert "| prime-softmin | 0 |" in report and out.with_suffix(".png").exists()
     assert "| prime-softmin | " in report.split("Dense rewards")[1]  # what its dense rewards did, and its PRM
     assert results[1]["prm_eval"] and "| prime-softmin | 2 |" in report.split("fresh held-out samples")[1]
+
+
+def test_competence_bench_runs_on_a_tiny_budget(tmp_path):
+    """bench/competence.py on a tiny real model (random weights): its numbers are not checked, its rows are."""
+    from prm_rl.data import arithmetic
+    from prm_rl.models.tiny import TinyModelConfig, build_char_tokenizer, build_tiny_model
+
+    tokenizer = build_char_tokenizer(arithmetic.CHARACTERS)
+    build_tiny_model(TinyModelConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32), tokenizer,
+                     seed=0).save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    out = tmp_path / "competence"
+    proc = subprocess.run([sys.executable, "bench/competence.py", "--model", str(tmp_path / "m"), "--lengths", "1",
+                           "3", "--prompts", "3", "--samples", "2", "--out", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [r["length"] for r in rows] == [1, 3] and all(0 <= r["right_steps_mean"] <= r["length"] for r in rows)
+    assert "| 3 |" in out.with_suffix(".md").read_text() and out.with_suffix(".png").stat().st_size > 0
 
 
 def test_profile_bench_runs_on_a_tiny_budget(tmp_path, warm_cache):
