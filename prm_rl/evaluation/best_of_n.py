@@ -10,8 +10,8 @@ n responses, ``draws`` per prompt, the same subsets for every method):
   ``best_of_n_interval`` the 95% bootstrap interval over prompts of each, ``vs_majority`` each method minus
   majority voting with its paired bootstrap interval;
 - ``top_pick``: what the highest-scored of all n responses looks like under each read-out (accuracy, steps,
-  tokens) next to all responses and the right ones, and the within-prompt rank correlation of each score with
-  correctness, steps and tokens: what drives the pick;
+  tokens, copies of its text, reference log-likelihood) next to all responses and the right ones, and the
+  within-prompt rank correlation of each score with those: what drives the pick (:func:`top_pick_profile`);
 - the PRM's held-out metrics on the same responses (``step_auroc``, ``first_error_hit_rate``, ...,
   docs/prm_eval.md).
 """
@@ -46,9 +46,11 @@ class ScoredResponses:
     step_rewards: torch.Tensor  # [P * n, S] q_k - q_{k-1} (beta applied)
     step_values: torch.Tensor  # [P * n, S] v_k = q_k / (tokens up to the end of step k): the prefix loss's value
     step_valid: torch.Tensor  # [P * n, S] bool
+    ref_logprob: torch.Tensor  # [P * n] log pi_ref(y): the reference's log-likelihood of the whole response
     tokens: torch.Tensor  # [P, n] long: response length in tokens, EOS included
     first_wrong: torch.Tensor  # [P, n] long: 1-based first wrong step, 0 all right, -1 not checkable
     responses: list[str]  # [P * n] decoded
+    beta: float  # the scale of the step rewards and values
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -75,8 +77,19 @@ READOUTS: dict[str, Callable[[ScoredResponses], torch.Tensor]] = {
     "prm_value": lambda s: last_step(s.step_values, s.step_valid),
     # the lowest prefix value v_k over the step ends: the weakest prefix, as the prefix loss judges prefixes
     "prm_value_min": lambda s: core.response_score(s.step_values, s.step_valid, "min"),
+    # beta * log pi_phi(y) = q_K + beta * log pi_ref(y): the response's likelihood under the PRM's own model, the
+    # policy pi_ref * exp(r / beta) that the implicit reward r defines. q_K alone cannot rise above
+    # beta * -log pi_ref(y), so it favours responses the reference finds unlikely; this read-out does not
+    "prm_policy": lambda s: core.response_score(s.step_rewards, s.step_valid, "sum") + s.beta * s.ref_logprob,
+    # no PRM: log pi_ref(y), the reference's own likelihood of the response (what prm_policy adds the PRM to)
+    "ref_likelihood": lambda s: s.ref_logprob,
 }
-VOTES = ("weighted_vote", "majority", "random")  # weighted_vote: sigmoid(read-out ``vote_by``) summed per answer
+# Methods that pool the responses giving the same final answer: the answer with the largest total weight wins.
+# weighted_vote: sigmoid of read-out ``vote_by`` (the Implicit PRM paper's); ratio_vote: exp(q_K / beta) =
+# pi_phi(y) / pi_ref(y), with which the votes of responses sampled from pi_ref estimate how likely the PRM's own
+# model is to give each answer (importance weights; exact in expectation when the policy is the reference);
+# majority: every response 1. random: a uniform pick.
+VOTES = ("weighted_vote", "ratio_vote", "majority", "random")
 METHODS = (*READOUTS, *VOTES)
 
 
@@ -93,24 +106,39 @@ def answer_ids(responses: list[str], n: int) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
+def text_copies(responses: list[str], n: int) -> torch.Tensor:
+    """[P, n] long: how many of its prompt's n responses are the very same text as each response (itself included)."""
+    return torch.tensor([[group.count(text) for text in group]
+                         for group in (responses[start:start + n] for start in range(0, len(responses), n))])
+
+
 def readout_scores(scored: ScoredResponses) -> dict[str, torch.Tensor]:
     """{read-out: [P, n] score} for every read-out of :data:`READOUTS`."""
     return {name: readout(scored).view(scored.shape) for name, readout in READOUTS.items()}
 
 
+def vote_weights(scored: ScoredResponses, vote_by: torch.Tensor) -> dict[str, torch.Tensor]:
+    """{vote: [P, n] weight} of the PRM votes of :data:`VOTES`; ``vote_by`` [P, n] the weighted vote's read-out."""
+    log_ratio = READOUTS["prm_sum"](scored).view(scored.shape).double() / scored.beta
+    # a prompt's weights matter only relative to each other: shifted by the prompt's largest, exp cannot overflow
+    ratio = (log_ratio - log_ratio.max(dim=1, keepdim=True).values).exp()
+    return {"weighted_vote": torch.sigmoid(vote_by), "ratio_vote": ratio}
+
+
 def selection_report(correct: torch.Tensor, scores: dict[str, torch.Tensor], answers: torch.Tensor,
-                     vote_weights: torch.Tensor, sizes: list[int], draws: int, seed: int) -> dict:
+                     vote_weights: dict[str, torch.Tensor], sizes: list[int], draws: int, seed: int) -> dict:
     """pass@k and every best-of-N method at every N in ``sizes`` (all tensors [P, n]; ``scores`` one per read-out,
-    ``vote_weights`` the weighted vote's; module docstring). Every method sees the same N-subsets and the same
-    bootstrap resamples of prompts (one generator seeded alike per method), so differences between methods are
-    paired."""
+    ``vote_weights`` one per PRM vote of :data:`VOTES`; module docstring). Every method sees the same N-subsets
+    and the same bootstrap resamples of prompts (one generator seeded alike per method), so differences between
+    methods are paired."""
     per_prompt: dict[str, Callable[[int, torch.Generator], torch.Tensor]] = {
         name: (lambda size, g, score=score: core.best_of_n(score, correct, size, draws, g))
         for name, score in scores.items()}
+    per_prompt |= {name: (lambda size, g, weights=weights: core.vote(answers, correct, weights, size, draws, g))
+                   for name, weights in vote_weights.items()}
     per_prompt |= {
-        "weighted_vote": lambda size, g: core.vote(answers, correct, vote_weights, size, draws, g),
-        "majority": lambda size, g: core.vote(answers, correct, torch.ones_like(vote_weights), size, draws, g),
-        "random": lambda size, g: core.best_of_n(torch.zeros_like(vote_weights), correct, size, draws, g),
+        "majority": lambda size, g: core.vote(answers, correct, torch.ones_like(correct).float(), size, draws, g),
+        "random": lambda size, g: core.best_of_n(torch.zeros_like(correct).float(), correct, size, draws, g),
     }
     accuracy: dict[str, dict[int, float]] = {m: {} for m in per_prompt}
     interval: dict[str, dict[int, list[float]]] = {m: {} for m in per_prompt}
@@ -136,11 +164,14 @@ def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def top_pick_profile(scored: ScoredResponses, scores: dict[str, torch.Tensor]) -> dict:
     """What the highest-scored of all n responses is under each read-out, beside all responses and the right
-    ones: its accuracy, steps, tokens, whether it gives an answer, and (for a wrong pick whose steps can be
-    checked) where its first error is; plus each score's within-prompt rank correlation with correctness,
-    steps and tokens."""
+    ones: its accuracy, steps, tokens, whether it gives an answer, how many of the n responses are the same text,
+    its log-likelihood under the reference, and (for a wrong pick whose steps can be checked) where its first
+    error is; plus each score's within-prompt rank correlation with correctness, steps, tokens and the reference
+    log-likelihood."""
     features = {"correct": scored.correct.float(), "steps": scored.steps.float(), "tokens": scored.tokens.float(),
-                "answered": (scored.answers >= 0).float()}
+                "answered": (scored.answers >= 0).float(),
+                "copies": text_copies(scored.responses, scored.shape[1]).float(),
+                "ref_logprob": scored.ref_logprob.view(scored.shape)}
 
     def describe(chosen: torch.Tensor) -> dict[str, float | None]:  # chosen [P, n] bool
         out = {name: float(x[chosen].mean()) for name, x in features.items()}
@@ -153,7 +184,7 @@ def top_pick_profile(scored: ScoredResponses, scores: dict[str, torch.Tensor]) -
     for name, score in scores.items():
         top = torch.zeros_like(scored.correct, dtype=torch.bool).scatter_(1, score.argmax(dim=1, keepdim=True), True)
         profile[name] = describe(top) | {f"rank_correlation_{f}": rank_correlation(score, features[f])
-                                         for f in ("correct", "steps", "tokens")}
+                                         for f in ("correct", "steps", "tokens", "ref_logprob")}
     return profile
 
 
@@ -161,6 +192,7 @@ def response_rows(scored: ScoredResponses, scores: dict[str, torch.Tensor]) -> l
     """One dict per response: prompt index, text, the features of :func:`top_pick_profile`, its step rewards,
     step values and every read-out's score (for a closer look than the report's averages)."""
     n = scored.shape[1]
+    copies = text_copies(scored.responses, n).flatten().tolist()
     rows = []
     for i, text in enumerate(scored.responses):
         p, j = divmod(i, n)
@@ -168,6 +200,7 @@ def response_rows(scored: ScoredResponses, scores: dict[str, torch.Tensor]) -> l
         rows.append({"prompt": p, "response": text, "correct": int(scored.correct[p, j]),
                      "steps": int(valid.sum()), "tokens": int(scored.tokens[p, j]),
                      "first_wrong_step": int(scored.first_wrong[p, j]), "answer_id": int(scored.answers[p, j]),
+                     "copies": copies[i], "ref_logprob": float(scored.ref_logprob[i]),
                      "step_rewards": scored.step_rewards[i][valid].tolist(),
                      "step_values": scored.step_values[i][valid].tolist()}
                     | {name: float(score[p, j]) for name, score in scores.items()})
@@ -225,6 +258,7 @@ def score_responses(policy_dir: str, prm_dir: str, ref_dir: str, *, task: str, n
     metrics, log_ratio = prm_quality.evaluate_prm(prm, ref, groups, beta=beta, step_end_table=step_end_table,
                                                   micro_batch_size=PrmSection.micro_batch_size)
     mask = groups.rollout.response_mask
+    ref_logprob = core.masked_sum(stages.logprob_stage(ref, groups.rollout, PrmSection.micro_batch_size), mask, dim=-1)
     rewards, valid, end_pos = core.step_rewards(log_ratio, mask, stages.step_end_mask(step_end_table, groups.rollout),
                                                 beta)
     shape = (len(prompts), n)
@@ -232,9 +266,9 @@ def score_responses(policy_dir: str, prm_dir: str, ref_dir: str, *, task: str, n
         correct=(groups.scores >= 1.0).long().view(shape), answers=answer_ids(groups.responses, n),
         step_rewards=rewards, step_values=at_step_ends(core.prefix_implicit_values(log_ratio, mask, beta), end_pos,
                                                        valid),
-        step_valid=valid, tokens=mask.sum(dim=1).view(shape),
+        step_valid=valid, ref_logprob=ref_logprob, tokens=mask.sum(dim=1).view(shape),
         first_wrong=prm_quality.first_wrong_steps(groups.samples, groups.responses).view(shape),
-        responses=groups.responses)
+        responses=groups.responses, beta=beta)
     return scored, finite_or_none(metrics)  # NaN (an empty class) is null in JSON
 
 
@@ -252,8 +286,8 @@ def best_of_n_report(policy_dir: str, prm_dir: str, ref_dir: str, *, task: str, 
                                       device=device, dtype=dtype)
     sizes = [2 ** i for i in range(n.bit_length()) if 2 ** i <= n]
     scores = readout_scores(scored)
-    report = selection_report(scored.correct, scores, scored.answers, torch.sigmoid(scores[vote_by]), sizes, draws,
-                              seed)
+    report = selection_report(scored.correct, scores, scored.answers, vote_weights(scored, scores[vote_by]), sizes,
+                              draws, seed)
     report["top_pick"] = top_pick_profile(scored, scores)
     if keep_responses:
         report["responses"] = response_rows(scored, scores)
