@@ -220,12 +220,13 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for method in METHODS:
+    for i, method in enumerate(METHODS):
         sizes = sorted(report["best_of_n"][method])
         acc = [report["best_of_n"][method][s] for s in sizes]
         low = [a - report["best_of_n_interval"][method][s][0] for a, s in zip(acc, sizes)]
         high = [report["best_of_n_interval"][method][s][1] - a for a, s in zip(acc, sizes)]
-        ax.errorbar(sizes, acc, yerr=[low, high], marker="o", capsize=3, label=method)
+        ax.errorbar(sizes, acc, yerr=[low, high], marker="o", capsize=3, color=plt.get_cmap("tab20")(i),
+                    label=method)  # more methods than the default 10 colours
     sizes = sorted(report["pass_at_k"])
     ax.plot(sizes, [report["pass_at_k"][k] for k in sizes], "k--", label="pass@N (oracle)")
     ax.set_xscale("log", base=2)
