@@ -119,6 +119,9 @@ def sample_rows(policy: torch.nn.Module, tok, rows: list[list[int]], *, max_new_
                    None if local.sampler_logp is None else dist.gather_rows(local.sampler_logp, 0.0))
 
 
+_CONTINUATION_SEED = 0x5BD1E995  # the vllm engine's continuations draw from another seed than its roots
+
+
 def branched_generate_stage(policy: torch.nn.Module, tok, prompts: list[Sample], branch: BranchSection,
                             step_end_table: torch.Tensor, *, max_new_tokens: int, temperature: float, top_p: float,
                             synced_gpus: bool, micro_batch_size: int, max_tokens: int = 0, sampler=None,
@@ -142,9 +145,6 @@ def branched_generate_stage(policy: torch.nn.Module, tok, prompts: list[Sample],
                                 seed=None if seed is None else seed ^ _CONTINUATION_SEED, **sampling)
     return grow_leaves(roots, positions, continuations, branch.ways, max_new_tokens, tok.eos_token_id,
                        tok.pad_token_id)
-
-
-_CONTINUATION_SEED = 0x5BD1E995  # the vllm engine's continuations draw from another seed than its roots
 
 
 # --- verify ---------------------------------------------------------------------------------------
