@@ -10,8 +10,9 @@ one rank (``trainer.cpu_ranks=1``), the first run alone (it may train the settin
 continues. Per method and seed: the greedy held-out accuracy at every evaluation, the mean seconds per step and
 per stage (the first two steps left out: warm-up). For per-step cost alone, run the methods one at a time on an
 idle machine: ``--steps 14 --eval-every 0 --parallel 1``. Writes OUT.json (everything), OUT.md (final accuracy
-and steps to RLOO's final accuracy, mean and min-max over seeds; seconds per step and its ratio to RLOO's) and
-OUT.png (accuracy against steps and against seconds, mean over seeds with min-max bands).
+and steps and generated tokens to RLOO's final accuracy, mean and min-max over seeds; seconds per step and its ratio
+to RLOO's) and
+OUT.png (accuracy against steps, seconds and generated tokens, mean over seeds with min-max bands).
 """
 from __future__ import annotations
 
@@ -29,8 +30,8 @@ from bench.common import cell, mean, pyplot, run_jobs, spread, train, write_repo
 SETTINGS: dict[str, list[str]] = {
     "main": [],
     "hard": ["task.arithmetic.min_steps=4", "task.arithmetic.max_steps=6", "rollout.max_new_tokens=96"],
-    # at the edge of competence: SFT on chains of 2-6, RL on 5-7 (held-out 0.08 greedy at the start, sampled
-    # pass@1 ~0.02: most groups all wrong); on 8-12 the same SFT answers none (docs/benchmarks.md)
+    # at the edge of competence: SFT on chains of 2-6, RL on 5-7 (held-out 0.107 greedy at the start, sampled
+    # pass@1 ~0.02-0.03: most groups all wrong); on 8-12 the same SFT answers none (docs/benchmarks.md)
     "edge": ["task.arithmetic.min_steps=5", "task.arithmetic.max_steps=7", "warm_start.chain_steps=[2,6]",
              "rollout.max_new_tokens=112"],
 }
