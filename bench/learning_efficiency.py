@@ -10,9 +10,9 @@ one rank (``trainer.cpu_ranks=1``), the first run alone (it may train the settin
 continues. Per method and seed: the greedy held-out accuracy at every evaluation, the mean seconds per step and
 per stage (the first two steps left out: warm-up). For per-step cost alone, run the methods one at a time on an
 idle machine: ``--steps 14 --eval-every 0 --parallel 1``. Writes OUT.json (everything), OUT.md (final accuracy
-and steps and generated tokens to RLOO's final accuracy, mean and min-max over seeds; seconds per step and its ratio
-to RLOO's) and
-OUT.png (accuracy against steps, seconds and generated tokens, mean over seeds with min-max bands).
+and steps and generated tokens to RLOO's final accuracy, mean and min-max over seeds; seconds per step and its
+ratio to RLOO's) and OUT.png (accuracy against steps, seconds and generated tokens, mean over seeds with min-max
+bands).
 """
 from __future__ import annotations
 
