@@ -75,35 +75,27 @@ def grow_leaves(roots: Rollout, positions: torch.Tensor, continuations: Rollout,
     """
     n_roots, points = positions.shape
     per_root = leaves_per_root(points, ways)
-    rows, sampled = [], []
+    # every leaf is its root's tokens 0..t-1 followed by ``tail`` tokens of a sampled row (a root: t = 0, itself)
+    leaves = []  # (root, t, source rollout, source row, tail)
     for r in range(n_roots):
-        root_len = int(roots.response_mask[r].sum())
-        rows.append((r, None, 0))
-        sampled.append(root_len)
+        leaves.append((r, 0, roots, r, int(roots.response_mask[r].sum())))
         for j in range(points):
+            t = int(positions[r, j])
             for w in range(ways - 1):
                 c = (r * points + j) * (ways - 1) + w
-                rows.append((r, c, int(positions[r, j])))
-                sampled.append(min(int(continuations.response_mask[c].sum()), max_new_tokens - rows[-1][2]))
-    ids = torch.full((len(rows), max_new_tokens), pad_id, dtype=torch.long)
-    logp = None if roots.sampler_logp is None else torch.zeros((len(rows), max_new_tokens), dtype=torch.float32)
-    for i, (r, c, t) in enumerate(rows):
-        root_len = int(roots.response_mask[r].sum())
-        if c is None:
-            ids[i, :root_len] = roots.response_ids[r, :root_len]
-            if logp is not None:
-                logp[i, :root_len] = roots.sampler_logp[r, :root_len]
-            continue
-        ids[i, :t] = roots.response_ids[r, :t]
-        tail = min(int(continuations.response_mask[c].sum()), max_new_tokens - t)
-        ids[i, t:t + tail] = continuations.response_ids[c, :tail]
+                leaves.append((r, t, continuations, c, min(int(continuations.response_mask[c].sum()),
+                                                            max_new_tokens - t)))
+    ids = torch.full((len(leaves), max_new_tokens), pad_id, dtype=torch.long)
+    logp = None if roots.sampler_logp is None else torch.zeros((len(leaves), max_new_tokens), dtype=torch.float32)
+    for i, (r, t, source, row, tail) in enumerate(leaves):
+        ids[i, :t], ids[i, t:t + tail] = roots.response_ids[r, :t], source.response_ids[row, :tail]
         if logp is not None:
-            logp[i, :t] = roots.sampler_logp[r, :t]
-            logp[i, t:t + tail] = continuations.sampler_logp[c, :tail]
+            logp[i, :t], logp[i, t:t + tail] = roots.sampler_logp[r, :t], source.sampler_logp[row, :tail]
+    sampled = [tail for *_, tail in leaves]
     mask, truncated = response_mask_from_ids(ids, eos_id)
     width = max(1, int(mask.sum(dim=1).max()))
     ids, mask = ids.masked_fill(mask == 0, pad_id)[:, :width], mask[:, :width]
     root_of = torch.arange(n_roots).repeat_interleave(per_root)
-    leaves = Rollout(roots.prompt_ids[root_of], roots.prompt_mask[root_of], ids, mask, truncated,
-                     None if logp is None else logp[:, :width] * mask)
-    return leaves, torch.tensor(sampled, dtype=torch.long)
+    grown = Rollout(roots.prompt_ids[root_of], roots.prompt_mask[root_of], ids, mask, truncated,
+                    None if logp is None else logp[:, :width] * mask)
+    return grown, torch.tensor(sampled, dtype=torch.long)
