@@ -122,6 +122,8 @@ class WarmStartSection:
     """model init and data order"""
     chain_steps: Optional[list[int]] = None
     """arithmetic only: [fewest, most] operations in the demonstrations' chains; null = task.arithmetic's"""
+    shipped: bool = True
+    """use the SFT model shipped with prm_rl when its config matches (the same start on every machine); false = cache_dir's, or train one"""
 
     def check(self) -> None:
         for name in ("num_examples", "max_steps", "batch_size", "learning_rate"):

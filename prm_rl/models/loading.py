@@ -98,7 +98,8 @@ def start_checkpoint(cfg: Config, log=print) -> str:
     check_lora_targets(cfg)
     if cfg.model.path is not None:
         return cfg.model.path
-    return str(ensure_warm_start(cfg.warm_start.cache_dir, warm_start_spec(cfg), log=log))
+    return str(ensure_warm_start(cfg.warm_start.cache_dir, warm_start_spec(cfg), log=log,
+                                 shipped=cfg.warm_start.shipped))
 
 
 def warm_start_spec(cfg: Config) -> dict:

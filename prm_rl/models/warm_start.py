@@ -2,7 +2,9 @@
 
 PRIME starts RL from an SFT model. The built-in model is trained from scratch on a fixed, limited set of
 ``warm_start.num_examples`` demonstrations (a data budget, as real SFT sets are), once per distinct config,
-and cached under ``warm_start.cache_dir``. Training runs in a child process (``python -m
+and cached under ``warm_start.cache_dir``. The main job's SFT model ships with the package (``prm_rl/warm_starts/``,
+named by its config's hash like a cache folder): an SFT's weights depend on the CPU's float kernels, so a model
+trained here would make every machine's run start elsewhere; the shipped one is the same start everywhere. Training runs in a child process (``python -m
 prm_rl.models.warm_start``) so that the Hugging Face Trainer never sees the DeepSpeed launcher's
 distributed environment; the cache folder appears atomically when training is complete.
 """
@@ -24,14 +26,17 @@ from prm_rl.models.tiny import TinyModelConfig, build_char_tokenizer, build_tiny
 
 # Bump when the warm-start procedure changes, so old caches are not reused.
 _VERSION = 1
+# SFT models that ship with prm_rl, one folder per config hash (the main job's; docs/results.md says how it was made)
+SHIPPED = Path(__file__).resolve().parents[1] / "warm_starts"
 # Specs of the first built-in task predate task names: a spec without one is this task's (same hash, same cache).
 _FIRST_TASK = "arithmetic"
 
 
 def _spec(tiny: TinyModelConfig, task: TaskConfig, warm: dict, heldout_seed: int, heldout_size: int) -> dict:
     """Everything the warm start depends on; its hash names the cache folder."""
-    # chain_steps is in the task's dict already: one SFT task, one hash, whatever RL's chains are
-    warm = {k: v for k, v in warm.items() if k not in ("cache_dir", "chain_steps")}
+    # chain_steps is in the task's dict already: one SFT task, one hash, whatever RL's chains are; where the
+    # model comes from (cache_dir, shipped) is not what it is
+    warm = {k: v for k, v in warm.items() if k not in ("cache_dir", "chain_steps", "shipped")}
     spec = {"version": _VERSION, "model": asdict(tiny), "task": asdict(task), "warm_start": warm,
             "heldout_seed": heldout_seed, "heldout_size": heldout_size}
     name = task_generator(task).TASK_NAME
@@ -45,8 +50,20 @@ def cache_path(cache_dir: str, spec: dict) -> Path:
     return Path(os.path.expanduser(cache_dir)) / digest
 
 
-def ensure_warm_start(cache_dir: str, spec: dict, log=print) -> Path:
-    """Path of the cached SFT model for ``spec``, training it first (in a child process) if missing."""
+def shipped_path(spec: dict) -> Path | None:
+    """The SFT model shipped with prm_rl for ``spec``, if one is (its recorded spec equal to ``spec``)."""
+    path = cache_path(str(SHIPPED), spec)
+    if (path / "config.json").exists() and json.loads((path / "warm_start.json").read_text()) == spec:
+        return path
+    return None
+
+
+def ensure_warm_start(cache_dir: str, spec: dict, log=print, shipped: bool = True) -> Path:
+    """Path of the SFT model for ``spec``: the shipped one (``shipped`` and one matches), else the cached one,
+    training it first (in a child process) if missing."""
+    if shipped and (packaged := shipped_path(spec)) is not None:
+        log(f"warm start: using the SFT model shipped with prm_rl {packaged} (warm_start.shipped=false: your own)")
+        return packaged
     path = cache_path(cache_dir, spec)
     if (path / "config.json").exists():
         log(f"warm start: using cached SFT model {path}")

@@ -9,8 +9,6 @@ import inspect
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
-from transformers.generation.logits_process import TopPLogitsWarper
 
 from prm_rl.models.device import input_device
 
@@ -141,6 +139,8 @@ def next_tokens(logits: torch.Tensor, do_sample: bool, temperature: float, top_p
     if temperature != 1.0:
         logits = logits / temperature
     if top_p < 1.0:
+        from transformers.generation.logits_process import TopPLogitsWarper
+
         logits = TopPLogitsWarper(top_p)(None, logits)
     return torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1).squeeze(1)
 
@@ -154,6 +154,8 @@ def sample_dropping_finished(model: torch.nn.Module, prompt_ids: torch.Tensor, p
 
     ``T`` is the number of steps until the last row finished, or ``max_new_tokens``, as with ``model.generate``.
     """
+    from transformers import DynamicCache  # imported here: the launcher validates a config without transformers
+
     n, device = prompt_ids.shape[0], prompt_ids.device
     rows = torch.arange(n, device=device)  # batch position -> output row, shrinking as rows finish
     responses = torch.full((n, max_new_tokens), pad_id, dtype=torch.long, device=device)

@@ -25,10 +25,16 @@ def stderr_lines(proc) -> list[str]:
             if "real_accelerator" not in line and "[launch.py]" not in line and "[runner.py]" not in line]
 
 
+# Not the shipped SFT model: with an empty warm_start.cache_dir, reaching the warm start would mean minutes of SFT,
+# which is how these tests show that a check comes before it.
+OWN_WARM_START = "warm_start.shipped=false"
+
+
 def train_py(*overrides: str, timeout: float = 300, cwd: Path = REPO) -> subprocess.CompletedProcess:
     """One plain ``python launch/train.py`` process (retried once on DeepSpeed's rare start-up abort, tiny_runs)."""
     return run_retrying_startup_abort([sys.executable, str(REPO / "launch" / "train.py"), "+recipe=math_ppo",
-                                       "wandb.mode=disabled", *overrides], environment(), timeout, cwd=cwd)
+                                       "wandb.mode=disabled", OWN_WARM_START, *overrides], environment(), timeout,
+                                      cwd=cwd)
 
 
 @pytest.mark.parametrize("override, line", [
@@ -156,7 +162,7 @@ def test_ctrl_c_while_starting_is_one_line_and_exit_130(tmp_path):
     for attempt in range(3):  # DeepSpeed's rare abort of a rank at exit (tiny_runs.STARTUP_ABORT): try again
         cache, run_dir = tmp_path / f"try{attempt}" / "cache", tmp_path / f"try{attempt}" / "run"
         proc = subprocess.Popen([sys.executable, "launch/train.py", "+recipe=math_ppo", "wandb.mode=disabled",
-                                 f"warm_start.cache_dir={cache}", f"trainer.output_dir={run_dir}"],
+                                 OWN_WARM_START, f"warm_start.cache_dir={cache}", f"trainer.output_dir={run_dir}"],
                                 cwd=REPO, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, start_new_session=True, preexec_fn=_sigint_as_in_a_terminal)
         try:

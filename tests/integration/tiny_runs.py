@@ -20,6 +20,9 @@ import torch
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[2]
+# The TINY job's SFT model, trained once by the warm start and committed, so that every machine's suite starts from
+# the same weights and none spends ~100 s on the SFT (tests/unit/test_warm_start.py trains one; conftest.warm_cache)
+WARM_FIXTURE = REPO / "tests" / "fixtures" / "warm_start"
 
 
 def require_vllm() -> None:

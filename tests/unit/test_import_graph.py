@@ -118,3 +118,16 @@ def test_the_checker_finds_a_circle_and_an_upward_arrow():
     edges = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert circles(edges) == [["a", "b", "c"]]
     assert "prm_rl.cli" in commands() and "prm_rl.cli.estimate" in commands()
+
+
+def test_checking_a_config_imports_neither_transformers_nor_deepspeed():
+    """The launcher checks the overrides (and starts the CPU ranks) before any rank loads a model: every launch,
+    and every test of a bad option, pays its imports; transformers alone costs about a second."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from prm_rl.cli.startup import compose; compose(['rollout.max_new_tokens=64']); "
+             "print(sorted({m.split('.')[0] for m in sys.modules} & {'transformers', 'deepspeed', 'vllm', 'trl'}))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                         cwd=PACKAGE.parent, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
