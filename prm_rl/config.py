@@ -483,7 +483,8 @@ class AlgorithmSection:
     """The advantage estimator (registered by name in prm_rl/core/advantages.py)"""
 
     advantage: str = "prime"
-    """prime (RLOO process + RLOO outcome) | rloo (outcome only; no PRM loaded) | grpo | spro (policy as its own PRM) |
+    """prime (RLOO process + RLOO outcome) | rloo (outcome only; no PRM loaded) | grpo | dr-grpo (GRPO without std
+    scaling) | spro (policy as its own PRM) |
     tree (RLOO outcome + prefix-tree credit; no PRM) | prime-tree (prime + prefix-tree credit) | oracle-steps,
     oracle-from-error, oracle-error-step (the task's step checker as credit: controls, built-in arithmetic only)"""
     process_gamma: float = 1.0
@@ -547,7 +548,11 @@ class PolicySection:
     grad_clip: float = 1.0
     """clip the global gradient norm of each policy optimiser step to this"""
     clip_eps: float = 0.2
-    """ratio clipped to [1 - eps, 1 + eps]"""
+    """ratio clipped to [1 - clip_eps, 1 + clip_eps_high]"""
+    clip_eps_high: Optional[float] = None
+    """upper clip bound (DAPO's clip-higher, e.g. 0.28); null = clip_eps"""
+    ratio_level: str = "token"
+    """token (PPO) | sequence (GSPO: each token takes its response's length-normalised ratio; use clip_eps ~4e-4)"""
     dual_clip: Optional[float] = None
     """dual-clip constant c > 1 for negative advantages; null = off"""
     kl_coef: float = 0.0
@@ -557,7 +562,7 @@ class PolicySection:
     entropy_coef: float = 0.0
     """entropy bonus weight"""
     loss_agg: str = "seq-mean-token-mean"
-    """seq-mean-token-mean | token-mean"""
+    """seq-mean-token-mean | token-mean | seq-mean-token-sum-norm (Dr. GRPO: token sums / rollout.max_new_tokens)"""
     ppo_epochs: int = 1
     """passes over the kept batch per step"""
     mini_batches: int = 4
@@ -574,10 +579,13 @@ class PolicySection:
         _non_negative("policy.weight_decay", self.weight_decay)
         _positive("policy.grad_clip", self.grad_clip)
         _positive("policy.clip_eps", self.clip_eps)
+        if self.clip_eps_high is not None:
+            _positive("policy.clip_eps_high", self.clip_eps_high)
         if self.dual_clip is not None and not self.dual_clip > 1:
             raise ConfigError(f"policy.dual_clip={self.dual_clip}: must be > 1 (or null to disable)")
-        from prm_rl.core import KL_ESTIMATORS, LOSS_AGGREGATIONS
+        from prm_rl.core import KL_ESTIMATORS, LOSS_AGGREGATIONS, RATIO_LEVELS
 
+        _choice("policy.ratio_level", self.ratio_level, RATIO_LEVELS)
         _choice("policy.kl_estimator", self.kl_estimator, KL_ESTIMATORS)
         _choice("policy.loss_agg", self.loss_agg, LOSS_AGGREGATIONS)
         _positive("policy.ppo_epochs", self.ppo_epochs)

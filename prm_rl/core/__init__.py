@@ -50,6 +50,7 @@ from .policy_loss import (
     IS_CORRECTIONS,
     KL_ESTIMATORS,
     LOSS_AGGREGATIONS,
+    RATIO_LEVELS,
     aggregate,
     approx_kl,
     kl_penalty,
@@ -141,5 +142,6 @@ __all__ = [
     "response_score",
     "GRANULARITIES",
     "LOSS_AGGREGATIONS",
+    "RATIO_LEVELS",
     "KL_ESTIMATORS",
 ]

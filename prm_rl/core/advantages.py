@@ -158,14 +158,16 @@ def prime_advantages(
 
 
 def grpo_advantages(
-    outcome_scores: torch.Tensor, mask: torch.Tensor, group_size: int, eps: float = 1e-6
+    outcome_scores: torch.Tensor, mask: torch.Tensor, group_size: int, eps: float = 1e-6, scale_by_std: bool = True
 ) -> torch.Tensor:
     """GRPO baseline: the group-normalised outcome advantage on every valid token.
 
     Shapes: ``outcome_scores`` [N], ``mask`` [N, T] -> [N, T]; out[i, t] = grpo_outcome(o)_i where
     valid, 0 elsewhere (no whitening: the group normalisation already scales it, as in veRL's GRPO).
+    ``scale_by_std=False``: Dr. GRPO's o_i - mean_g (Liu et al. 2025, arXiv 2503.20783: dividing by the
+    group's std weights groups that are nearly all right or all wrong up).
     """
-    adv = grpo_outcome(outcome_scores, group_size, eps=eps)
+    adv = grpo_outcome(outcome_scores, group_size, eps=eps, scale_by_std=scale_by_std)
     return torch.where(_valid(mask), adv[:, None], _zero(adv))
 
 
@@ -263,6 +265,14 @@ def _grpo(scores, process_rewards, mask, group_size, *, outcome_coef, process_co
            whiten, tree_credit):
     """GRPO: the group-normalised outcome on every token (the coefficients, gammas and whitening do not apply)."""
     return grpo_advantages(scores, mask, group_size)
+
+
+@register_advantage("dr-grpo", uses_prm=False)
+def _dr_grpo(scores, process_rewards, mask, group_size, *, outcome_coef, process_coef, process_gamma, outcome_gamma,
+             whiten, tree_credit):
+    """Dr. GRPO: the group-centred outcome on every token, not divided by the group's std (pair it with
+    policy.loss_agg=seq-mean-token-sum-norm, its length normalisation)."""
+    return grpo_advantages(scores, mask, group_size, scale_by_std=False)
 
 
 @register_advantage("spro", uses_prm=False, self_guided=True)

@@ -11,7 +11,8 @@ from .masked import _valid, masked_mean, masked_sum
 
 __all__ = ["ppo_clip_loss", "kl_penalty", "approx_kl", "aggregate", "sampler_ratio", "sampler_correction"]
 
-LOSS_AGGREGATIONS = ("seq-mean-token-mean", "token-mean")  # policy.loss_agg
+LOSS_AGGREGATIONS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")  # policy.loss_agg
+RATIO_LEVELS = ("token", "sequence")  # policy.ratio_level
 KL_ESTIMATORS = ("k1", "k3")  # policy.kl_estimator
 IS_CORRECTIONS = ("none", "tis", "mask")  # rollout.is_correction
 # exp(20) ~ 4.9e8: far outside any clip band, yet finite in float32 and bf16, so an extreme log-ratio
@@ -30,29 +31,42 @@ def ppo_clip_loss(
     mask: torch.Tensor,
     clip_eps: float = 0.2,
     dual_clip: float | None = None,
+    clip_eps_high: float | None = None,
+    ratio_level: str = "token",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO clipped surrogate, per token.
 
     Shapes: ``logp``, ``old_logp``, ``advantages``, ``mask`` [N, T] -> (token_loss [N, T],
     clipped [N, T] bool), both 0/False on invalid positions.
-    Formula: ratio = exp(clamp(logp - old_logp, -20, 20));
-             loss = max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)).
+    Formula: ratio = exp(clamp(log_ratio, -20, 20)), log_ratio = logp - old_logp;
+             loss = max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps_high)), eps_high = eps unless given.
     The log-ratio is clamped before exp so the ratio stays finite (an overflowed ratio times a zero
     advantage would be NaN); a clamped token has zero gradient, which clipping gives it anyway except
     for A < 0 without dual clip.
+    ``clip_eps_high`` (DAPO's clip-higher, Yu et al. 2025, arXiv 2503.14476, eps_high = 0.28 with eps = 0.2):
+    a wider upper bound, so a token the old policy found unlikely can gain more probability per update.
+    ``ratio_level="sequence"`` (GSPO, Zheng et al. 2025, arXiv 2507.18071, in its token form): every token of
+    row i takes the row's length-normalised ratio s_i = exp(mean over valid t of (logp - old_logp)) as its
+    value, log_ratio_t = sg(log s_i) + logp_t - sg(logp_t), so the gradient of token t is s_i * grad logp_t
+    and the clip acts on whole sequences (GSPO uses eps ~3e-4 / 4e-4: sequence ratios stay close to 1).
     ``dual_clip = c > 1`` (dual-clip PPO, Ye et al. 2020, arXiv 1912.09729): for A < 0 the loss is
     further capped, loss = min(loss, -A * c), so a huge ratio on a bad token cannot dominate.
     ``clipped`` is True where a clipped branch determines the loss (the gradient through the ratio is
-    0 there): the 1 +/- eps bound (strictly larger than the unclipped term, the usual clip fraction) or
-    the dual-clip cap. PRIME uses eps = 0.2 and no dual clip (Cui et al. 2025, arXiv 2502.01456).
+    0 there): a bound (strictly larger than the unclipped term, the usual clip fraction) or
+    the dual-clip cap. PRIME uses eps = 0.2, token ratios and no dual clip (Cui et al. 2025, arXiv 2502.01456).
     """
     if dual_clip is not None and dual_clip <= 1.0:
         raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
     valid = _valid(mask)
-    log_ratio = torch.clamp(logp - old_logp, -_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
-    ratio = torch.exp(log_ratio)
+    log_ratio = logp - old_logp
+    if ratio_level == "sequence":
+        log_ratio = masked_mean(log_ratio, valid, dim=-1).detach()[:, None] + logp - logp.detach()
+    elif ratio_level != "token":
+        raise ValueError(f"ratio_level must be one of {RATIO_LEVELS}, got {ratio_level!r}")
+    ratio = torch.exp(torch.clamp(log_ratio, -_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP))
+    high = clip_eps if clip_eps_high is None else clip_eps_high
     unclipped = -advantages * ratio
-    clipped_term = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+    clipped_term = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + high)
     loss = torch.maximum(unclipped, clipped_term)
     clipped = clipped_term > unclipped
     if dual_clip is not None:
@@ -138,6 +152,10 @@ def aggregate(token_values: torch.Tensor, mask: torch.Tensor, mode: str, denomin
     denominator = number of sequences in the global mini-batch (PRIME's per-sequence token mean,
     averaged over sequences). "token-mean": sum of all valid token values / denominator, with
     denominator = number of valid tokens in the global mini-batch (the global token mean option).
+    "seq-mean-token-sum-norm" (Dr. GRPO, Liu et al. 2025, arXiv 2503.20783): sum of all valid token values /
+    denominator, with denominator = sequences in the global mini-batch x a constant length (the response budget,
+    ``rollout.max_new_tokens``): no per-response length normalisation, so a long wrong response is not
+    penalised less per token than a short one.
     A row with no valid token contributes 0.
     Why the caller's global denominator: with the mini-batch split over R ranks, each rank returns
     (its partial sum) / (global denominator); these partial losses add up exactly to the single-rank
@@ -150,6 +168,6 @@ def aggregate(token_values: torch.Tensor, mask: torch.Tensor, mode: str, denomin
         raise ValueError(f"denominator must be positive, got {denominator}")
     if mode == "seq-mean-token-mean":
         return masked_mean(token_values, mask, dim=-1).sum() / denominator
-    if mode == "token-mean":
+    if mode in ("token-mean", "seq-mean-token-sum-norm"):  # they differ in the caller's denominator
         return masked_sum(token_values, mask) / denominator
     raise ValueError(f"mode must be one of {LOSS_AGGREGATIONS}, got {mode!r}")

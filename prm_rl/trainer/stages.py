@@ -394,7 +394,8 @@ def policy_update_stage(policy, batch: Rollout, old_logp: torch.Tensor | None, a
     on = input_device(policy)  # each micro-batch, with its advantages and old/reference log-probs, goes there once
     for epoch in range(pc.ppo_epochs):
         for part in split_minibatches(torch.randperm(len(batch), generator=generator), pc.mini_batches):
-            denom = float(part.numel()) if pc.loss_agg == "seq-mean-token-mean" else float(mask[part].sum())
+            denom = {"seq-mean-token-mean": float(part.numel()), "token-mean": float(mask[part].sum()),
+                     "seq-mean-token-sum-norm": float(part.numel()) * r.max_new_tokens}[pc.loss_agg]
             running = part[live[part]] if live[part].any() else part[:1]  # a zero-gradient row keeps the step
             for mb in micro_batches(running, pc.micro_batch_size, lengths=row_lengths(batch),
                                     max_tokens=pc.micro_batch_tokens):
@@ -404,7 +405,8 @@ def policy_update_stage(policy, batch: Rollout, old_logp: torch.Tensor | None, a
                                                   entropy_grad=pc.entropy_coef != 0)
                 adv = advantages[mb.rows].to(on)
                 old = logp.detach() if old_logp is None else old_logp[mb.rows].to(on)
-                token_loss, clipped = core.ppo_clip_loss(logp, old, adv, m, pc.clip_eps, pc.dual_clip)
+                token_loss, clipped = core.ppo_clip_loss(logp, old, adv, m, pc.clip_eps, pc.dual_clip,
+                                                         pc.clip_eps_high, pc.ratio_level)
                 if sub.sampler_logp is not None:
                     sampled = sub.sampler_logp
                     ratio = core.sampler_ratio(old, sampled)

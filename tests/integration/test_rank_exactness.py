@@ -27,6 +27,9 @@ CASES = {
         "deepspeed.zero_stage=3", "prm.loss=dpo", "prm.update=before", "policy.loss_agg=token-mean",
         "policy.kl_coef=0.1", "policy.entropy_coef=0.01", "reward.granularity=step", "policy.ppo_epochs=2",
         "reward.credit=softmin", "algorithm.process_gamma=0.9", "algorithm.outcome_gamma=0.95"],
+    # today's policy-loss variants: GSPO's sequence ratio, DAPO's clip-higher, Dr. GRPO's constant-length sums
+    "gspo-clip-higher-sum-norm-zero2": ["deepspeed.zero_stage=2", "policy.ratio_level=sequence",
+                                        "policy.clip_eps_high=0.28", "policy.loss_agg=seq-mean-token-sum-norm"],
     # the group's prefix tree in the advantages and as the PRM's per-prefix targets (groups split over ranks)
     "prefix-tree-targets-prime-tree-zero2": ["deepspeed.zero_stage=2", "algorithm.advantage=prime-tree",
                                              "prm.loss=prefix", "prm.targets=tree", "prm.beta=1.0", "prm.margin=0.1"],

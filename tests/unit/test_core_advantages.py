@@ -142,6 +142,17 @@ def test_grpo_advantages_broadcast():
                                rtol=1e-5, atol=1e-5)
 
 
+def test_dr_grpo_centres_on_the_group_mean_without_dividing_by_its_std():
+    """Groups [1, 0, 0, 1] and [1, 0, 0, 0]: o - mean is +-0.5 and (0.75, -0.25, ...); GRPO divides the first by
+    std 0.577 and the second by 0.5, so a group that is nearly all wrong weighs as much as a split one."""
+    mask = torch.ones(8, 2)
+    dr = grpo_advantages(torch.tensor([1.0, 0, 0, 1, 1, 0, 0, 0]), mask, 4, scale_by_std=False)
+    torch.testing.assert_close(dr[:, 0], torch.tensor([0.5, -0.5, -0.5, 0.5, 0.75, -0.25, -0.25, -0.25]))
+    grpo = grpo_advantages(torch.tensor([1.0, 0, 0, 1, 1, 0, 0, 0]), mask, 4)
+    torch.testing.assert_close(grpo[:, 1], torch.tensor([0.866025, -0.866025, -0.866025, 0.866025, 1.5, -0.5,
+                                                         -0.5, -0.5]), rtol=1e-5, atol=1e-5)
+
+
 # ----------------------------------------------------------------------------------------- the registry
 def test_registered_estimators_are_the_documented_functions():
     g = torch.Generator().manual_seed(0)
@@ -154,7 +165,7 @@ def test_registered_estimators_are_the_documented_functions():
     run = {name: est.fn(scores, rewards if est.uses_prm or est.self_guided or est.checked_steps else None, mask, 4,
                         tree_credit=tree if est.uses_tree else None, **knobs)
            for name, est in core.ADVANTAGE_ESTIMATORS.items()}
-    assert set(run) == {"prime", "rloo", "grpo", "spro", "tree", "prime-tree", "oracle-steps", "oracle-from-error",
+    assert set(run) == {"prime", "rloo", "grpo", "dr-grpo", "spro", "tree", "prime-tree", "oracle-steps", "oracle-from-error",
                         "oracle-error-step"}
     assert [n for n, e in core.ADVANTAGE_ESTIMATORS.items() if e.checked_steps] == [
         "oracle-steps", "oracle-from-error", "oracle-error-step"]
@@ -175,6 +186,7 @@ def test_registered_estimators_are_the_documented_functions():
     torch.testing.assert_close(run["prime"], core.prime_advantages(scores, rewards, mask, 4, **knobs)[0])
     torch.testing.assert_close(run["rloo"], core.prime_advantages(scores, None, mask, 4, **knobs)[0])
     torch.testing.assert_close(run["grpo"], core.grpo_advantages(scores, mask, 4))
+    torch.testing.assert_close(run["dr-grpo"], core.grpo_advantages(scores, mask, 4, scale_by_std=False))
 
 
 def test_a_registered_estimator_becomes_a_config_choice(monkeypatch):
@@ -183,7 +195,7 @@ def test_a_registered_estimator_becomes_a_config_choice(monkeypatch):
     monkeypatch.setattr(core.advantages, "ADVANTAGE_ESTIMATORS", dict(core.ADVANTAGE_ESTIMATORS))
     monkeypatch.setattr(core, "ADVANTAGE_ESTIMATORS", core.advantages.ADVANTAGE_ESTIMATORS)
     section = AlgorithmSection(advantage="outcome_sign", whiten=False)
-    with pytest.raises(ConfigError, match="algorithm.advantage='outcome_sign': must be one of prime, rloo, grpo, spro"):
+    with pytest.raises(ConfigError, match="algorithm.advantage='outcome_sign': must be one of prime, rloo, grpo, dr-grpo, spro"):
         section.check()
 
     @core.register_advantage("outcome_sign", uses_prm=False)

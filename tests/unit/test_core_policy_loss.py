@@ -30,6 +30,45 @@ def test_ppo_clip_both_signs_inside_and_outside_band():
     torch.testing.assert_close(logp.grad, torch.tensor([[-1.1, 0.0, -0.5, 0.0], [2.2, 3.0, 0.0, 0.0]]))
 
 
+def test_clip_higher_widens_only_the_upper_bound():
+    """DAPO: eps 0.2 below, 0.28 above. Ratio 1.5 with A = +1 is held at 1.28 (not 1.2); ratio 0.5 with A = -1
+    still at 0.8; ratio 1.25 with A = +1 is inside the band and keeps its gradient."""
+    logp = torch.tensor([[LN(1.5), LN(0.5), LN(1.25)]], requires_grad=True)
+    adv = torch.tensor([[1.0, -1.0, 1.0]])
+    loss, clipped = ppo_clip_loss(logp, torch.zeros(1, 3), adv, torch.ones(1, 3), clip_eps=0.2, clip_eps_high=0.28)
+    torch.testing.assert_close(loss, torch.tensor([[-1.28, 0.8, -1.25]]))
+    assert clipped.tolist() == [[True, True, False]]
+    loss.sum().backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([[0.0, 0.0, -1.25]]))
+    symmetric, _ = ppo_clip_loss(logp, torch.zeros(1, 3), adv, torch.ones(1, 3), clip_eps=0.2)
+    torch.testing.assert_close(symmetric, torch.tensor([[-1.2, 0.8, -1.2]]))
+
+
+def test_sequence_level_ratio_is_gspos_length_normalised_ratio_on_every_token():
+    """Row 0: token log-ratios 0.1 and 0.3 (a padded 5.0 ignored): every token's ratio is s = exp(0.2), and the
+    gradient of token t is -A s (GSPO-token); summed with the seq-mean-token-mean aggregation it equals the
+    gradient of GSPO's sequence objective -A exp(mean log-ratio). A band of 0.1 clips the whole row."""
+    old = torch.zeros(2, 3)
+    logp = torch.tensor([[0.1, 0.3, 5.0], [-0.2, 0.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    adv = torch.tensor([[2.0, 2.0, 2.0], [-1.0, -1.0, -1.0]], dtype=torch.float64)
+    loss, clipped = ppo_clip_loss(logp, old, adv, mask, clip_eps=10.0, ratio_level="sequence")
+    s = torch.tensor([math.exp(0.2), math.exp(-0.2)], dtype=torch.float64)
+    torch.testing.assert_close(loss, torch.stack([-2.0 * s[0] * torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64),
+                                                  s[1] * torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)]))
+    assert not clipped.any()
+    (grad,) = torch.autograd.grad(aggregate(loss, mask, "seq-mean-token-mean", 2), logp)
+    sequence = torch.tensor([[0.1, 0.3, 5.0], [-0.2, 0.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    seq_mean = (sequence * mask).sum(-1) / mask.sum(-1)
+    (expected,) = torch.autograd.grad((-adv[:, 0] * torch.exp(seq_mean)).mean(), sequence)  # second implementation
+    torch.testing.assert_close(grad, expected)
+    tight, clipped = ppo_clip_loss(logp, old, adv, mask, clip_eps=0.1, ratio_level="sequence")
+    assert clipped.tolist() == [[True, True, False], [True, False, False]]  # exp(0.2) > 1.1, exp(-0.2) < 0.9
+    torch.testing.assert_close(tight[0, :2], torch.tensor([-2.2, -2.2], dtype=torch.float64))
+    with pytest.raises(ValueError, match="ratio_level"):
+        ppo_clip_loss(logp, old, adv, mask, ratio_level="segment")
+
+
 def test_ppo_dual_clip():
     logp = torch.tensor([[LN(1.1), LN(5.0), LN(0.5)], [LN(1.1), LN(5.0), LN(0.5)]])
     old = torch.zeros(2, 3)
@@ -81,19 +120,21 @@ def test_aggregate_modes():
     assert aggregate(x, mask, "seq-mean-token-mean", 3).item() == pytest.approx(2.0)
     # 4 valid tokens: (1 + 2 + 3 + 4) / 4
     assert aggregate(x, mask, "token-mean", 4).item() == pytest.approx(2.5)
+    # Dr. GRPO: token sums over (3 sequences x a budget of 4 tokens): (6 + 4) / 12, whatever the lengths
+    assert aggregate(x, mask, "seq-mean-token-sum-norm", 3 * 4).item() == pytest.approx(10 / 12)
     with pytest.raises(ValueError):
         aggregate(x, mask, "seq-mean-token-sum", 3)
     with pytest.raises(ValueError):
         aggregate(x, mask, "token-mean", 0)
 
 
-@pytest.mark.parametrize("mode", ["seq-mean-token-mean", "token-mean"])
+@pytest.mark.parametrize("mode", ["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"])
 def test_aggregate_split_batch_matches_whole(mode):
     g = torch.Generator().manual_seed(0)
     w = torch.randn(4, 5, generator=g, dtype=torch.float64, requires_grad=True)
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 0, 0, 0]])
     values = w ** 2  # any differentiable per-token term
-    denom = 4 if mode == "seq-mean-token-mean" else int(mask.sum())  # global: 4 seqs / 11 tokens
+    denom = {"seq-mean-token-mean": 4, "token-mean": int(mask.sum()), "seq-mean-token-sum-norm": 4 * 5}[mode]
     whole = aggregate(values, mask, mode, denom)
     halves = [aggregate(values[i:i + 2], mask[i:i + 2], mode, denom) for i in (0, 2)]
     torch.testing.assert_close(halves[0] + halves[1], whole)
