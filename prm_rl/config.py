@@ -334,6 +334,29 @@ class FilterSection:
 
 
 @dataclass
+class LrScheduleSection:
+    """learning rate by trainer step: linear warm-up from 0, then decay (prm_rl/core/schedule.py)"""
+
+    decay: str = "constant"
+    """constant | linear | cosine, from learning_rate after the warm-up to min_lr_ratio x it at the last step"""
+    warmup_steps: float = 0.0
+    """steps of linear warm-up from 0; below 1, that share of trainer.max_steps (as transformers reads it)"""
+    min_lr_ratio: float = 0.0
+    """linear | cosine: the floor the decay ends at, as a share of learning_rate"""
+
+    def check(self, where: str) -> None:
+        from prm_rl.core import LR_DECAYS
+
+        _choice(f"{where}.decay", self.decay, LR_DECAYS)
+        _non_negative(f"{where}.warmup_steps", self.warmup_steps)
+        if self.warmup_steps >= 1 and self.warmup_steps != int(self.warmup_steps):
+            raise ConfigError(f"{where}.warmup_steps={self.warmup_steps}: a number of steps (an integer), or a share "
+                              "of trainer.max_steps below 1")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"{where}.min_lr_ratio={self.min_lr_ratio}: must be in [0, 1]")
+
+
+@dataclass
 class PrmSection:
     """The implicit PRM: pi_phi, trained online on outcome labels"""
 
@@ -352,7 +375,9 @@ class PrmSection:
     beta: float = 0.05
     """log-ratio scale in the PRM loss (loss=prefix: of the prefix's mean log-ratio, so set it far higher, ~1-10)"""
     learning_rate: float = 1e-06
-    """AdamW, constant"""
+    """AdamW peak learning rate"""
+    lr_schedule: LrScheduleSection = field(default_factory=LrScheduleSection)
+    """learning rate by trainer step: linear warm-up from 0, then decay (prm_rl/core/schedule.py)"""
     weight_decay: float = 0.0
     """AdamW weight decay"""
     grad_clip: float = 10.0
@@ -383,6 +408,7 @@ class PrmSection:
         _choice("prm.reference", self.reference, ("sft", "policy"))
         _positive("prm.beta", self.beta)
         _positive("prm.learning_rate", self.learning_rate)
+        self.lr_schedule.check("prm.lr_schedule")
         _non_negative("prm.weight_decay", self.weight_decay)
         _positive("prm.grad_clip", self.grad_clip)
         _positive("prm.mini_batches", self.mini_batches)
@@ -542,7 +568,9 @@ class PolicySection:
     """PPO-clip update of pi_theta, no critic"""
 
     learning_rate: float = 5e-07
-    """AdamW, constant"""
+    """AdamW peak learning rate"""
+    lr_schedule: LrScheduleSection = field(default_factory=LrScheduleSection)
+    """learning rate by trainer step: linear warm-up from 0, then decay (prm_rl/core/schedule.py)"""
     weight_decay: float = 0.01
     """AdamW weight decay"""
     grad_clip: float = 1.0
@@ -576,6 +604,7 @@ class PolicySection:
 
     def check(self) -> None:
         _positive("policy.learning_rate", self.learning_rate)
+        self.lr_schedule.check("policy.lr_schedule")
         _non_negative("policy.weight_decay", self.weight_decay)
         _positive("policy.grad_clip", self.grad_clip)
         _positive("policy.clip_eps", self.clip_eps)

@@ -18,6 +18,7 @@ from .advantages import (
     spro_advantages,
     tree_advantages,
 )
+from .schedule import LR_DECAYS, lr_multiplier, warmup_steps_of
 from .tree import TREE_SPLITS, prefix_values, segment_ends, tree_credit
 from .checked import first_error_credit, step_correctness_rewards
 from .credit import CREDITS, credit_rewards, masked_step_advantage, reward_carriers
@@ -143,5 +144,8 @@ __all__ = [
     "GRANULARITIES",
     "LOSS_AGGREGATIONS",
     "RATIO_LEVELS",
+    "LR_DECAYS",
+    "lr_multiplier",
+    "warmup_steps_of",
     "KL_ESTIMATORS",
 ]

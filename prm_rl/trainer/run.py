@@ -20,6 +20,7 @@ import torch
 import transformers
 from omegaconf import DictConfig, OmegaConf
 
+from prm_rl import core
 from prm_rl.config import Config
 from prm_rl.engine import dist
 from prm_rl.engine.deepspeed_engine import set_optimizer_hyperparameters
@@ -165,11 +166,10 @@ class Run:
             log(f"config differs from the checkpoint's: {change}")
         state, buffer_state, rng = checkpoint.load(path, job.engines(), run_dir=self.dir,
                                                    seed=self.cfg.trainer.seed, log=log)
-        for name, engine in job.engines().items():  # the config's optimiser settings win over the saved ones
+        for name in job.engines():  # the config's optimiser settings win over the saved ones (each step sets them)
             section = getattr(self.cfg, name)
-            set_optimizer_hyperparameters(engine, lr=section.learning_rate, weight_decay=section.weight_decay)
-            log(f"{name} optimiser after resume: learning_rate={section.learning_rate:g}, "
-                f"weight_decay={section.weight_decay:g} (from the config)")
+            log(f"{name} optimiser after resume: learning_rate={section.learning_rate:g} "
+                f"(lr_schedule {section.lr_schedule.decay}), weight_decay={section.weight_decay:g} (from the config)")
         self.guard.consecutive, self.guard.total = state["bad_steps_in_a_row"], state["bad_steps_total"]
         self.started = time.time() - state["wall_seconds"]  # wall_seconds counts time spent training
         checkpoint.set_rng_state(rng, self.shuffle)
@@ -178,10 +178,12 @@ class Run:
         return state
 
     def _train_step(self, job: Job, step: int) -> dict[str, float]:
-        """The job's step plus its time, throughput, guard counters and the periodic evaluation."""
+        """The job's step at its scheduled learning rates, plus its time, throughput, guard counters and the
+        periodic evaluation."""
+        rates = self._set_learning_rates(job, step)
         t0 = time.time()
         outcome = job.step(step)
-        metrics = outcome.metrics
+        metrics = outcome.metrics | rates
         metrics["time/step"] = time.time() - t0
         if outcome.generated_tokens is not None:
             metrics["perf/tokens_per_second"] = outcome.generated_tokens / metrics["time/step"]
@@ -189,6 +191,20 @@ class Run:
         every = self.cfg.trainer.eval_every
         metrics.update(job.evaluate(step, due=bool(every) and step % every == 0))
         return metrics
+
+    def _set_learning_rates(self, job: Job, step: int) -> dict[str, float]:
+        """Each trained engine's learning rate for ``step`` from its config section's ``lr_schedule`` (a function
+        of the step alone, so a resumed run continues the schedule exactly); returned as ``NAME/lr``."""
+        rates = {}
+        for name, engine in job.engines().items():
+            section = getattr(self.cfg, name)
+            schedule = section.lr_schedule
+            share = core.lr_multiplier(step, job.max_steps, schedule.decay,
+                                       core.warmup_steps_of(schedule.warmup_steps, job.max_steps),
+                                       schedule.min_lr_ratio)
+            set_optimizer_hyperparameters(engine, lr=section.learning_rate * share, weight_decay=section.weight_decay)
+            rates[f"{name}/lr"] = section.learning_rate * share
+        return rates
 
     def _save_or_stop(self, job: Job, step: int, signals: StopSignals) -> None:
         """Checkpoint on schedule (never mid NaN streak) or on a stop signal seen by any rank; then stop."""

@@ -12,13 +12,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from prm_rl.core import lr_multiplier
 from tiny_runs import (REPO, assert_same_run, command, environment, kill_all, launch, metrics, start,
                        wait_for, wait_until_gone)
 
 # Band filter with two fill rounds: the carry-over buffer holds groups across steps (and checkpoints). Rollouts
-# branch (2 roots per prompt, each forked once): a resumed run must fork where the uninterrupted one did.
+# branch (2 roots per prompt, each forked once): a resumed run must fork where the uninterrupted one did. Both
+# learning rates follow a schedule: a resumed run must go on where it was.
 RUN = ["trainer.max_steps=5", "trainer.checkpoint_every=2", "filter.low=0.2", "filter.high=0.8",
-       "filter.fill_rounds=2", "rollout.branch.roots=2", "wandb.mode=offline"]
+       "filter.fill_rounds=2", "rollout.branch.roots=2", "wandb.mode=offline", "policy.lr_schedule.decay=cosine",
+       "policy.lr_schedule.warmup_steps=2", "prm.lr_schedule.decay=linear", "prm.lr_schedule.min_lr_ratio=0.5"]
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +29,11 @@ def uninterrupted(tmp_path_factory, warm_cache) -> Path:
     run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
     proc = launch(warm_cache, run_dir, RUN)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lrs = [(r["policy/lr"], r["prm/lr"]) for r in metrics(run_dir)]
+    policy_lr, prm_lr = 1e-3, 1e-3  # tiny_runs.TINY's
+    assert lrs == [(pytest.approx(policy_lr * lr_multiplier(k, 5, "cosine", 2)),
+                    pytest.approx(prm_lr * lr_multiplier(k, 5, "linear", 0, 0.5))) for k in range(1, 6)]
+    assert lrs[0][0] == 0 and lrs[2][0] == policy_lr and lrs[4][1] == pytest.approx(prm_lr * 0.6)
     return run_dir
 
 
