@@ -254,6 +254,9 @@ class Run:
         }
         if dist.is_main():
             run_dir.write_json(self.dir / "summary.json", summary)
+            config = OmegaConf.to_container(self.raw_cfg, resolve=True)
+            for name in job.exports():
+                (self.dir / name / "README.md").write_text(run_dir.model_card(name, summary, config))
             self.logger.summary(summary)
         self.close()
         log(f"done: {self.dir}")

@@ -91,6 +91,42 @@ def save_hf_model(model, tokenizer, out: Path, adapters: Path | None = None) -> 
     dist.barrier()
 
 
+def model_card(role: str, summary: dict[str, Any], config: dict[str, Any]) -> str:
+    """The README.md (Hugging Face model card) of an exported model: what it is, what it started from and was
+    trained on, for how many steps with which settings, and the run's held-out figures from ``summary``."""
+    model, data, task = config["model"], config["data"], config["task"]
+    start = model["path"] or "prm_rl's built-in tiny Llama, SFT warm start (`warm_start`)"
+    trained_on = f"`{data['train']}`" if data["train"] else f"the built-in `{task['name']}` task"
+    what = {"policy": "the policy pi_theta, trained by RL", "prm": "the implicit PRM pi_phi: a causal LM whose "
+            "log-likelihood ratio to its reference, times prm.beta, is each token's process reward"}[role]
+    section = config[role]
+    settings = [("algorithm.advantage", config["algorithm"]["advantage"]), ("steps", summary.get("steps")),
+                (f"{role}.learning_rate", section["learning_rate"]),
+                (f"{role}.lr_schedule.decay", section["lr_schedule"]["decay"]),
+                ("rollout.samples_per_prompt", config["rollout"]["samples_per_prompt"]),
+                ("world_size", summary.get("world_size"))]
+    figures = [(key, value) for key, value in _numbers(summary) if key not in ("steps", "world_size")]
+    lines = ["---", "library_name: transformers", "tags: [prm_rl, reinforcement-learning, process-reward-model]",
+             "---", "", f"# {role} of a prm_rl run", "", f"This is {what}, exported by "
+             "prm_rl at the end of its run (`config.yaml` beside this folder holds every "
+             "setting).", "", f"- Started from: {start}", f"- Trained on: {trained_on}",
+             f"- Command: `{summary.get('command', '')}`", "", "| setting | value |", "|---|---|",
+             *(f"| `{k}` | {v} |" for k, v in settings), "", "Held-out figures of the run (summary.json):", "",
+             "| figure | value |", "|---|---|", *(f"| `{k}` | {v:.4g} |" for k, v in figures), ""]
+    return "\n".join(lines)
+
+
+def _numbers(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, float]]:
+    """The numbers of a nested dict, with dotted keys (``prm_eval_final.prm_eval/ce``)."""
+    found = []
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            found += _numbers(value, f"{prefix}{key}.")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            found.append((f"{prefix}{key}", value))
+    return found
+
+
 def command_line() -> str:
     """The command that started the run, as far as a rank can see it (the launcher's other flags are lost)."""
     return " ".join([*_launcher(os.environ), *sys.argv])

@@ -64,6 +64,9 @@ def test_two_rank_prime_run_updates_and_saves(tmp_path, warm_cache):
     assert 0.0 <= summary["eval_accuracy_start"] <= 1.0 and 0.0 <= summary["eval_accuracy_final"] <= 1.0
     assert (run_dir / "config.yaml").exists()
     assert list((run_dir / "wandb").glob("offline-run-*")), "W&B offline run missing"
+    for role in ("policy", "prm"):  # each export's model card carries the run's figures
+        card = (run_dir / role / "README.md").read_text()
+        assert f"# {role} of a prm_rl run" in card and f"| `eval_accuracy_final` | {summary['eval_accuracy_final']:.4g} |" in card
 
     # The evaluation command on the finished run: metrics JSON and a heatmap picture.
     out, png = tmp_path / "prm_eval.json", tmp_path / "heat.png"

@@ -98,3 +98,19 @@ def test_buffer_state_round_trips():
     empty = GroupBuffer(k, pad_id=0)
     empty.load_state_dict(GroupBuffer(k, pad_id=0).state_dict())
     assert len(empty) == 0
+
+
+def test_an_exported_models_card_says_what_it_is_what_it_learned_from_and_its_held_out_figures():
+    from prm_rl.config import RECIPES
+    from prm_rl.trainer.run_dir import model_card
+
+    config = OmegaConf.to_container(OmegaConf.merge(OmegaConf.load(RECIPES / "base.yaml"),
+                                                    {"data": {"train": "rows.jsonl"}}), resolve=True)
+    summary = {"steps": 140, "world_size": 2, "eval_accuracy_start": 0.484, "eval_accuracy_final": 0.6125,
+               "prm_eval_final": {"prm_eval/step_auroc": 0.72, "prm_eval/n": 3}, "command": "deepspeed launch/train.py"}
+    card = model_card("prm", summary, config)
+    assert card.startswith("---\nlibrary_name: transformers\n") and "# prm of a prm_rl run" in card
+    assert "the implicit PRM" in card and "- Trained on: `rows.jsonl`" in card
+    assert "| `eval_accuracy_final` | 0.6125 |" in card and "| `prm_eval_final.prm_eval/step_auroc` | 0.72 |" in card
+    assert "| `prm.learning_rate` | 1e-06 |" in card and "| `steps` | 140 |" in card
+    assert "- Command: `deepspeed launch/train.py`" in card
