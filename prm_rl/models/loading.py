@@ -17,7 +17,8 @@ from prm_rl.config import Config, ModelSection
 from prm_rl.engine import dist
 from prm_rl.errors import UsageError
 from prm_rl.models.lora import check_targets_of, lora_adapters
-from prm_rl.models.tiny import tiny_config
+from prm_rl.data.prompts import BUILTIN_TASKS
+from prm_rl.models.tiny import build_char_tokenizer, tiny_config
 from prm_rl.models.warm_start import _spec, ensure_warm_start
 
 
@@ -90,12 +91,27 @@ def _check_hub_id(field: str, value: str, key_file: str, missing: str) -> None:
                                f"model id ({type(e).__name__}: {' '.join(str(e).split())})") from None
 
 
-def start_checkpoint(cfg: Config, log=print) -> str:
-    """Directory of the SFT model every model of the run starts from (training the warm start if needed)."""
+def check_model_sources(cfg: Config) -> None:
+    """``model.path``/``tokenizer_path``, ``prm.init_path`` and the LoRA targets: one line each, in seconds."""
     check_model_source(cfg.model)
     if cfg.prm.init_path is not None:
         check_checkpoint("prm.init_path", cfg.prm.init_path, tokenizer=False)
     check_lora_targets(cfg)
+
+
+def run_tokenizer(cfg: Config) -> PreTrainedTokenizerBase:
+    """The run's tokenizer, known before any model loads or the warm start trains (so that the data can be
+    checked first): ``model.tokenizer_path``, else ``model.path``'s, else the built-in task's character tokenizer,
+    the one the warm start saves beside its model."""
+    path = cfg.model.tokenizer_path or cfg.model.path
+    if path is not None:
+        return load_tokenizer(path)
+    return build_char_tokenizer(BUILTIN_TASKS[cfg.task.name][1].CHARACTERS)
+
+
+def start_checkpoint(cfg: Config, log=print) -> str:
+    """Directory of the SFT model every model of the run starts from (training the warm start if needed)."""
+    check_model_sources(cfg)
     if cfg.model.path is not None:
         return cfg.model.path
     return str(ensure_warm_start(cfg.warm_start.cache_dir, warm_start_spec(cfg), log=log,

@@ -57,13 +57,13 @@ class PrimeTrainer(Job):
         self.run = run = Run(cfg, raw_cfg, name)
         # a bad dataset fails here, before models load
         splits = load_prompt_splits(cfg.data, cfg.task, run.tokenizer, run.scorer, log)
-        run.inputs_accepted()
+        start = run.inputs_accepted()
         self.eval_samples = splits.eval
         self.prompts = PromptStream(splits.train, seed=cfg.trainer.seed)
 
         if dist.is_main() and (too_big := launch_warning(cfg, dist.world_size())):
             log(f"warning: {too_big}")  # the run goes on: the estimate errs high (docs/benchmarks.md)
-        self.models = self._build_models(run.start_checkpoint, run.tokenizer)
+        self.models = self._build_models(start, run.tokenizer)
         self.step_ends = stages.step_end_table(run.tokenizer, cfg.reward.step_delimiter)
         self.buffer = GroupBuffer(cfg.rollout.samples_per_prompt, run.tokenizer.pad_token_id)
         self.nan_steps = injected_nan_steps()

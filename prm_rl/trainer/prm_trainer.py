@@ -61,14 +61,14 @@ class PrmTrainer(Job):
                               "its reference is the frozen starting model (prm.reference=sft)")
         self.cfg = cfg
         self.run = run = Run(cfg, raw_cfg, name)
-        self.reference_path, self.tokenizer = run.start_checkpoint, run.tokenizer
+        self.tokenizer = run.tokenizer
         labelled = None
         if cfg.prm_train.data is not None:  # a bad file fails here, before any model loads
             labelled = load_labelled(cfg.prm_train.data, cfg.prm_train.fields, needs_groups=cfg.prm.loss == "dpo")
         no_prompts = cfg.model.path is not None and cfg.data.train is None  # rows from a file, no evaluation
         splits = (PromptSplits([], []) if no_prompts
                   else load_prompt_splits(cfg.data, cfg.task, self.tokenizer, run.scorer, log))
-        run.inputs_accepted()
+        self.reference_path = run.inputs_accepted()
         mc = cfg.model
         p = cfg.prm
         roles = load_role_models(self.reference_path, mc, p, policy=False, uses_prm=True, reference=True,

@@ -24,7 +24,7 @@ from prm_rl import core
 from prm_rl.config import Config
 from prm_rl.engine import dist
 from prm_rl.engine.deepspeed_engine import set_optimizer_hyperparameters
-from prm_rl.models.loading import check_every_rank_sees, load_tokenizer, start_checkpoint
+from prm_rl.models.loading import check_every_rank_sees, check_model_sources, run_tokenizer, start_checkpoint
 from prm_rl.rewards import build_scorer
 from prm_rl.tracking.logger import MetricsLogger
 from prm_rl.trainer import checkpoint, run_dir
@@ -94,8 +94,9 @@ class Job:
 class Run:
     """A run directory, owned by this run, and everything a job shares with every other job.
 
-    Built first, before any model loads, so that a bad directory, resume point, verifier or warm start fails in
-    seconds. ``inputs_accepted`` then writes ``config.yaml``: a start rejected before it overwrites nothing.
+    Built first, before any model loads, so that a bad directory, resume point, verifier, model source or
+    tokenizer fails in seconds; the job then checks its data with the tokenizer, and ``inputs_accepted`` finds
+    (or trains) the starting checkpoint and writes ``config.yaml``: a start rejected before it overwrites nothing.
     """
 
     def __init__(self, cfg: Config, raw_cfg: DictConfig, name: str):
@@ -108,15 +109,18 @@ class Run:
         self.resume_from = on_rank0(lambda: checkpoint.find_resume_point(self.dir, cfg.trainer.resume, log))
         v = cfg.verifier
         self.scorer = build_scorer(v.tasks, num_workers=v.num_workers, timeout_s=v.timeout_s, root="verifier.tasks")
-        self.start_checkpoint = on_rank0(lambda: start_checkpoint(cfg, log=log))  # may train the warm start
-        check_every_rank_sees(self.start_checkpoint)  # several nodes: the warm start's cache must be shared
-        self.tokenizer = load_tokenizer(cfg.model.tokenizer_path or self.start_checkpoint)
+        check_model_sources(cfg)
+        self.tokenizer = run_tokenizer(cfg)  # before the warm start: the job checks its data with it first
         self.guard = NonFiniteGuard(cfg.trainer.max_bad_steps)
         self.logger: MetricsLogger | None = None  # rank 0's, opened by fit()
 
-    def inputs_accepted(self) -> None:
-        """Save the resolved config, once the job's data passed its checks."""
+    def inputs_accepted(self) -> str:
+        """Once the job's data passed its checks: the directory every model starts from (rank 0 trains the warm
+        start if it is not cached: minutes, so after every check), then the resolved config saved."""
+        start = on_rank0(lambda: start_checkpoint(self.cfg, log=log))
+        check_every_rank_sees(start)  # several nodes: the warm start's cache must be shared
         run_dir.save_config(self.dir, self.raw_cfg)
+        return start
 
     # --- the loop ----------------------------------------------------------------------------------------
     def fit(self, job: Job) -> dict:
