@@ -172,13 +172,17 @@ class DataSection:
     """Prompts from your own files (docs/datasets.md); data.train null = the built-in task"""
 
     train: Optional[str] = None
-    """RL prompts: a .jsonl/.parquet file or a Hugging Face `datasets` directory (save_to_disk)"""
+    """RL prompts: a .jsonl/.parquet file, a `datasets` directory (save_to_disk) or a Hub dataset id (ORG/NAME)"""
     eval: Optional[str] = None
     """held-out prompts for eval_accuracy_* (greedy); null with data.train set = no evaluation"""
     format: str = "auto"
-    """auto (by extension; a directory = hf_disk) | jsonl | parquet | hf_disk"""
+    """auto (by extension; a directory = hf_disk; ORG/NAME that is no local path = hub) | jsonl | parquet | hf_disk | hub"""
+    config: Optional[str] = None
+    """Hub datasets: the dataset's config (e.g. main for openai/gsm8k); null = its default"""
     split: str = "train"
-    """split to read when the datasets directory holds a DatasetDict"""
+    """split to read (a Hub dataset, or a datasets directory holding a DatasetDict)"""
+    eval_split: Optional[str] = None
+    """split of data.eval (e.g. test, with data.eval = data.train's Hub id); null = data.split"""
     mapping: str = "prime"
     """row layout: prime (chat prompt, reward_model.ground_truth) | gsm8k | math | code | fields"""
     fields: dict[str, str] = field(default_factory=dict)
@@ -195,7 +199,7 @@ class DataSection:
     """read at most this many rows of each file (null = all)"""
 
     def check(self) -> None:
-        from prm_rl.data.files import FORMATS
+        from prm_rl.data.files import FORMATS, is_hub_id
         from prm_rl.data.mappings import MAPPINGS
 
         _choice("data.format", self.format, FORMATS)
@@ -209,8 +213,8 @@ class DataSection:
             raise ConfigError(f"data.eval={self.eval}: set data.train too (or neither, for the built-in task)")
         for name in ("train", "eval"):
             value = getattr(self, name)
-            if value is not None and not os.path.exists(os.path.expanduser(value)):
-                raise ConfigError(f"data.{name}={value}: no such file or directory")
+            if value is not None and not os.path.exists(os.path.expanduser(value)) and not is_hub_id(value):
+                raise ConfigError(f"data.{name}={value}: no such file or directory (nor a Hub dataset id, ORG/NAME)")
 
 
 @dataclass

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
@@ -30,8 +31,16 @@ if TYPE_CHECKING:
 
 __all__ = ["DataError", "LoadedPrompts", "load_prompts", "file_splits", "file_rows", "FORMATS"]
 
-FORMATS = ("auto", "jsonl", "parquet", "hf_disk")
+FORMATS = ("auto", "jsonl", "parquet", "hf_disk", "hub")
 _BY_EXTENSION = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # NAME or ORG/NAME, as the Hub spells them
+
+
+def is_hub_id(path: str) -> bool:
+    """``path`` names no local file or directory and reads as a Hub dataset id (``openai/gsm8k``): no file
+    extension the local readers know."""
+    return (not os.path.exists(os.path.expanduser(path)) and _HUB_ID.fullmatch(path) is not None
+            and os.path.splitext(path)[1].lower() not in _BY_EXTENSION)
 _BATCH = 1024  # rows per Parquet read, prompts per tokenizer call (a fast tokenizer batches in Rust)
 # A few prompts with a character the tokenizer lacks are warned about; more than this share of them means the
 # tokenizer does not fit the data (e.g. the built-in character tokenizer on word problems): refused.
@@ -59,7 +68,8 @@ class LoadedPrompts:
 def load_prompts(path: str, *, format: str = "auto", split: str = "train", mapping: str = "prime",
                  fields: dict[str, str] | None = None, task: str | None = None, instruction: str = "",
                  tokenizer=None, chat_template: bool = True, max_prompt_tokens: int | None = None,
-                 max_rows: int | None = None, check_fields: CheckFields | None = None) -> LoadedPrompts:
+                 max_rows: int | None = None, check_fields: CheckFields | None = None,
+                 config: str | None = None) -> LoadedPrompts:
     """Read ``path`` into Samples (module docstring); the options mirror ``data.*`` in recipes/base.yaml.
 
     ``check_fields(task, fields)`` raises ValueError when a verifier cannot use a row's fields (the trainer
@@ -72,7 +82,7 @@ def load_prompts(path: str, *, format: str = "auto", split: str = "train", mappi
         raise ValueError("max_prompt_tokens needs a tokenizer to count prompt tokens")
     template = tokenizer if chat_template and getattr(tokenizer, "chat_template", None) else None
     samples, rows = [], []
-    for where, row in itertools.islice(file_rows(path, format, split), max_rows):
+    for where, row in itertools.islice(file_rows(path, format, split, config), max_rows):
         try:
             samples.append(_sample(read_row(row), task, instruction, template, check_fields))
         except RowError as e:
@@ -104,16 +114,18 @@ def file_splits(data: DataSection, tokenizer,
                 check_fields: CheckFields | None = None) -> tuple[PromptSplits, dict[str, int]]:
     """Train and eval prompts for a :class:`prm_rl.config.DataSection` with ``data.train`` set, and the
     counts the trainer logs (``train_rows``, ``train_dropped_too_long``, ``eval_rows``, ...)."""
-    if data.eval is not None and _same_file(data.train, data.eval):
-        raise DataError(f"data.eval={data.eval}: the same rows as data.train (data.split applies to both); "
-                        "point data.eval at held-out prompts")
+    splits = {"train": data.split, "eval": data.eval_split or data.split}
+    if data.eval is not None and _same_file(data.train, data.eval) and splits["train"] == splits["eval"]:
+        raise DataError(f"data.eval={data.eval}: the same rows as data.train (split {data.split} of both); "
+                        "point data.eval at held-out prompts (or another split: data.eval_split)")
     loaded, counts = {}, {}
     for name in ("train", "eval"):
         path = getattr(data, name)
         result = LoadedPrompts([], 0, 0, 0) if path is None else load_prompts(
-            path, format=data.format, split=data.split, mapping=data.mapping, fields=dict(data.fields),
+            path, format=data.format, split=splits[name], mapping=data.mapping, fields=dict(data.fields),
             task=data.task, instruction=data.instruction, tokenizer=tokenizer, chat_template=data.chat_template,
-            max_prompt_tokens=data.max_prompt_tokens, max_rows=data.max_rows, check_fields=check_fields)
+            max_prompt_tokens=data.max_prompt_tokens, max_rows=data.max_rows, check_fields=check_fields,
+            config=data.config)
         loaded[name] = result.samples
         counts[f"{name}_rows"] = result.rows
         counts[f"{name}_dropped_too_long"] = result.dropped_too_long
@@ -122,17 +134,23 @@ def file_splits(data: DataSection, tokenizer,
 
 
 # ------------------------------------------------------------------------------------------------ rows
-def file_rows(path: str, format: str, split: str) -> Iterator[tuple[str, dict]]:
-    """(where, row) pairs in file order; ``where`` is the message prefix naming the file and the row."""
+def file_rows(path: str, format: str, split: str, config: str | None = None) -> Iterator[tuple[str, dict]]:
+    """(where, row) pairs in file order; ``where`` is the message prefix naming the file and the row.
+    ``config``: a Hub dataset's config name (``data.config``)."""
+    chosen = _resolve_format(path, format)
+    if chosen == "hub":
+        return _hub_rows(path, split, config)
     readers: dict[str, Callable[[str, str], Iterator[tuple[str, dict]]]] = {
         "jsonl": _jsonl_rows, "parquet": _parquet_rows, "hf_disk": _hf_disk_rows}
-    return readers[_resolve_format(path, format)](path, split)
+    return readers[chosen](path, split)
 
 
 def _resolve_format(path: str, format: str) -> str:
     if format not in FORMATS:
         raise ValueError(f"data.format={format!r}: must be one of {', '.join(FORMATS)}")
     local = os.path.expanduser(path)
+    if format == "hub" or (format == "auto" and is_hub_id(path)):
+        return "hub"
     if not os.path.exists(local):
         raise DataError(f"{path}: no such file or directory")
     if format != "auto":
@@ -200,6 +218,21 @@ def _hf_disk_rows(path: str, split: str) -> Iterator[tuple[str, dict]]:
         ds, where = ds[split], f"{path} (split {split})"
     for index, row in enumerate(ds.with_format(None)):
         yield f"{where}: row index {index}", row
+
+
+def _hub_rows(name: str, split: str, config: str | None) -> Iterator[tuple[str, dict]]:
+    """One split of a dataset on the Hugging Face Hub, through ``datasets.load_dataset`` (its cache, offline with
+    HF_HUB_OFFLINE=1, as every Hugging Face library reads it)."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, config, split=split)
+    except Exception as e:  # noqa: BLE001 - not found, offline and not cached, unknown split or config: one line
+        reason = " ".join(str(e).split())[:300]
+        raise DataError(f"{name}: no such file or directory, and not loadable as a Hugging Face Hub dataset "
+                        f"(config {config}, split {split}: {type(e).__name__}: {reason})") from None
+    for index, row in enumerate(ds.with_format(None)):
+        yield f"{name} (split {split}): row index {index}", row
 
 
 def _same_file(a: str, b: str) -> bool:

@@ -350,7 +350,8 @@ def test_math_file_recipe_stops_until_model_and_train_file_are_set_then_validate
         with initialize_config_dir(config_dir=str(REPO / "recipes"), version_base=None):
             return compose(config_name="base", overrides=["+recipe=math_file", *overrides])
 
-    with pytest.raises(ConfigError, match="^data.train=/path/to/train.jsonl: no such file or directory$"):
+    with pytest.raises(ConfigError, match=r"^data.train=/path/to/train.jsonl: no such file or directory "
+                                          r"\(nor a Hub dataset id, ORG/NAME\)$"):
         to_config(composed())  # model.path's placeholder is caught next, by models.loading.check_model_source
     cfg = to_config(composed(f"model.path={REPO}", f"data.train={fixture('math.jsonl')}"), world_size=8)
     assert (cfg.data.mapping, cfg.data.task) == ("math", "math")
