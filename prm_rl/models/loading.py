@@ -14,10 +14,10 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from prm_rl.config import Config, ModelSection
+from prm_rl.data.prompts import BUILTIN_TASKS
 from prm_rl.engine import dist
 from prm_rl.errors import UsageError
 from prm_rl.models.lora import check_targets_of, lora_adapters
-from prm_rl.data.prompts import BUILTIN_TASKS
 from prm_rl.models.tiny import build_char_tokenizer, tiny_config
 from prm_rl.models.warm_start import _spec, ensure_warm_start
 

@@ -109,7 +109,7 @@ class Run:
         self.resume_from = on_rank0(lambda: checkpoint.find_resume_point(self.dir, cfg.trainer.resume, log))
         v = cfg.verifier
         self.scorer = build_scorer(v.tasks, num_workers=v.num_workers, timeout_s=v.timeout_s, root="verifier.tasks")
-        check_model_sources(cfg)
+        on_rank0(lambda: check_model_sources(cfg))  # one line on every rank; the Hub asked once
         self.tokenizer = run_tokenizer(cfg)  # before the warm start: the job checks its data with it first
         self.guard = NonFiniteGuard(cfg.trainer.max_bad_steps)
         self.logger: MetricsLogger | None = None  # rank 0's, opened by fit()
