@@ -2,11 +2,12 @@
 
 PRIME starts RL from an SFT model. The built-in model is trained from scratch on a fixed, limited set of
 ``warm_start.num_examples`` demonstrations (a data budget, as real SFT sets are), once per distinct config,
-and cached under ``warm_start.cache_dir``. The main job's SFT model ships with the package (``prm_rl/warm_starts/``,
-named by its config's hash like a cache folder): an SFT's weights depend on the CPU's float kernels, so a model
-trained here would make every machine's run start elsewhere; the shipped one is the same start everywhere. Training runs in a child process (``python -m
-prm_rl.models.warm_start``) so that the Hugging Face Trainer never sees the DeepSpeed launcher's
-distributed environment; the cache folder appears atomically when training is complete.
+and cached under ``warm_start.cache_dir``. The main job's SFT model ships with the package
+(``prm_rl/warm_starts/``, named by its config's hash like a cache folder): an SFT's weights depend on the CPU's
+float kernels, so a model trained on each machine would start each machine's run elsewhere; the shipped one is the
+same start everywhere. Training runs in a child process (``python -m prm_rl.models.warm_start``) so that the
+Hugging Face Trainer never sees the DeepSpeed launcher's distributed environment; the cache folder appears
+atomically when training is complete.
 """
 from __future__ import annotations
 
