@@ -34,13 +34,6 @@ __all__ = ["DataError", "LoadedPrompts", "load_prompts", "file_splits", "file_ro
 FORMATS = ("auto", "jsonl", "parquet", "hf_disk", "hub")
 _BY_EXTENSION = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # NAME or ORG/NAME, as the Hub spells them
-
-
-def is_hub_id(path: str) -> bool:
-    """``path`` names no local file or directory and reads as a Hub dataset id (``openai/gsm8k``): no file
-    extension the local readers know."""
-    return (not os.path.exists(os.path.expanduser(path)) and _HUB_ID.fullmatch(path) is not None
-            and os.path.splitext(path)[1].lower() not in _BY_EXTENSION)
 _BATCH = 1024  # rows per Parquet read, prompts per tokenizer call (a fast tokenizer batches in Rust)
 # A few prompts with a character the tokenizer lacks are warned about; more than this share of them means the
 # tokenizer does not fit the data (e.g. the built-in character tokenizer on word problems): refused.
@@ -49,6 +42,13 @@ _VERIFIER_FIELD = {"arithmetic": "answer", "math": "answer", "code": "tests"}  #
 
 
 CheckFields = Callable[[str, dict], None]  # (task, fields) -> None, or ValueError naming what is wrong
+
+
+def is_hub_id(path: str) -> bool:
+    """``path`` names no local file or directory and reads as a Hub dataset id (``openai/gsm8k``): no file
+    extension the local readers know."""
+    return (not os.path.exists(os.path.expanduser(path)) and _HUB_ID.fullmatch(path) is not None
+            and os.path.splitext(path)[1].lower() not in _BY_EXTENSION)
 
 
 class DataError(UsageError):
