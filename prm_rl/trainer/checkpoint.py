@@ -332,15 +332,6 @@ def _fresh_seed(seed: int, step: int, rank: int) -> int:
 
 def config_changes(path: Path, config: DictConfig) -> list[str]:
     """``key: old -> new`` for every config value that differs from the checkpoint's."""
-    old = _flat(OmegaConf.to_container(OmegaConf.load(path / "config.yaml"), resolve=True))
-    new = _flat(OmegaConf.to_container(config, resolve=True))
+    old = run_files.flat(OmegaConf.to_container(OmegaConf.load(path / "config.yaml"), resolve=True))
+    new = run_files.flat(OmegaConf.to_container(config, resolve=True))
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
-
-
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not (isinstance(tree, dict) and tree):
-        return {prefix: tree}
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out

@@ -105,7 +105,8 @@ def model_card(role: str, summary: dict[str, Any], config: dict[str, Any]) -> st
                 (f"{role}.lr_schedule.decay", section["lr_schedule"]["decay"]),
                 ("rollout.samples_per_prompt", config["rollout"]["samples_per_prompt"]),
                 ("world_size", summary.get("world_size"))]
-    figures = [(key, value) for key, value in _numbers(summary) if key not in ("steps", "world_size")]
+    figures = [(key, value) for key, value in flat(summary).items() if key not in ("steps", "world_size")
+               and isinstance(value, (int, float)) and not isinstance(value, bool)]
     lines = ["---", "library_name: transformers", "tags: [prm_rl, reinforcement-learning, process-reward-model]",
              "---", "", f"# {role} of a prm_rl run", "", f"This is {what}, exported by "
              "prm_rl at the end of its run (`config.yaml` beside this folder holds every "
@@ -116,15 +117,14 @@ def model_card(role: str, summary: dict[str, Any], config: dict[str, Any]) -> st
     return "\n".join(lines)
 
 
-def _numbers(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, float]]:
-    """The numbers of a nested dict, with dotted keys (``prm_eval_final.prm_eval/ce``)."""
-    found = []
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            found += _numbers(value, f"{prefix}{key}.")
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            found.append((f"{prefix}{key}", value))
-    return found
+def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested dict's leaves under dotted keys (``prm_eval_final.prm_eval/ce``)."""
+    if not (isinstance(tree, dict) and tree):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
 
 
 def command_line() -> str:
