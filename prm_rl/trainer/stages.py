@@ -24,6 +24,7 @@ from prm_rl.models.device import input_device
 from prm_rl.models.forward import response_logprobs
 from prm_rl.rollout.branch import fork_positions, grow_leaves
 from prm_rl.rollout.generate import Rollout, generate, left_pad
+from prm_rl.rollout.prefix_cache import RootCaches, can_fork_from_cache, sample_forks
 from prm_rl.trainer.sharding import micro_batches, split_minibatches
 
 
@@ -112,11 +113,16 @@ def sample_rows(policy: torch.nn.Module, tok, rows: list[list[int]], *, max_new_
         local = generate(policy, prompt_ids[mine], prompt_mask[mine], synced_gpus=synced_gpus, **sampling)
     else:
         local = sampler.rollout(rows[mine], seed=seed, **sampling)
+    return gathered(prompt_ids, prompt_mask, local, tok.pad_token_id)
+
+
+def gathered(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, local: Rollout, pad_id: int) -> Rollout:
+    """The global rollout of the global prompt rows and every rank's ``local`` responses (in host memory)."""
     return Rollout(prompt_ids, prompt_mask,
-                   dist.gather_rows(local.response_ids, tok.pad_token_id),
-                   dist.gather_rows(local.response_mask, 0),
-                   dist.gather_rows(local.truncated),
-                   None if local.sampler_logp is None else dist.gather_rows(local.sampler_logp, 0.0))
+                   dist.gather_rows(local.response_ids.cpu(), pad_id),
+                   dist.gather_rows(local.response_mask.cpu(), 0),
+                   dist.gather_rows(local.truncated.cpu()),
+                   None if local.sampler_logp is None else dist.gather_rows(local.sampler_logp.cpu(), 0.0))
 
 
 _CONTINUATION_SEED = 0x5BD1E995  # the vllm engine's continuations draw from another seed than its roots
@@ -128,21 +134,64 @@ def branched_generate_stage(policy: torch.nn.Module, tok, prompts: list[Sample],
                             seed: int | None = None) -> tuple[Rollout, torch.Tensor]:
     """K leaves per prompt from ``branch.roots`` root samples forked at their highest-entropy positions
     (:mod:`prm_rl.rollout.branch`); returns (the global rollout, groups of K contiguous; [N] tokens sampled
-    for each leaf). Arguments as :func:`generate_stage`'s; the entropies come from ``policy``'s forward at the
-    sampling temperature, in micro-batches of ``micro_batch_size`` rows (``max_tokens``: a token budget).
+    for each leaf). Arguments as :func:`generate_stage`'s. On the hf decode loop the forks start from their
+    roots' KV caches and the entropies come from the roots' own decode (:mod:`prm_rl.rollout.prefix_cache`);
+    otherwise (vLLM, whose prefix cache does the same; ZeRO-3's synced generation) every fork is sampled from
+    its whole prefix and the entropies come from ``policy``'s forward at the sampling temperature, in
+    micro-batches of ``micro_batch_size`` rows (``max_tokens``: a token budget).
     """
-    encoded = encode_prompts(tok, [s.prompt for s in prompts])
+    root_rows = [p for p in encode_prompts(tok, [s.prompt for s in prompts]) for _ in range(branch.roots)]
+    sampling = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+    if sampler is None and can_fork_from_cache(policy, synced_gpus):
+        return branch_from_cached_roots(policy, tok, root_rows, branch, step_end_table, **sampling)
+    return branch_from_prefixes(policy, tok, root_rows, branch, step_end_table, synced_gpus=synced_gpus,
+                                micro_batch_size=micro_batch_size, max_tokens=max_tokens, sampler=sampler, seed=seed,
+                                **sampling)
+
+
+def branch_from_prefixes(policy: torch.nn.Module, tok, root_rows: list[list[int]], branch: BranchSection,
+                         step_end_table: torch.Tensor, *, max_new_tokens: int, temperature: float, top_p: float,
+                         synced_gpus: bool, micro_batch_size: int, max_tokens: int = 0, sampler=None,
+                         seed: int | None = None) -> tuple[Rollout, torch.Tensor]:
+    """:func:`branched_generate_stage` from the root rows (token ids, each prompt ``branch.roots`` times), every
+    fork sampled from its whole prefix."""
     sampling = dict(temperature=temperature, top_p=top_p, synced_gpus=synced_gpus, sampler=sampler)
-    roots = sample_rows(policy, tok, [p for p in encoded for _ in range(branch.roots)],
-                        max_new_tokens=max_new_tokens, seed=seed, **sampling)
+    roots = sample_rows(policy, tok, root_rows, max_new_tokens=max_new_tokens, seed=seed, **sampling)
     _, entropy = token_stats_stage(policy, roots, micro_batch_size, temperature, max_tokens, with_entropy=True)
     positions = fork_positions(entropy, roots.response_mask, step_end_mask(step_end_table, roots), branch.points,
                                branch.at)
-    forks = [encoded[r // branch.roots] + roots.response_ids[r, :t].tolist()
+    forks = [root_rows[r] + roots.response_ids[r, :t].tolist()
              for r in range(len(roots)) for t in positions[r].tolist() for _ in range(branch.ways - 1)]
     # one budget for every continuation (the longest any needs); each leaf is cut back to max_new_tokens
     continuations = sample_rows(policy, tok, forks, max_new_tokens=max_new_tokens - int(positions.min()),
                                 seed=None if seed is None else seed ^ _CONTINUATION_SEED, **sampling)
+    return grow_leaves(roots, positions, continuations, branch.ways, max_new_tokens, tok.eos_token_id,
+                       tok.pad_token_id)
+
+
+def branch_from_cached_roots(policy: torch.nn.Module, tok, root_rows: list[list[int]], branch: BranchSection,
+                             step_end_table: torch.Tensor, *, max_new_tokens: int, temperature: float,
+                             top_p: float) -> tuple[Rollout, torch.Tensor]:
+    """:func:`branch_from_prefixes` on the hf decode loop, each rank forking its own roots from their caches."""
+    prompt_ids, prompt_mask = left_pad(root_rows, tok.pad_token_id)
+    per_rank = len(root_rows) // dist.world_size()
+    mine = slice(dist.rank() * per_rank, (dist.rank() + 1) * per_rank)
+    sampling = dict(eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, temperature=temperature, top_p=top_p)
+    caches = RootCaches(per_rank, max_new_tokens, temperature)
+    local = generate(policy, prompt_ids[mine], prompt_mask[mine], max_new_tokens=max_new_tokens, do_sample=True,
+                     record=caches, **sampling)
+    roots = gathered(prompt_ids, prompt_mask, local, tok.pad_token_id)
+    entropy = dist.gather_rows(caches.entropy[:, :local.response_ids.shape[1]].cpu(), 0.0)
+    positions = fork_positions(entropy, roots.response_mask, step_end_mask(step_end_table, roots), branch.points,
+                               branch.at)
+    forks_per_root = branch.points * (branch.ways - 1)
+    on = input_device(policy)
+    forks = sample_forks(policy, caches, prompt_ids[mine].to(on), prompt_mask[mine].to(on),
+                         local.response_ids.to(on), torch.arange(per_rank, device=on).repeat_interleave(forks_per_root),
+                         positions[mine].repeat_interleave(branch.ways - 1, dim=1).reshape(-1),
+                         max_new_tokens=max_new_tokens - int(positions.min()), **sampling)
+    fork_prompts = [x.repeat_interleave(forks_per_root, dim=0) for x in (prompt_ids, prompt_mask)]
+    continuations = gathered(*fork_prompts, forks, tok.pad_token_id)
     return grow_leaves(roots, positions, continuations, branch.ways, max_new_tokens, tok.eos_token_id,
                        tok.pad_token_id)
 

@@ -41,6 +41,7 @@ def test_rollout_bench_runs_on_a_tiny_budget(tmp_path, tiny_model_dir):
     assert set(report["dropped"]) <= {"compile"}, report["dropped"]  # compile needs a C++ compiler
     assert set(report["summary"]) | set(report["dropped"]) == set(variants)
     assert report["summary"]["bare"]["ratio_to_bare"]["median"] == 1.0
+    assert report["branch_cached_speedup"]["median"] > 0  # both branched variants ran, paired by round
     assert all(len(report["trials"][v]) == 1 and report["trials"][v][0]["tokens"] > 0 for v in report["summary"])
     table = out.with_suffix(".md").read_text()
     assert all(f"| {v} |" in table for v in report["summary"])

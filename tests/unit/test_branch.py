@@ -1,16 +1,24 @@
 """Rollouts that branch (prm_rl.rollout.branch, stages.branched_generate_stage): fork points and leaves on
-hand-built rows, then the stage sampling from a real model (the built-in Llama, random weights)."""
+hand-built rows, then the stage sampling from a real model (the built-in Llama, random weights), and forks started
+from their roots' KV caches (prm_rl.rollout.prefix_cache) against forks sampled from their whole prefix."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from prm_rl.config import BranchSection, ConfigError, to_config
 from prm_rl.core.tree import prefix_values
-from prm_rl.data.sample import Sample
+from prm_rl.data import arithmetic
+from prm_rl.data.arithmetic import ArithmeticConfig
+from prm_rl.data.sample import Sample, encode_prompts
 from prm_rl.models.tiny import TinyModelConfig, build_char_tokenizer, build_tiny_model
+from prm_rl.models.forward import response_logprobs
 from prm_rl.rollout.branch import fork_positions, grow_leaves
-from prm_rl.rollout.generate import Rollout
+from prm_rl.rollout.generate import Rollout, generate, left_pad
+from prm_rl.rollout.prefix_cache import RootCaches, can_fork_from_cache, sample_forks
 from prm_rl.trainer import stages
 
 PAD, EOS = 0, 9
@@ -128,3 +136,43 @@ def test_branched_stage_samples_k_leaves_per_prompt_from_a_real_model():
                 assert torch.equal(rows[fork, :shared], rows[root, :shared])
     # the budget: what was drawn, never more than the leaves hold
     assert (sampled >= 1).all() and (sampled <= lengths).all()
+
+
+def test_forks_from_cached_roots_sample_what_a_fresh_prefix_samples():
+    """A fork started from its root's kept KV cache draws the same tokens as one sampled from its whole prefix
+    (same seed), without feeding the prefix again; the roots' decode records the entropies a forward computes."""
+    # the suite's trained tiny SFT model: its next token depends on the whole context, so a wrong one shows
+    start = next((Path(__file__).parents[1] / "fixtures" / "warm_start").iterdir())
+    tok, model = AutoTokenizer.from_pretrained(start), AutoModelForCausalLM.from_pretrained(start).eval()
+    assert can_fork_from_cache(model, synced_gpus=False) and not can_fork_from_cache(model, synced_gpus=True)
+    prompts = encode_prompts(tok, [arithmetic.to_sample(p).prompt
+                                   for p in arithmetic.heldout_problems(ArithmeticConfig(), 3, seed=1)])
+    ids, mask = left_pad(prompts, tok.pad_token_id)
+    sampling = dict(eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, temperature=1.0, top_p=1.0)
+    caches = RootCaches(len(prompts), 48, temperature=1.0)
+    torch.manual_seed(0)
+    roots = generate(model, ids, mask, max_new_tokens=48, do_sample=True, record=caches, **sampling)
+    lengths = roots.response_mask.sum(dim=1)
+    _, entropy = response_logprobs(model, roots, 1.0, with_entropy=True)
+    width = roots.response_ids.shape[1]
+    valid = roots.response_mask.bool()
+    torch.testing.assert_close(caches.entropy[:, :width][valid], entropy[valid], atol=1e-5, rtol=1e-5)
+
+    roots_of, starts = [], []  # every root forks at 0 (a fresh sample), at 1, mid-way and at its last token
+    for r, n in enumerate(lengths.tolist()):
+        for t in sorted({0, min(1, n - 1), n // 2, n - 1}):
+            roots_of.append(r), starts.append(t)
+    prefills = []
+    hook = model.register_forward_pre_hook(lambda _, args, kw: prefills.append(kw["input_ids"].shape[1] > 1),
+                                           with_kwargs=True)
+    torch.manual_seed(1)
+    forks = sample_forks(model, caches, ids, mask, roots.response_ids, torch.tensor(roots_of), torch.tensor(starts),
+                         max_new_tokens=24, **sampling)
+    hook.remove()
+    assert prefills and not any(prefills)  # one token per row per forward: no context was fed again
+    contexts = [prompts[r] + roots.response_ids[r, :t].tolist() for r, t in zip(roots_of, starts)]
+    torch.manual_seed(1)
+    fresh = generate(model, *left_pad(contexts, tok.pad_token_id), max_new_tokens=24, do_sample=True, **sampling)
+    assert torch.equal(forks.response_ids, fresh.response_ids)
+    assert torch.equal(forks.response_mask, fresh.response_mask) and torch.equal(forks.truncated, fresh.truncated)
+    assert torch.equal(forks.prompt_ids, ids[torch.tensor(roots_of)])
