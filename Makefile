@@ -28,5 +28,8 @@ $(INSTALLED): pyproject.toml
 train: $(INSTALLED)
 	OMP_NUM_THREADS=1 $(VENV)/bin/deepspeed launch/train.py +recipe=math_ppo $(ARGS)
 
+# Two pytest workers, one test file each at a time (pytest-xdist): most tests use one core (a unit test, a 1-rank
+# run, a launch's start-up), so a 2-core box runs two at once; TEST_WORKERS=0 runs them in one process.
+TEST_WORKERS ?= 2
 test: $(INSTALLED)
-	OMP_NUM_THREADS=1 PRM_RL_REQUIRE_VLLM=1 $(VENV)/bin/python -m pytest -q tests
+	OMP_NUM_THREADS=1 PRM_RL_REQUIRE_VLLM=1 $(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests

@@ -45,11 +45,11 @@ def kind_of(name: str) -> str:
 
 def build_trainer(overrides: list[str], out: Path):
     from prm_rl.cli.startup import check_overrides
-    from prm_rl.config import to_config
+    from prm_rl.config import RECIPES, to_config
     from prm_rl.engine import dist
     from prm_rl.trainer.prime import PrimeTrainer
 
-    raw = check_overrides(REPO / "recipes", "base", [  # composed as launch/train.py composes it
+    raw = check_overrides(RECIPES, "base", [  # composed as launch/train.py composes it
         "+recipe=math_ppo", "trainer.cpu_ranks=1", "wandb.mode=disabled", "prm_eval.num_prompts=0",
         "trainer.progress_bar=false", f"trainer.output_dir={out}", *overrides])
     cfg = to_config(raw)

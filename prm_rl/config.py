@@ -1,6 +1,6 @@
 """Typed schema of the training config: every option's type, default, one-line doc and rules.
 
-Each field carries its default and, under it, its doc (CleanRL's ``Args`` style); ``recipes/base.yaml`` shows
+Each field carries its default and, under it, its doc (CleanRL's ``Args`` style); ``prm_rl/recipes/base.yaml`` shows
 the same values with the same docs as comments, and ``tests/unit/test_config.py`` fails if the two differ in
 any value or word. The built-in tasks' knobs and the tiny model's shape are their own config classes, beside
 the code that uses them (``ArithmeticConfig``, ``CodeConfig``, ``TinyModelConfig``). Allowed values come from
@@ -26,7 +26,7 @@ from prm_rl.errors import ConfigError
 from prm_rl.models.tiny import TinyModelConfig
 from prm_rl.rollout.vllm_engine import VllmConfig
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"  # the config tree: base.yaml and recipe/*.yaml
+RECIPES = Path(__file__).resolve().parent / "recipes"  # the built-in config tree (base.yaml, recipe/*.yaml), packaged
 
 __all__ = ["Config", "ConfigError", "register_schema", "to_config"]
 
@@ -478,7 +478,7 @@ class PrmTrainSection:
 
 @dataclass
 class RewardSection:
-    """How PRM log-ratios become dense process rewards"""
+    """The outcome score's shaping and [0, 1] labels, and how PRM log-ratios become dense process rewards"""
 
     granularity: str = "token"
     """token | step (sum over spans ending in step_delimiter) | whole (sum on the last token)"""
@@ -498,14 +498,34 @@ class RewardSection:
     """sum (PRIME: a token's return adds every reward ahead) | min | softmin (PURE: the worst reward ahead)"""
     softmin_temperature: float = 0.1
     """T of credit=softmin: each reward weighted by softmax(-r/T) over its response's rewards (PURE's 0.1)"""
+    outcome_labels: str = "score"
+    """[0, 1] labels the PRM learns and the filter averages: score (scores must lie in [0, 1]) | threshold (1 if score > label_threshold, else 0) | sigmoid (sigmoid(score - label_threshold))"""
+    label_threshold: float = 0.0
+    """outcome_labels=threshold | sigmoid: the score that separates right from wrong (e.g. a reward model's logit 0)"""
+    overlong_buffer: int = 0
+    """DAPO's soft overlong penalty: a response longer than rollout.max_new_tokens minus this many tokens loses up to overlong_penalty, linearly; 0 = off"""
+    overlong_penalty: float = 1.0
+    """the penalty at rollout.max_new_tokens, added to the outcome score the estimator reads (DAPO: 1)"""
+    kl_coef: float = 0.0
+    """weight of a per-token -KL(pi_old || pi_ref) reward added before the advantages (veRL's use_kl_in_reward); 0 = off"""
+    kl_estimator: str = "k1"
+    """k1 | k3: the KL estimator of that reward"""
 
     def check(self) -> None:
-        from prm_rl.core import CREDITS, GRANULARITIES
+        from prm_rl.core import CREDITS, GRANULARITIES, KL_ESTIMATORS, OUTCOME_LABELS
 
         _choice("reward.granularity", self.granularity, GRANULARITIES)
         _choice("reward.normalize", self.normalize, ("batch_max_return", "none"))
         _choice("reward.credit", self.credit, CREDITS)
         _positive("reward.softmin_temperature", self.softmin_temperature)
+        _choice("reward.outcome_labels", self.outcome_labels, OUTCOME_LABELS)
+        if self.outcome_labels == "score" and self.label_threshold:
+            raise ConfigError(f"reward.label_threshold={self.label_threshold}: only reward.outcome_labels=threshold "
+                              "or sigmoid reads it (reward.outcome_labels=score)")
+        _non_negative("reward.overlong_buffer", self.overlong_buffer)
+        _positive("reward.overlong_penalty", self.overlong_penalty)
+        _non_negative("reward.kl_coef", self.kl_coef)
+        _choice("reward.kl_estimator", self.kl_estimator, KL_ESTIMATORS)
 
 
 @dataclass
@@ -516,7 +536,9 @@ class AlgorithmSection:
     """prime (RLOO process + RLOO outcome) | rloo (outcome only; no PRM loaded) | grpo | dr-grpo (GRPO without std
     scaling) | spro (policy as its own PRM) |
     tree (RLOO outcome + prefix-tree credit; no PRM) | prime-tree (prime + prefix-tree credit) | oracle-steps,
-    oracle-from-error, oracle-error-step (the task's step checker as credit: controls, built-in arithmetic only)"""
+    oracle-from-error, oracle-error-step (the task's step checker as credit: controls, built-in arithmetic only) |
+    reinforce++ (token returns of the outcome and reward.kl_coef's KL reward, batch-whitened, no baseline) |
+    reinforce++-baseline (the same, the group's mean outcome subtracted first)"""
     process_gamma: float = 1.0
     """discount of the process-reward returns (the authors' reward_model_gamma)"""
     outcome_gamma: float = 1.0
@@ -558,6 +580,13 @@ class AlgorithmSection:
         from prm_rl.core import ADVANTAGE_ESTIMATORS
 
         return ADVANTAGE_ESTIMATORS[self.advantage].checked_steps
+
+    @property
+    def token_kl(self) -> bool:
+        """The estimator takes reward.kl_coef's KL reward per token (REINFORCE++), not summed into the score."""
+        from prm_rl.core import ADVANTAGE_ESTIMATORS
+
+        return ADVANTAGE_ESTIMATORS[self.advantage].token_kl
 
     @property
     def uses_tree(self) -> bool:
@@ -697,6 +726,25 @@ class WandbSection:
 
 
 @dataclass
+class TrackingSection:
+    """Training rollouts for reading (docs/recipes.md, "Training rollouts")"""
+
+    rollout_table_every: int = 0
+    """W&B table of the step's rollouts (responses coloured by process reward) every N steps; 0 = off"""
+    rollout_table_groups: int = 4
+    """groups in that table, each with all its responses: half trained, half filtered out where the step has both"""
+    rollouts_jsonl_mb: float = 0.0
+    """write every rollout to RUN/rollouts.jsonl until it would pass this many MB (10^6 bytes); 0 = off"""
+
+    def check(self) -> None:
+        if self.rollout_table_every < 0:
+            raise ConfigError(f"tracking.rollout_table_every={self.rollout_table_every}: must be >= 0 (0 = off)")
+        _positive("tracking.rollout_table_groups", self.rollout_table_groups)
+        if self.rollouts_jsonl_mb < 0:
+            raise ConfigError(f"tracking.rollouts_jsonl_mb={self.rollouts_jsonl_mb}: must be >= 0 (0 = off)")
+
+
+@dataclass
 class Config:
     model: ModelSection = field(default_factory=ModelSection)
     warm_start: WarmStartSection = field(default_factory=WarmStartSection)
@@ -714,13 +762,15 @@ class Config:
     deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
     trainer: TrainerSection = field(default_factory=TrainerSection)
     wandb: WandbSection = field(default_factory=WandbSection)
+    tracking: TrackingSection = field(default_factory=TrackingSection)
 
     @property
     def needs_reference(self) -> bool:
         """A frozen copy of the starting model is loaded: the PRM reads it (``prm.reference=sft``), or the KL
         term, or SPRO's self-guided reward does. The trainer and the memory estimator both ask this."""
         a = self.algorithm
-        return bool((a.uses_prm and self.prm.reference == "sft") or self.policy.kl_coef or a.self_guided)
+        return bool((a.uses_prm and self.prm.reference == "sft") or self.policy.kl_coef or self.reward.kl_coef
+                    or a.self_guided)
 
     def check(self, world_size: int = 1, offline_prm: bool = False) -> None:
         """Run every section's rules, then the rules that span sections (``offline_prm``: for
@@ -746,6 +796,7 @@ class Config:
             raise ConfigError(f"algorithm.advantage={self.algorithm.advantage}: credits steps by the task's own step "
                               "checker, which only the built-in arithmetic task has (data.train null, "
                               "task.name=arithmetic)")
+        self._check_outcome_shaping()
         if self.warm_start.chain_steps is not None and (self.model.path is not None or self.task.name != "arithmetic"):
             raise ConfigError("warm_start.chain_steps: sets the chains of the built-in model's SFT on the arithmetic "
                               "task (model.path null, task.name=arithmetic)")
@@ -766,15 +817,36 @@ class Config:
         if offline_prm and self.rollout.engine != "hf":
             raise ConfigError(f"rollout.engine={self.rollout.engine}: launch/train_prm.py samples its training set "
                               "once, with the hf engine; drop the override")
+        if self.tracking.rollout_table_every and self.wandb.mode == "disabled":
+            raise ConfigError(f"tracking.rollout_table_every={self.tracking.rollout_table_every}: the table goes to "
+                              "W&B, which wandb.mode=disabled turns off; set it to 0 or turn W&B on")
         if self.rollout.prompts_per_step % world_size:
             raise ConfigError(
                 f"rollout.prompts_per_step={self.rollout.prompts_per_step}: must divide evenly over "
                 f"{world_size} ranks"
             )
 
+    def _check_outcome_shaping(self) -> None:
+        """The rules of ``reward.overlong_*``, ``reward.kl_coef`` and ``reward.outcome_labels`` that span sections."""
+        r, a = self.reward, self.algorithm
+        if r.overlong_buffer >= self.rollout.max_new_tokens:
+            raise ConfigError(f"reward.overlong_buffer={r.overlong_buffer}: must be below rollout.max_new_tokens="
+                              f"{self.rollout.max_new_tokens} (the penalty starts that many tokens before the cap)")
+        if a.checked_steps and (r.overlong_buffer or r.kl_coef):
+            raise ConfigError(f"reward.overlong_buffer={r.overlong_buffer}, reward.kl_coef={r.kl_coef}: the oracle "
+                              f"control {a.advantage} reads the verifier's score (below 1 = wrong) unshaped; "
+                              "set both 0")
+        from prm_rl.rewards.scorer import real_valued_tasks
+
+        real = real_valued_tasks(self.verifier.tasks)
+        if real and r.outcome_labels == "score" and (a.uses_prm or self.filter.enabled):
+            reader = "the PRM's labels" if a.uses_prm else "the accuracy-band filter"
+            raise ConfigError(f"reward.outcome_labels=score: verifier.tasks.{real[0]} scores outside [0, 1] and "
+                              f"{reader} need [0, 1]; set reward.outcome_labels=threshold or sigmoid")
+
 
 def register_schema() -> None:
-    """Make the schema available to ``recipes/base.yaml`` as ``prm_rl_schema``."""
+    """Make the schema available to ``prm_rl/recipes/base.yaml`` as ``prm_rl_schema``."""
     ConfigStore.instance().store(name="prm_rl_schema", node=Config)
 
 

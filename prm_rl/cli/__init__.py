@@ -1,7 +1,9 @@
 """The command-line tools, one module each, each a thin ``main`` over library code (``--help`` on any of them):
 
-* ``train``, ``train_prm``: the trainers (``deepspeed launch/train.py``, ``deepspeed launch/train_prm.py``:
-  launch/ holds the two files DeepSpeed's launcher starts), around :mod:`~prm_rl.cli.startup`;
+* ``main``: ``prm-rl COMMAND``, the installed console command that runs each of the others from any directory;
+* ``train``: the trainers (``prm-rl train``/``train-prm``; in a checkout also ``deepspeed launch/train.py``,
+  ``deepspeed launch/train_prm.py``: launch/ holds the two files DeepSpeed's launcher starts), around
+  :mod:`~prm_rl.cli.startup`;
 * ``estimate``: per-rank memory of a run, before anything loads;
 * ``eval_prm``, ``best_of_n``, ``mc_values``: a PRM's held-out step metrics, its best-of-N selection, the
   Monte-Carlo step labels it competes with (:mod:`prm_rl.evaluation`);
@@ -15,12 +17,12 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
 
 def add_placement_arguments(parser: argparse.ArgumentParser, dtype_of_run: bool = False) -> None:
     """``--device`` and ``--dtype`` of a command that loads models: the GPU in bfloat16 when there is one
     (``dtype_of_run``: the dtype defaults to the evaluated run's ``model.dtype`` instead)."""
+    import torch  # here, not at the top: the trainers' command sets OMP_NUM_THREADS before torch first loads
+
     gpu = torch.cuda.is_available()
     parser.add_argument("--device", default="cuda" if gpu else "cpu",
                         help="where the models compute (default: cuda when a GPU is there, else cpu)")

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prm_rl.errors import EXIT_USAGE, UsageError
+from prm_rl.errors import EXIT_USAGE, ConfigError, UsageError
 
 if TYPE_CHECKING:  # omegaconf loads in the entry point's guarded block, not before it
     from omegaconf import DictConfig
@@ -28,6 +28,50 @@ def strip_launcher_args(argv: list[str]) -> list[str]:
 
 
 DEFAULT_RECIPES = {"prime": "math_ppo", "prm": "prm_math"}  # each trainer's built-in job (launch/train.py, train_prm.py)
+CONFIG_DIR_FLAGS = ("--config-dir", "-cd")  # Hydra's own flag for a config folder of the user's: here, their recipes
+
+
+def with_user_recipes(args: list[str]) -> list[str]:
+    """Hydra's ``--config-dir DIR`` (``-cd DIR``, ``--config-dir=DIR``) as the override ``hydra.searchpath``, which
+    both the start-up check's compose and Hydra's own entry point read (the flag alone reaches only the latter).
+    A missing or bad DIR: :class:`ConfigError` naming the flag."""
+    out, folder, i = [], None, 0
+    while i < len(args):
+        flag, eq, value = args[i].partition("=")
+        if flag in CONFIG_DIR_FLAGS:
+            if not eq:
+                if i + 1 == len(args):
+                    raise ConfigError(f"{flag}: needs a folder (its recipe/NAME.yaml are your recipes)")
+                value, i = args[i + 1], i + 1
+            folder = Path(value)
+        else:
+            out.append(args[i])
+        i += 1
+    return out if folder is None else [search_path(folder), *out]  # first: Hydra's flags (--cfg job) may end argv
+
+
+def search_path(folder: Path) -> str:
+    """The override that adds the user's recipe folder (checked first) to Hydra's search path, after the built-in
+    recipes (Hydra searches those first, so a user's recipe with a built-in one's name would be silently ignored:
+    refused here)."""
+    quoted = str(check_recipe_dir(folder)).replace("\\", "\\\\").replace("'", "\\'")  # in Hydra's quotes
+    return f"hydra.searchpath=['file://{quoted}']"
+
+
+def check_recipe_dir(folder: Path) -> Path:
+    """The user's recipe folder, as an absolute path: it holds ``recipe/NAME.yaml``, none named as a built-in one."""
+    from prm_rl.config import RECIPES
+
+    if not folder.is_dir():
+        raise ConfigError(f"--config-dir {folder}: no such directory")
+    mine = sorted(p.name for p in (folder / "recipe").glob("*.yaml"))
+    if not mine:
+        raise ConfigError(f"--config-dir {folder}: no recipe/*.yaml in it (a recipe NAME is DIR/recipe/NAME.yaml)")
+    clashes = [name for name in mine if (RECIPES / "recipe" / name).exists()]
+    if clashes:
+        raise ConfigError(f"--config-dir {folder}: recipe/{clashes[0]} has a built-in recipe's name, which Hydra "
+                          "would use instead; rename it (it may extend the built-in one: defaults: [NAME])")
+    return folder.resolve()
 
 
 def with_default_recipe(overrides: list[str], trainer: str = "prime") -> list[str]:
@@ -86,11 +130,14 @@ def check_engine_installed(cfg: DictConfig | None) -> None:
         fail(f"config error: {err}", EXIT_USAGE)
 
 
-def compose(overrides: list[str], world_size: int = 1, offline_prm: bool = False):
-    """The typed config the trainers' command would run from ``overrides`` (recipes/; no recipe given: the built-in
-    job), for tools that run outside Hydra's entry point. A bad override or value: one line, exit 2."""
+def compose(overrides: list[str], world_size: int = 1, offline_prm: bool = False, config_dir: Path | None = None):
+    """The typed config the trainers' command would run from ``overrides`` (prm_rl/recipes/, and the user's recipe
+    folder ``config_dir``; no recipe given: the built-in job), for tools that run outside Hydra's entry point. A bad
+    override or value: one line, exit 2; a bad ``config_dir``: :class:`ConfigError`."""
     from prm_rl.config import RECIPES, to_config
 
+    if config_dir is not None:
+        overrides = [*overrides, search_path(config_dir)]
     composed = check_overrides(RECIPES, "base", with_default_recipe(overrides, "prm" if offline_prm else "prime"))
     return to_config(composed, world_size=world_size, offline_prm=offline_prm)
 

@@ -13,6 +13,7 @@ from .advantages import (
     place_on_last_token,
     prime_advantages,
     register_advantage,
+    reinforce_pp_advantages,
     rloo_outcome,
     rloo_process,
     spro_advantages,
@@ -46,6 +47,7 @@ from .implicit import (
     sequence_reward,
 )
 from .logprobs import token_entropy, token_logprobs
+from .outcome import OUTCOME_LABELS, kl_rewards, outcome_labels, overlong_penalty
 from .masked import masked_mean, masked_sum, masked_var, masked_whiten
 from .policy_loss import (
     IS_CORRECTIONS,
@@ -99,6 +101,11 @@ __all__ = [
     "rloo_process",
     "spro_advantages",
     "tree_advantages",
+    "reinforce_pp_advantages",
+    "OUTCOME_LABELS",
+    "outcome_labels",
+    "overlong_penalty",
+    "kl_rewards",
     "TREE_SPLITS",
     "prefix_values",
     "segment_ends",

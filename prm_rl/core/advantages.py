@@ -1,4 +1,4 @@
-"""Critic-free advantage estimators: leave-one-out (RLOO) for PRIME, and GRPO.
+"""Critic-free advantage estimators: leave-one-out (RLOO) for PRIME, GRPO and REINFORCE++.
 
 Batch layout: N = G * K responses, groups contiguous (rows g*K .. g*K+K-1 answer prompt g); token
 tensors [N, T] right-padded with a response ``mask``. Pass the global batch: the whitening statistics
@@ -26,6 +26,7 @@ __all__ = [
     "grpo_advantages",
     "spro_advantages",
     "tree_advantages",
+    "reinforce_pp_advantages",
     "AdvantageEstimator",
     "ADVANTAGE_ESTIMATORS",
     "register_advantage",
@@ -205,6 +206,32 @@ def tree_advantages(outcome_scores: torch.Tensor, tree_credit: torch.Tensor, mas
     return masked_whiten(returns, mask) if whiten else returns
 
 
+def reinforce_pp_advantages(outcome_scores: torch.Tensor, kl_rewards: torch.Tensor | None, mask: torch.Tensor,
+                            group_size: int, *, baseline: bool = False, outcome_coef: float = 1.0, gamma: float = 1.0,
+                            whiten: bool = True) -> torch.Tensor:
+    """REINFORCE++ (Hu et al. 2025, arXiv 2501.03262): no critic, the KL penalty in the reward, token returns
+    normalised over the global batch.
+
+    Shapes: ``outcome_scores`` [N], ``kl_rewards`` [N, T] or None (:func:`~prm_rl.core.kl_rewards`: -coef * KL per
+    token), ``mask`` [N, T] -> [N, T], 0 on invalid positions.
+    Formula: R_{i,t} = outcome_coef * o'_i on the last token + kl_{i,t}; G_{i,t} = sum_{s>=t} gamma^(s-t) R_{i,s};
+    A = masked_whiten(G) (``whiten``). o' = o: REINFORCE++, no baseline at all; ``baseline``: o' = o - mean of its
+    group, REINFORCE++-baseline as the authors' OpenRLHF computes it (``reinforce_baseline``: the group mean
+    subtracted from the outcome before the KL rewards join it; veRL's ``reinforce_plus_plus_baseline`` instead sums
+    the KL into the score first and centres that). OpenRLHF normalises with the biased variance; this the unbiased
+    one (as every whitening here), a factor sqrt(n / (n - 1)) over n valid tokens.
+    """
+    o = _float(outcome_scores)
+    if baseline:
+        grouped = _as_groups(o, group_size, min_size=2, what="reinforce++-baseline")
+        o = (grouped - grouped.mean(dim=1, keepdim=True)).reshape(-1)
+    rewards = outcome_coef * place_on_last_token(o, mask)
+    if kl_rewards is not None:
+        rewards = rewards + torch.where(_valid(mask), _float(kl_rewards), _zero(rewards))
+    returns = discounted_returns(rewards, mask, gamma)
+    return masked_whiten(returns, mask) if whiten else returns
+
+
 # ----------------------------------------------------------------------------------------- the registry
 @dataclass(frozen=True)
 class AdvantageEstimator:
@@ -216,7 +243,9 @@ class AdvantageEstimator:
     ``uses_tree``: the trainer passes ``tree_credit`` [N, T], the group's prefix-tree credit already scaled by
     ``algorithm.tree_coef`` (None otherwise);
     ``checked_steps``: no PRM, the trainer passes the task's own step checker's verdict as process rewards
-    (:func:`prm_rl.core.step_correctness_rewards`): an oracle control.
+    (:func:`prm_rl.core.step_correctness_rewards`): an oracle control;
+    ``token_kl``: no PRM, the trainer passes the per-token KL reward (``reward.kl_coef``; None when 0) as process
+    rewards, for token returns; every other estimator reads that reward summed into each response's score.
     """
 
     fn: Callable[..., torch.Tensor]
@@ -224,6 +253,7 @@ class AdvantageEstimator:
     self_guided: bool = False
     uses_tree: bool = False
     checked_steps: bool = False
+    token_kl: bool = False
 
 
 # ``algorithm.advantage`` names a key here; the config's allowed values are these keys.
@@ -231,13 +261,13 @@ ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {}
 
 
 def register_advantage(name: str, *, uses_prm: bool, self_guided: bool = False, uses_tree: bool = False,
-                       checked_steps: bool = False):
+                       checked_steps: bool = False, token_kl: bool = False):
     """Decorator: make ``fn`` selectable as ``algorithm.advantage=name`` (docs/contributing.md)."""
 
     def add(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         if name in ADVANTAGE_ESTIMATORS:
             raise ValueError(f"advantage estimator {name!r} is already registered")
-        ADVANTAGE_ESTIMATORS[name] = AdvantageEstimator(fn, uses_prm, self_guided, uses_tree, checked_steps)
+        ADVANTAGE_ESTIMATORS[name] = AdvantageEstimator(fn, uses_prm, self_guided, uses_tree, checked_steps, token_kl)
         return fn
 
     return add
@@ -334,3 +364,22 @@ def _oracle_error_step(scores, process_rewards, mask, group_size, *, outcome_coe
     advantages = _rloo(scores, None, mask, group_size, outcome_coef=outcome_coef, process_coef=process_coef,
                        process_gamma=process_gamma, outcome_gamma=outcome_gamma, whiten=whiten, tree_credit=None)
     return first_error_credit(advantages, process_rewards, scores, mask, through_end=False)
+
+
+# --- REINFORCE++: no PRM, the KL penalty as a token reward ---------------------------------------------------
+
+@register_advantage("reinforce++", uses_prm=False, token_kl=True)
+def _reinforce_pp(scores, process_rewards, mask, group_size, *, outcome_coef, process_coef, process_gamma,
+                  outcome_gamma, whiten, tree_credit):
+    """REINFORCE++: token returns of the outcome and the per-token KL reward (process_rewards here), no baseline,
+    whitened over the batch; discounted by outcome_gamma."""
+    return reinforce_pp_advantages(scores, process_rewards, mask, group_size, outcome_coef=outcome_coef,
+                                   gamma=outcome_gamma, whiten=whiten)
+
+
+@register_advantage("reinforce++-baseline", uses_prm=False, token_kl=True)
+def _reinforce_pp_baseline(scores, process_rewards, mask, group_size, *, outcome_coef, process_coef, process_gamma,
+                           outcome_gamma, whiten, tree_credit):
+    """REINFORCE++-baseline: REINFORCE++ with the outcome's group mean subtracted first."""
+    return reinforce_pp_advantages(scores, process_rewards, mask, group_size, baseline=True,
+                                   outcome_coef=outcome_coef, gamma=outcome_gamma, whiten=whiten)

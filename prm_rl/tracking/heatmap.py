@@ -65,6 +65,13 @@ def to_html(heatmap: TokenHeatmap) -> str:
     return "".join(parts)
 
 
+def table(shown: list[tuple[dict, TokenHeatmap | None]]) -> tuple[list[str], list[list]]:
+    """Columns and rows of a W&B table of (fields, heatmap) pairs: the fields, then a ``heatmap`` column of
+    HTML ("" where a row has none)."""
+    columns = [*shown[0][0], "heatmap"] if shown else ["heatmap"]
+    return columns, [[*fields.values(), "" if h is None else to_html(h)] for fields, h in shown]
+
+
 def to_page(heatmaps: list[TokenHeatmap]) -> str:
     """A whole HTML document of several responses."""
     return "<html><body>" + "".join(to_html(h) for h in heatmaps) + "</body></html>\n"

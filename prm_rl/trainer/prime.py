@@ -22,7 +22,7 @@ from prm_rl.engine.deepspeed_engine import (frozen_model, full_named_parameters,
 from prm_rl.trainer.memory import launch_warning
 from prm_rl.rollout.generate import Rollout
 from prm_rl.rollout.vllm_engine import VllmSampler, planned_length
-from prm_rl.tracking import heatmap
+from prm_rl.tracking import heatmap, rollout_table
 from prm_rl.tracking.logger import finite_or_none
 from prm_rl.evaluation import prm_quality
 from prm_rl.trainer import stages
@@ -42,6 +42,7 @@ class Collected:
     scores: torch.Tensor | None  # [N] their outcome scores
     metrics: dict[str, float]  # acc/*, filter/*, verify/*, response/*
     generated_tokens: float  # response tokens sampled in every round (kept or not): the throughput numerator
+    dropped: rollout_table.Groups | None  # every round's groups the filter dropped (None: none), to be shown
 
 
 def _poison(advantages: torch.Tensor) -> torch.Tensor:
@@ -140,9 +141,7 @@ class PrimeTrainer(Job):
                                           settings.table_rows)
             prm_quality.save_heatmaps(shown, self.run.dir / "prm_eval" / f"step_{step:06d}")
             if self.run.logger is not None and shown:
-                columns = [*shown[0][0], "heatmap"]
-                rows = [[*fields.values(), heatmap.to_html(h)] for fields, h in shown]
-                self.run.logger.table(step, "prm_eval/samples", columns, rows, html_column="heatmap")
+                self.run.logger.table(step, "prm_eval/samples", *heatmap.table(shown), html_column="heatmap")
         return out
 
     def _sample_heldout(self, model) -> prm_quality.HeldoutGroups:
@@ -174,14 +173,36 @@ class PrimeTrainer(Job):
         """One PRIME iteration. Every rank runs every stage; each returns global results."""
         timings = stages.Timings()
         collected = self._collect_groups(timings)  # generate -> verify -> filter, maybe several rounds
-        metrics, skipped = collected.metrics, 0.0
+        metrics, skipped, trained = collected.metrics, 0.0, None
         if collected.batch is not None:  # else no group passed the filter: nothing to learn from this step
             hook = _poison if step in self.nan_steps else None  # fault injection (PRM_RL_INJECT_NAN_STEPS)
             learned = learn(self.models, collected.batch, collected.scores, self.sections, self.step_ends,
                             self.run.shuffle, advantage_hook=hook)
             self.sampler_stale = True
             metrics, skipped = metrics | learned.metrics, learned.skipped_updates
+            trained = rollout_table.Groups(collected.batch, collected.scores, True, learned.process_rewards,
+                                           learned.advantages)
+        self._show_rollouts(step, trained, collected.dropped)  # tracking.*: W&B table, rollouts.jsonl
         return StepOutcome(metrics | timings.metrics(), skipped, collected.generated_tokens)
+
+    def _show_rollouts(self, step: int, trained: rollout_table.Groups | None,
+                       dropped: rollout_table.Groups | None) -> None:
+        """Rank 0: the step's rollouts to rollouts.jsonl (all) and, when due, to a W&B table (the first
+        ``tracking.rollout_table_groups`` groups, trained and dropped); rollouts are global, so rank 0 has all."""
+        t, logger, file = self.cfg.tracking, self.run.logger, self.run.rollouts_file
+        table_due = logger is not None and t.rollout_table_every > 0 and step % t.rollout_table_every == 0
+        if not (table_due or file is not None):
+            return
+        tokenizer, k = self.models.tokenizer, self.cfg.rollout.samples_per_prompt
+        if file is not None:
+            file.write(step, [fields for g in (trained, dropped) if g is not None
+                              for fields, _ in rollout_table.rollout_rows(step, g, tokenizer)])
+        if table_due:
+            shown = rollout_table.table_groups(trained, dropped, t.rollout_table_groups, k)
+            rows = [row for g in shown for row in rollout_table.rollout_rows(
+                step, g, tokenizer, stages.step_end_mask(self.step_ends, g.rollout))]
+            if rows:
+                logger.table(step, "rollouts/samples", *heatmap.table(rows), html_column="heatmap")
 
     def _collect_groups(self, timed: stages.Timings) -> Collected:
         """Sample, verify and filter rounds of prompts until ``prompts_per_step`` groups are kept or
@@ -189,6 +210,7 @@ class PrimeTrainer(Job):
         cfg, m = self.cfg, self.models
         k, wanted = cfg.rollout.samples_per_prompt, cfg.rollout.prompts_per_step
         scores_all, lengths, truncated, repeats, kept_rows, failures, rounds = [], [], [], [], 0, 0, 0
+        dropped = GroupBuffer(k, m.tokenizer.pad_token_id)  # shown beside the kept ones (rollout_table)
         generated_tokens = 0
         sampler = None
         if m.sampler is not None:
@@ -214,8 +236,10 @@ class PrimeTrainer(Job):
             with timed("verify"):
                 scores, n_failed = stages.verify_stage(self.run.scorer, m.tokenizer, rollout, prompts, k)
             with timed("filter"):
-                kept = stages.filter_stage(scores, rollout.truncated, k, cfg.filter)
+                kept = stages.filter_stage(scores, rollout.truncated, k, cfg.filter, cfg.reward)
                 self.buffer.add(rollout.select(kept), scores[kept])
+                out = torch.ones(len(rollout), dtype=torch.bool).index_fill_(0, kept, False).nonzero().squeeze(1)
+                dropped.add(rollout.select(out), scores[out])
             scores_all.append(scores)
             lengths.append(rollout.response_mask.sum(dim=1).float())
             truncated.append(rollout.truncated.float())
@@ -235,12 +259,13 @@ class PrimeTrainer(Job):
             "watch/repeated_4gram_frac": torch.cat(repeats).mean().item(),  # reward hacking: looping text
             "rollout/generated_tokens": float(generated_tokens),  # the token budget of the step's sampling
         }
+        dropped_groups = rollout_table.Groups(*dropped.take(len(dropped)), kept=False) if len(dropped) else None
         if len(self.buffer) == 0:
-            return Collected(None, None, metrics, generated_tokens)
+            return Collected(None, None, metrics, generated_tokens, dropped_groups)
         batch, batch_scores = self.buffer.take(wanted)
         metrics.update({"acc/after_filter": batch_scores.mean().item(), "filter/groups": len(batch) / k,
                         "filter/carried_over_groups": float(len(self.buffer))})
-        return Collected(batch, batch_scores, metrics, generated_tokens)
+        return Collected(batch, batch_scores, metrics, generated_tokens, dropped_groups)
 
     def _synced_sampler(self):
         """The vllm engine holding the policy's current weights (synced now if the policy changed since; every rank

@@ -1,8 +1,8 @@
 """One run's lifecycle, the same for every trainer: what happens around the steps.
 
 :class:`Run` owns the run directory and its lock, the resume decision, the verifier (scorer), the starting
-checkpoint and tokenizer, the seeds, the metrics logger, stop signals, the NaN/inf guard, the checkpoint
-cadence, the exports and the summary. A trainer is a :class:`Job`: it builds its models and data, runs
+checkpoint and tokenizer, the seeds, the metrics logger and rollouts.jsonl, stop signals, the NaN/inf guard,
+the checkpoint cadence, the exports and the summary. A trainer is a :class:`Job`: it builds its models and data, runs
 ``step(n)``, evaluates when asked, and says what its checkpoint holds beyond the run's own counters.
 
 Read :meth:`Run.fit` top to bottom: finished already? -> start (resume, or the starting evaluation) -> steps,
@@ -27,6 +27,7 @@ from prm_rl.engine.deepspeed_engine import set_optimizer_hyperparameters
 from prm_rl.models.loading import check_every_rank_sees, check_model_sources, run_tokenizer, start_checkpoint
 from prm_rl.rewards import build_scorer
 from prm_rl.tracking.logger import MetricsLogger
+from prm_rl.tracking.rollout_table import RolloutsFile
 from prm_rl.trainer import checkpoint, run_dir
 from prm_rl.trainer.faults import EXIT_NONFINITE, EXIT_SIGNAL, NonFiniteGuard, RunStopped, StopSignals, on_rank0
 
@@ -113,6 +114,7 @@ class Run:
         self.tokenizer = run_tokenizer(cfg)  # before the warm start: the job checks its data with it first
         self.guard = NonFiniteGuard(cfg.trainer.max_bad_steps)
         self.logger: MetricsLogger | None = None  # rank 0's, opened by fit()
+        self.rollouts_file: RolloutsFile | None = None  # rank 0's with tracking.rollouts_jsonl_mb, opened by fit()
 
     def inputs_accepted(self) -> str:
         """Once the job's data passed its checks: the directory every model starts from (rank 0 trains the warm
@@ -159,6 +161,9 @@ class Run:
                                         entity=cfg.wandb.entity, name=cfg.wandb.name or self.dir.name,
                                         config=OmegaConf.to_container(self.raw_cfg, resolve=True),
                                         progress_bar=cfg.trainer.progress_bar, run_id=state.get("wandb_run_id"))
+            if cfg.tracking.rollouts_jsonl_mb > 0:
+                self.rollouts_file = RolloutsFile(self.dir / "rollouts.jsonl", cfg.tracking.rollouts_jsonl_mb,
+                                                  start_step=done, log=log)
         if self.resume_from is None:
             first = job.start()
             if self.logger and first:

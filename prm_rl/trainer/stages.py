@@ -215,11 +215,13 @@ def verify_stage(scorer, tokenizer, rollout: Rollout, prompts: list[Sample], k: 
 
 # --- filter ---------------------------------------------------------------------------------------
 
-def filter_stage(scores: torch.Tensor, truncated: torch.Tensor, k: int, f: FilterSection) -> torch.Tensor:
-    """Row indices of the groups that pass the accuracy band (and, optionally, have no truncated response)."""
+def filter_stage(scores: torch.Tensor, truncated: torch.Tensor, k: int, f: FilterSection,
+                 r: RewardSection) -> torch.Tensor:
+    """Row indices of the groups that pass the accuracy band (and, optionally, have no truncated response). The band
+    reads the scores' [0, 1] labels (``reward.outcome_labels``)."""
     keep = torch.ones(scores.numel() // k, dtype=torch.bool)
     if f.enabled:
-        keep &= core.accuracy_band(scores, k, f.low, f.high)
+        keep &= core.accuracy_band(core.outcome_labels(scores, r.outcome_labels, r.label_threshold), k, f.low, f.high)
         if f.drop_truncated:
             keep &= core.groups_without_truncation(truncated, k)
     return core.expand_group_mask(keep, k).nonzero().squeeze(1)
@@ -378,23 +380,57 @@ def tree_credit_stage(batch: Rollout, scores: torch.Tensor, step_ends: torch.Ten
     return a.tree_coef * core.tree_credit(batch.response_ids, mask, scores, k, ends)
 
 
+def outcome_shaping_stage(scores: torch.Tensor, batch: Rollout, old_logp: torch.Tensor | None,
+                          ref_logp: torch.Tensor | None, r: RewardSection,
+                          max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, float]]:
+    """``(outcome [N], kl_rewards [N, T] | None, metrics)``: the scores plus DAPO's overlong penalty
+    (``reward.overlong_buffer``; :func:`prm_rl.core.overlong_penalty`), and the per-token KL reward of the policy
+    that sampled against the reference (``reward.kl_coef``; :func:`prm_rl.core.kl_rewards`), which
+    :func:`with_kl_rewards` hands to the estimator. ``reward/*`` metrics: each term's mean over responses."""
+    mask, metrics, kl = batch.response_mask, {}, None
+    if r.overlong_buffer:
+        penalty = core.overlong_penalty(mask.sum(dim=1), max_new_tokens, r.overlong_buffer, r.overlong_penalty)
+        scores = scores + penalty
+        metrics["reward/overlong_penalty_mean"] = float(penalty.mean())
+    if r.kl_coef:
+        kl = core.kl_rewards(old_logp, ref_logp, mask, r.kl_coef, r.kl_estimator)
+        metrics["reward/kl_penalty_mean"] = float(kl.sum(dim=1).mean())
+    return scores, kl, metrics
+
+
+def with_kl_rewards(scores: torch.Tensor, process_rewards: torch.Tensor | None, mask: torch.Tensor,
+                    kl_rewards: torch.Tensor | None, a: AlgorithmSection) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(scores [N], process_rewards [N, T] | None)`` as the estimator takes them with the per-token KL reward
+    ``kl_rewards`` (``reward.kl_coef``; None: off): REINFORCE++'s estimators (``token_kl``) take it per token in
+    place of process rewards; every other one reads each response's sum of it added to its score."""
+    if a.token_kl:
+        return scores, kl_rewards
+    if kl_rewards is None:
+        return scores, process_rewards
+    return scores + core.masked_sum(kl_rewards, mask, dim=-1), process_rewards
+
+
 def advantage_stage(scores: torch.Tensor, process_rewards: torch.Tensor | None, mask: torch.Tensor, k: int,
-                    a: AlgorithmSection, r: RewardSection, tree_credit: torch.Tensor | None = None) -> torch.Tensor:
+                    a: AlgorithmSection, r: RewardSection, tree_credit: torch.Tensor | None = None,
+                    kl_rewards: torch.Tensor | None = None) -> torch.Tensor:
     """``[N, T]`` advantages from the estimator registered as ``algorithm.advantage`` (``tree_credit``: from
-    :func:`tree_credit_stage` when the estimator uses it)."""
+    :func:`tree_credit_stage` when the estimator uses it; ``kl_rewards``: see :func:`with_kl_rewards`)."""
     estimator = core.ADVANTAGE_ESTIMATORS[a.advantage]
+    scores, process_rewards = with_kl_rewards(scores, process_rewards, mask, kl_rewards, a)
     return estimator.fn(scores, process_rewards, mask, k, outcome_coef=r.outcome_coef,
                         process_coef=r.process_coef, process_gamma=a.process_gamma,
                         outcome_gamma=a.outcome_gamma, whiten=a.whiten, tree_credit=tree_credit)
 
 
 def advantage_parts(scores: torch.Tensor, process_rewards: torch.Tensor | None, mask: torch.Tensor, k: int,
-                    a: AlgorithmSection, r: RewardSection, tree_credit: torch.Tensor | None = None) -> dict[str, float]:
+                    a: AlgorithmSection, r: RewardSection, tree_credit: torch.Tensor | None = None,
+                    kl_rewards: torch.Tensor | None = None) -> dict[str, float]:
     """How the dense parts move the advantages: the spread over valid tokens of the outcome part, of the process
     part and of the tree part of the estimator's unwhitened value (they add up to it), and each dense part's
     correlation with the outcome part. A dense part much wider than the outcome part and uncorrelated with it adds
-    noise, not credit."""
+    noise, not credit. A KL reward summed into the scores counts in the outcome part."""
     estimator = core.ADVANTAGE_ESTIMATORS[a.advantage]
+    scores, process_rewards = with_kl_rewards(scores, process_rewards, mask, kl_rewards, a)
     common = dict(process_gamma=a.process_gamma, outcome_gamma=a.outcome_gamma, whiten=False)
     no_tree = None if tree_credit is None else torch.zeros_like(tree_credit)
 

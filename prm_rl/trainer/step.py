@@ -2,7 +2,8 @@
 models and a typed result out.
 
 Read :func:`learn` top to bottom against PRIME (Cui et al. 2025, Algorithm 1, lines 6-11): old log-probs
--> PRM update and token log-ratios -> process rewards -> advantages -> PPO-clip policy update. The trainer
+-> PRM update (on the scores' [0, 1] labels) and token log-ratios -> process rewards -> outcome shaping (overlong
+and KL penalties) -> advantages -> PPO-clip policy update. The trainer
 calls it every step after generate -> verify -> filter, and the exactness probe calls it on a fixed batch,
 so every option the trainer has is the code the exactness test runs.
 """
@@ -51,7 +52,8 @@ def learn(models: stages.Models, batch: Rollout, scores: torch.Tensor, sections:
           advantage_hook: Callable[[torch.Tensor], torch.Tensor] | None = None) -> LearnResult:
     """Update the PRM (when the estimator uses one) and the policy on ``batch``; every rank calls it.
 
-    ``scores`` [N] outcome scores (groups of K contiguous); ``step_ends`` [V] from
+    ``scores`` [N] outcome scores (groups of K contiguous; the PRM learns their ``reward.outcome_labels``, the
+    estimator reads them shaped by ``reward.overlong_*`` and ``reward.kl_coef``); ``step_ends`` [V] from
     :func:`stages.step_end_table`; ``generator`` orders the mini-batches (same on every rank);
     ``advantage_hook`` lets tests alter the advantages (fault injection) before the policy update.
     """
@@ -64,7 +66,8 @@ def learn(models: stages.Models, batch: Rollout, scores: torch.Tensor, sections:
     # so the PPO ratio is 1 and a separate old-log-prob pass would only repeat that forward (skipped, as TRL
     # does), unless the PRM reads the policy as its reference.
     on_policy = s.policy.ppo_epochs == 1 and s.policy.mini_batches == 1
-    needs_old = not on_policy or s.algorithm.self_guided or (s.algorithm.uses_prm and s.prm.reference == "policy")
+    needs_old = (not on_policy or s.algorithm.self_guided or bool(s.reward.kl_coef)
+                 or (s.algorithm.uses_prm and s.prm.reference == "policy"))
     with timer("old_logprobs"):
         size, tokens = s.policy.micro_batch_size, s.policy.micro_batch_tokens
         old_logp = stages.logprob_stage(m.policy, batch, size, s.rollout.temperature, tokens) if needs_old else None
@@ -75,8 +78,9 @@ def learn(models: stages.Models, batch: Rollout, scores: torch.Tensor, sections:
     prm_skipped = 0.0
     if s.algorithm.uses_prm:
         prm_ref = ref_logp if s.prm.reference == "sft" else old_logp
+        labels = core.outcome_labels(scores, s.reward.outcome_labels, s.reward.label_threshold)
         with timer("prm"):
-            log_ratio, prm_skipped = _prm_log_ratios(m.prm, batch, scores, prm_ref, k, s.prm, step_ends, generator,
+            log_ratio, prm_skipped = _prm_log_ratios(m.prm, batch, labels, prm_ref, k, s.prm, step_ends, generator,
                                                      metrics)
             process_rewards = stages.process_reward_stage(log_ratio, batch, step_ends, s.reward, s.prm.beta)
     elif s.algorithm.self_guided:  # SPRO: the policy is its own implicit PRM, read before its update
@@ -85,14 +89,17 @@ def learn(models: stages.Models, batch: Rollout, scores: torch.Tensor, sections:
         process_rewards = stages.checked_step_rewards_stage(m.tokenizer, batch, step_ends)
 
     with timer("advantages"):
-        tree = stages.tree_credit_stage(batch, scores, step_ends, k, s.algorithm) if s.algorithm.uses_tree else None
-        advantages = stages.advantage_stage(scores, process_rewards, batch.response_mask, k, s.algorithm, s.reward,
-                                            tree)
+        outcome, kl_rewards, shaping = stages.outcome_shaping_stage(scores, batch, old_logp, ref_logp, s.reward,
+                                                                    s.rollout.max_new_tokens)
+        metrics.update(shaping)
+        tree = stages.tree_credit_stage(batch, outcome, step_ends, k, s.algorithm) if s.algorithm.uses_tree else None
+        advantages = stages.advantage_stage(outcome, process_rewards, batch.response_mask, k, s.algorithm, s.reward,
+                                            tree, kl_rewards)
         if advantage_hook is not None:
             advantages = advantage_hook(advantages)
         if process_rewards is not None or tree is not None:
-            metrics.update(stages.advantage_parts(scores, process_rewards, batch.response_mask, k, s.algorithm,
-                                                  s.reward, tree))
+            metrics.update(stages.advantage_parts(outcome, process_rewards, batch.response_mask, k, s.algorithm,
+                                                  s.reward, tree, kl_rewards))
     with timer("policy"):
         policy_metrics, policy_skipped = stages.policy_update_stage(
             m.policy, batch, old_logp, advantages, ref_logp, s.policy, s.rollout, generator)
@@ -101,11 +108,11 @@ def learn(models: stages.Models, batch: Rollout, scores: torch.Tensor, sections:
                        metrics | timer.metrics())
 
 
-def _prm_log_ratios(prm, batch: Rollout, scores: torch.Tensor, ref_logp: torch.Tensor, k: int, p: PrmSection,
+def _prm_log_ratios(prm, batch: Rollout, labels: torch.Tensor, ref_logp: torch.Tensor, k: int, p: PrmSection,
                     step_ends: torch.Tensor, generator: torch.Generator,
                     metrics: dict[str, float]) -> tuple[torch.Tensor, float]:
-    """Update the PRM per ``prm.update``; returns the token log-ratios the rewards come from and the number of
-    optimiser updates skipped for NaN/inf.
+    """Update the PRM per ``prm.update`` on the [0, 1] outcome ``labels`` [N]; returns the token log-ratios the
+    rewards come from and the number of optimiser updates skipped for NaN/inf.
 
     ``after`` (the authors' default): one forward pass both trains and scores, so the rewards are the PRM's
     judgement before it saw these outcomes. ``before``: update first, then score again with the updated PRM.
@@ -115,18 +122,18 @@ def _prm_log_ratios(prm, batch: Rollout, scores: torch.Tensor, ref_logp: torch.T
     if p.update == "none":
         log_ratio = stages.implicit_log_ratio_stage(prm, batch, ref_logp, p.micro_batch_size, p.micro_batch_tokens)
     else:
-        log_ratio, prm_metrics, skipped = stages.prm_update_stage(prm, batch, scores, ref_logp, k, p, step_ends,
+        log_ratio, prm_metrics, skipped = stages.prm_update_stage(prm, batch, labels, ref_logp, k, p, step_ends,
                                                                   generator)
         metrics.update(prm_metrics)
         if p.loss == "ce":  # prm/loss above this = worse than predicting the batch's mean outcome
-            metrics["prm/loss_constant_guess"] = core.constant_guess_ce(scores)
+            metrics["prm/loss_constant_guess"] = core.constant_guess_ce(labels)
         if p.update == "before":
             log_ratio = stages.implicit_log_ratio_stage(prm, batch, ref_logp, p.micro_batch_size, p.micro_batch_tokens)
     seq = core.sequence_reward(log_ratio, batch.response_mask, p.beta)
     # reward-hacking watch: the PRM's reward should rise with the verifier's score, not apart from it
     metrics["watch/prm_reward_mean"] = float(seq.mean())
-    metrics["watch/prm_outcome_corr"] = core.correlation(seq, scores)
-    correct, weight = core.pairwise_ranking_accuracy(seq, scores, k)
+    metrics["watch/prm_outcome_corr"] = core.correlation(seq, labels)
+    correct, weight = core.pairwise_ranking_accuracy(seq, labels, k)
     if weight > 0:
         metrics["prm/ranking_acc"] = float(correct / weight)
     return log_ratio, skipped

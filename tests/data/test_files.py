@@ -347,7 +347,7 @@ def test_math_file_recipe_stops_until_model_and_train_file_are_set_then_validate
     register_schema()
 
     def composed(*overrides):
-        with initialize_config_dir(config_dir=str(REPO / "recipes"), version_base=None):
+        with initialize_config_dir(config_dir=str(REPO / "prm_rl" / "recipes"), version_base=None):
             return compose(config_name="base", overrides=["+recipe=math_file", *overrides])
 
     with pytest.raises(ConfigError, match=r"^data.train=/path/to/train.jsonl: no such file or directory "

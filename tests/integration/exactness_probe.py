@@ -71,7 +71,7 @@ def main() -> None:
 def run_case(overrides: list[str], out: Path) -> None:
     uniform_groups = "--uniform-groups" in overrides  # two groups with one outcome throughout (no advantage)
     overrides = [o for o in overrides if o != "--uniform-groups"]
-    with initialize_config_dir(config_dir=f"{REPO}/recipes", version_base=None):
+    with initialize_config_dir(config_dir=f"{REPO}/prm_rl/recipes", version_base=None):
         cfg = to_config(compose(config_name="base", overrides=["+recipe=math_ppo", *overrides]))
     tok = build_char_tokenizer(arithmetic.CHARACTERS)
     tiny = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_positions=32)

@@ -2,6 +2,7 @@
 NaN losses, a full disk. A killed-and-resumed run must match the uninterrupted one step for step."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -18,10 +19,11 @@ from tiny_runs import (REPO, assert_same_run, command, environment, kill_all, la
 
 # Band filter with two fill rounds: the carry-over buffer holds groups across steps (and checkpoints). Rollouts
 # branch (2 roots per prompt, each forked once): a resumed run must fork where the uninterrupted one did. Both
-# learning rates follow a schedule: a resumed run must go on where it was.
+# learning rates follow a schedule: a resumed run must go on where it was. rollouts.jsonl must too.
 RUN = ["trainer.max_steps=5", "trainer.checkpoint_every=2", "filter.low=0.2", "filter.high=0.8",
        "filter.fill_rounds=2", "rollout.branch.roots=2", "wandb.mode=offline", "policy.lr_schedule.decay=cosine",
-       "policy.lr_schedule.warmup_steps=2", "prm.lr_schedule.decay=linear", "prm.lr_schedule.min_lr_ratio=0.5"]
+       "policy.lr_schedule.warmup_steps=2", "prm.lr_schedule.decay=linear", "prm.lr_schedule.min_lr_ratio=0.5",
+       "tracking.rollouts_jsonl_mb=1"]
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +37,19 @@ def uninterrupted(tmp_path_factory, warm_cache) -> Path:
                     pytest.approx(prm_lr * lr_multiplier(k, 5, "linear", 0, 0.5))) for k in range(1, 6)]
     assert lrs[0][0] == 0 and lrs[2][0] == policy_lr and lrs[4][1] == pytest.approx(prm_lr * 0.6)
     return run_dir
+
+
+def assert_same_rollouts(a: Path, b: Path) -> None:
+    """rollouts.jsonl: the same rollouts in the same order, each step once; its numbers as close as the metrics."""
+    rows_a, rows_b = ([json.loads(line) for line in (run / "rollouts.jsonl").open()] for run in (a, b))
+    numbers = ("process_reward", "advantage", "advantage_min", "advantage_max")
+    text = [[{k: v for k, v in r.items() if k not in numbers} for r in rows] for rows in (rows_a, rows_b)]
+    assert text[0] == text[1]
+    assert sorted({r["step"] for r in rows_a}) == [1, 2, 3, 4, 5] and {r["kept"] for r in rows_a} == {True, False}
+    for ra, rb in zip(rows_a, rows_b):
+        assert ra["kept"] == (ra["advantage"] is not None)  # a group the filter dropped has no advantage
+        for k in numbers:
+            assert ra[k] == rb[k] if ra[k] is None else ra[k] == pytest.approx(rb[k], rel=1e-5, abs=1e-6)
 
 
 @pytest.mark.slow
@@ -56,6 +71,7 @@ def test_sigkill_during_a_save_then_resume_matches_uninterrupted_run(tmp_path, w
     assert "took over the lock of a run that is gone" in resumed.stdout  # the killed run could not release it
     assert not broken.exists()
     assert_same_run(uninterrupted, run_dir)
+    assert_same_rollouts(uninterrupted, run_dir)  # steps 3-4 of the killed run were cut, then written again
     # The resumed process logged into the killed one's W&B run (offline: two run folders, one run id).
     runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and len({p.name.rsplit("-", 1)[1] for p in runs}) == 1, runs

@@ -30,6 +30,10 @@ CASES = {
     # today's policy-loss variants: GSPO's sequence ratio, DAPO's clip-higher, Dr. GRPO's constant-length sums
     "gspo-clip-higher-sum-norm-zero2": ["deepspeed.zero_stage=2", "policy.ratio_level=sequence",
                                         "policy.clip_eps_high=0.28", "policy.loss_agg=seq-mean-token-sum-norm"],
+    # outcome shaping beside PRIME's process rewards: DAPO's overlong penalty (responses of 7-12 tokens) and the
+    # KL penalty in the reward (old-log-prob pass, reference), both read on the global batch
+    "overlong-kl-reward-zero2": ["deepspeed.zero_stage=2", "rollout.max_new_tokens=12", "reward.overlong_buffer=6",
+                                 "reward.kl_coef=0.05"],
     # the group's prefix tree in the advantages and as the PRM's per-prefix targets (groups split over ranks)
     "prefix-tree-targets-prime-tree-zero2": ["deepspeed.zero_stage=2", "algorithm.advantage=prime-tree",
                                              "prm.loss=prefix", "prm.targets=tree", "prm.beta=1.0", "prm.margin=0.1"],

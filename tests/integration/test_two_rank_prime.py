@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,7 +25,8 @@ PRM_EVAL_KEYS = ("accuracy", "ce", "ce_constant_guess", "outcome_auroc", "rankin
 @pytest.mark.slow
 def test_two_rank_prime_run_updates_and_saves(tmp_path, warm_cache):
     run_dir = tmp_path / "run"
-    proc = launch(warm_cache, run_dir, ["trainer.max_steps=3", "trainer.eval_every=2", "wandb.mode=offline"],
+    proc = launch(warm_cache, run_dir, ["trainer.max_steps=3", "trainer.eval_every=2", "wandb.mode=offline",
+                                        "tracking.rollout_table_every=2", "tracking.rollouts_jsonl_mb=1"],
                   launcher="deepspeed")  # the README's launch line
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
@@ -56,6 +59,24 @@ def test_two_rank_prime_run_updates_and_saves(tmp_path, warm_cache):
     tables = list((run_dir / "wandb").glob("offline-run-*/files/media/table/prm_eval/samples_*.table.json"))
     assert len(tables) == 3, tables  # one W&B Table per evaluation
     assert json.loads(tables[0].read_text())["columns"][-1] == "heatmap"
+
+    # Training rollouts: every response of every step in rollouts.jsonl (the filter keeps all here: 8 groups
+    # of 4 trained a step), and at step 2 a W&B table of tracking.rollout_table_groups=4 groups, coloured.
+    rollouts = [json.loads(line) for line in (run_dir / "rollouts.jsonl").open()]
+    assert [r["step"] for r in rollouts] == [s for s in (1, 2, 3) for _ in range(32)]
+    assert all(r["kept"] and r["process_reward"] is not None and r["advantage_min"] <= r["advantage"]
+               <= r["advantage_max"] and r["outcome_score"] in (0.0, 1.0) for r in rollouts)
+    tables = list((run_dir / "wandb").glob("offline-run-*/files/media/table/rollouts/samples_*.table.json"))
+    assert len(tables) == 1, tables
+    table = json.loads(tables[0].read_text())
+    assert table["columns"] == ["step", "prompt", "response", "outcome_score", "kept", "process_reward",
+                                "advantage", "advantage_min", "advantage_max", "heatmap"]
+    shown = [dict(zip(table["columns"][:-1], row[:-1])) for row in table["data"]]
+    assert shown == [r for r in rollouts if r["step"] == 2][:16]
+    # W&B keeps a table's HTML cells in the run's artifact, staged outside the run folder until synced
+    log = b"".join(p.read_bytes() for p in (run_dir / "wandb").glob("offline-run-*/*.wandb"))
+    staged = re.findall(rb"media/html/\w+\.html.{0,80}?(/[\w/.-]+/staging/\w+)", log, re.S)
+    assert any("process reward" in Path(p.decode()).read_text() for p in staged)  # a rollout heatmap's title
 
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 3 and summary["world_size"] == 2

@@ -24,7 +24,7 @@ register_schema()
 
 
 def composed(*overrides: str):
-    with initialize_config_dir(config_dir=str(REPO / "recipes"), version_base=None):
+    with initialize_config_dir(config_dir=str(REPO / "prm_rl" / "recipes"), version_base=None):
         return to_config(compose(config_name="base", overrides=list(overrides)), world_size=1)
 
 

@@ -19,13 +19,13 @@ from omegaconf.errors import ValidationError
 from prm_rl.config import ConfigError, register_schema, to_config
 
 REPO = Path(__file__).resolve().parents[2]
-RECIPES = sorted(p.stem for p in (REPO / "recipes" / "recipe").glob("*.yaml"))
+RECIPES = sorted(p.stem for p in (REPO / "prm_rl" / "recipes" / "recipe").glob("*.yaml"))
 
 register_schema()
 
 
 def composed(*overrides: str):
-    with initialize_config_dir(config_dir=str(REPO / "recipes"), version_base=None):
+    with initialize_config_dir(config_dir=str(REPO / "prm_rl" / "recipes"), version_base=None):
         return compose(config_name="base", overrides=list(overrides))
 
 
@@ -125,6 +125,10 @@ def test_wrong_type_is_rejected():
     ("warm_start.chain_steps=[0,2]", "warm_start.chain_steps"),
     ("warm_start.chain_steps=[2]", "warm_start.chain_steps"),
     ("task.name=code warm_start.chain_steps=[2,6]", "warm_start.chain_steps"),
+    ("tracking.rollout_table_every=-1", "tracking.rollout_table_every"),
+    ("tracking.rollout_table_every=5 wandb.mode=disabled", "tracking.rollout_table_every"),  # nowhere to go
+    ("tracking.rollout_table_groups=0", "tracking.rollout_table_groups"),
+    ("tracking.rollouts_jsonl_mb=-1", "tracking.rollouts_jsonl_mb"),
 ])
 def test_rule_violations_name_the_field(override, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
@@ -195,7 +199,7 @@ def _field_docs(cls) -> dict[str, str]:
 def _yaml_docs() -> dict[str, str]:
     """base.yaml's comment of each dotted key (continuation lines of a comment joined)."""
     docs, stack = {}, []
-    for raw in (REPO / "recipes" / "base.yaml").read_text().splitlines():
+    for raw in (REPO / "prm_rl" / "recipes" / "base.yaml").read_text().splitlines():
         m = re.match(r"^(\s*)(\w+):(.*)$", raw)
         if not m:
             continue
@@ -212,7 +216,7 @@ def test_base_yaml_and_the_schema_agree_on_every_default_and_its_doc():
 
     from prm_rl.config import Config
 
-    values = OmegaConf.to_container(OmegaConf.load(REPO / "recipes" / "base.yaml"))
+    values = OmegaConf.to_container(OmegaConf.load(REPO / "prm_rl" / "recipes" / "base.yaml"))
     comments = _yaml_docs()
     checked = 0
 

@@ -1,4 +1,4 @@
-"""RLOO (outcome and process), GRPO, returns and PRIME's combined advantages with hand-derived values."""
+"""RLOO (outcome and process), GRPO, REINFORCE++, returns and PRIME's combined advantages with hand-derived values."""
 import pytest
 import torch
 
@@ -9,6 +9,7 @@ from prm_rl.core import (
     grpo_outcome,
     place_on_last_token,
     prime_advantages,
+    reinforce_pp_advantages,
     rloo_outcome,
     rloo_process,
 )
@@ -153,6 +154,78 @@ def test_dr_grpo_centres_on_the_group_mean_without_dividing_by_its_std():
                                                          -0.5, -0.5]), rtol=1e-5, atol=1e-5)
 
 
+# Two responses of one prompt: row 0 of 3 tokens, scored 1; row 1 of 2, scored 0; their per-token KL rewards.
+PP_MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+PP_KL = torch.tensor([[-0.1, -0.2, -0.3], [-0.4, 0.1, 9.0]])  # 9.0 sits on padding: never read
+
+
+def test_reinforce_pp_returns_of_the_outcome_and_the_kl_reward_without_a_baseline():
+    """R = o on the last token + kl: row 0 (-0.1, -0.2, 0.7) -> returns (0.4, 0.5, 0.7); row 1 (-0.4, 0.1) ->
+    (-0.3, 0.1). With gamma 0.5: row 0 (-0.025, 0.15, 0.7), row 1 (-0.35, 0.1)."""
+    scores = torch.tensor([1.0, 0.0])
+    raw = reinforce_pp_advantages(scores, PP_KL, PP_MASK, 2, whiten=False)
+    torch.testing.assert_close(raw, torch.tensor([[0.4, 0.5, 0.7], [-0.3, 0.1, 0.0]]))
+    discounted = reinforce_pp_advantages(scores, PP_KL, PP_MASK, 2, gamma=0.5, whiten=False)
+    torch.testing.assert_close(discounted, torch.tensor([[-0.025, 0.15, 0.7], [-0.35, 0.1, 0.0]]))
+    # whitened over the 5 valid tokens: mean 0.28, unbiased variance 0.608 / 4 = 0.152
+    whitened = reinforce_pp_advantages(scores, PP_KL, PP_MASK, 2)
+    std = 0.152 ** 0.5
+    expected = torch.tensor([[0.12, 0.22, 0.42], [-0.58, -0.18, 0.28]]) / std * PP_MASK
+    torch.testing.assert_close(whitened, expected, rtol=1e-5, atol=1e-6)
+    # no KL reward: the outcome alone on every token (gamma 1), still no baseline
+    torch.testing.assert_close(reinforce_pp_advantages(scores, None, PP_MASK, 2, whiten=False),
+                               torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]))
+
+
+def test_reinforce_pp_baseline_subtracts_the_group_mean_outcome_before_the_kl_rewards_join():
+    """Group mean 0.5: outcomes (0.5, -0.5); row 0 (-0.1, -0.2, 0.2) -> (-0.1, 0.0, 0.2); row 1 (-0.4, -0.4) ->
+    (-0.8, -0.4). The KL rewards are not centred."""
+    out = reinforce_pp_advantages(torch.tensor([1.0, 0.0]), PP_KL, PP_MASK, 2, baseline=True, whiten=False)
+    torch.testing.assert_close(out, torch.tensor([[-0.1, 0.0, 0.2], [-0.8, -0.4, 0.0]]))
+    with pytest.raises(ValueError, match="group_size >= 2"):
+        reinforce_pp_advantages(torch.tensor([1.0]), None, PP_MASK[:1], 1, baseline=True)
+
+
+def _openrlhf_reinforce(scores, kl_rewards, action_mask, k, gamma, baseline):
+    """A second implementation: REINFORCE++ as the authors' OpenRLHF computes it (experience_maker.py's reward
+    shaping, compute_reward and get_cumulative_returns; its advantage normalisation with the biased variance),
+    written here step by step over python lists."""
+    n, width = action_mask.shape
+    r = scores.tolist()
+    if baseline:
+        for g in range(0, n, k):
+            mean = sum(r[g:g + k]) / k
+            r[g:g + k] = [x - mean for x in r[g:g + k]]
+    returns = torch.zeros(n, width)
+    for i in range(n):
+        last = max(t for t in range(width) if action_mask[i, t])
+        running = 0.0
+        for t in reversed(range(width)):
+            reward = (float(kl_rewards[i, t]) + (r[i] if t == last else 0.0)) * float(action_mask[i, t])
+            running = reward + gamma * running
+            returns[i, t] = running
+    valid = [float(returns[i, t]) for i in range(n) for t in range(width) if action_mask[i, t]]
+    mean = sum(valid) / len(valid)
+    var = sum((x - mean) ** 2 for x in valid) / len(valid)
+    return returns, (returns - mean) / var ** 0.5 * action_mask
+
+
+@pytest.mark.parametrize("baseline", [False, True])
+def test_reinforce_pp_matches_the_authors_openrlhf_computation(baseline):
+    g = torch.Generator().manual_seed(0)
+    mask = (torch.rand(8, 6, generator=g) > 0.3).float()
+    mask[:, 0] = 1
+    mask = mask.cummin(dim=1).values  # right padding
+    scores = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.3, 0.7, 1.0, 1.0])
+    kl = -0.05 * torch.rand(8, 6, generator=g)
+    returns, normalised = _openrlhf_reinforce(scores, kl, mask, 4, 0.9, baseline)
+    ours = reinforce_pp_advantages(scores, kl, mask, 4, baseline=baseline, gamma=0.9, whiten=False)
+    torch.testing.assert_close(ours, returns * mask)
+    n = float(mask.sum())  # OpenRLHF divides by the biased std, prm_rl by the unbiased one
+    whitened = reinforce_pp_advantages(scores, kl, mask, 4, baseline=baseline, gamma=0.9)
+    torch.testing.assert_close(whitened * (n / (n - 1)) ** 0.5, normalised, rtol=1e-5, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------------------- the registry
 def test_registered_estimators_are_the_documented_functions():
     g = torch.Generator().manual_seed(0)
@@ -162,11 +235,15 @@ def test_registered_estimators_are_the_documented_functions():
     rewards = torch.randn(8, 5, generator=g) * mask
     tree = torch.randn(8, 5, generator=g) * mask
     knobs = dict(outcome_coef=1.0, process_coef=0.5, process_gamma=0.9, outcome_gamma=0.8, whiten=True)
-    run = {name: est.fn(scores, rewards if est.uses_prm or est.self_guided or est.checked_steps else None, mask, 4,
-                        tree_credit=tree if est.uses_tree else None, **knobs)
+    run = {name: est.fn(scores, rewards if est.uses_prm or est.self_guided or est.checked_steps or est.token_kl
+                        else None, mask, 4, tree_credit=tree if est.uses_tree else None, **knobs)
            for name, est in core.ADVANTAGE_ESTIMATORS.items()}
     assert set(run) == {"prime", "rloo", "grpo", "dr-grpo", "spro", "tree", "prime-tree", "oracle-steps", "oracle-from-error",
-                        "oracle-error-step"}
+                        "oracle-error-step", "reinforce++", "reinforce++-baseline"}
+    assert [n for n, e in core.ADVANTAGE_ESTIMATORS.items() if e.token_kl] == ["reinforce++", "reinforce++-baseline"]
+    for name, baseline in (("reinforce++", False), ("reinforce++-baseline", True)):
+        torch.testing.assert_close(run[name], reinforce_pp_advantages(scores, rewards, mask, 4, baseline=baseline,
+                                                                      outcome_coef=1.0, gamma=0.8))
     assert [n for n, e in core.ADVANTAGE_ESTIMATORS.items() if e.checked_steps] == [
         "oracle-steps", "oracle-from-error", "oracle-error-step"]
     torch.testing.assert_close(run["oracle-steps"], run["prime"])  # PRIME's math on the checker's rewards

@@ -1,6 +1,12 @@
 """How many ranks ``trainer.cpu_ranks`` starts, and when a launch starts any."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
+import pytest
+
 from prm_rl.cli.train import gpu_machine
 from prm_rl.engine.cpu_ranks import AUTO_MAX_RANKS, SPAWNED, ranks_to_start, run_ranks, should_spawn
 
@@ -54,3 +60,14 @@ def test_one_thread_per_rank_is_set_only_where_no_gpu_is_visible():
     assert not gpu_machine({}, [])
     assert not gpu_machine({"CUDA_VISIBLE_DEVICES": ""}, ["/dev/nvidia0"])
     assert not gpu_machine({"CUDA_VISIBLE_DEVICES": "-1"}, ["/dev/nvidia0"])
+
+
+def test_the_one_thread_is_set_before_torch_loads():
+    """OpenMP reads OMP_NUM_THREADS once, when torch loads: the command's package (prm_rl.cli, shared with the tools)
+    must not load torch before prm_rl.cli.train sets it."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 cores: with one, torch takes one thread anyway")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"CUDA_VISIBLE_DEVICES": ""}
+    probe = "import prm_rl.cli.train, torch; print(torch.get_num_threads())"
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["1"]

@@ -1,8 +1,9 @@
 """The commands and config snippets the docs show run as written, checked as far as is cheap (nothing loads).
 
-Read from README.md, docs/*.md and the header comments of recipes/recipe/*.yaml: every command of the forms
-``deepspeed [launcher flags] launch/train.py ...`` (or ``train_prm.py``), ``python launch/... ...`` and
-``python -m prm_rl.cli.TOOL ...``, in ```bash blocks (backslash continuations joined, here-documents skipped) or
+Read from README.md, docs/*.md and the header comments of prm_rl/recipes/recipe/*.yaml: every command of the forms
+``deepspeed [launcher flags] launch/train.py ...`` (or ``train_prm.py``), ``python launch/... ...``,
+``python -m prm_rl.cli.TOOL ...`` and the console command ``prm-rl COMMAND ...`` (also as
+``deepspeed [launcher flags] --module prm_rl.cli.main COMMAND ...``), in ```bash blocks (backslash continuations joined, here-documents skipped) or
 in inline code (which may run over a line break). A recipe's header gives its commands on lines indented
 under the ``#``.
 
@@ -12,6 +13,9 @@ under the ``#``.
 - ``python -m prm_rl.cli.TOOL``: the tool's own argparse parser accepts the arguments (its ``main`` runs up to
   ``parse_args``); ``prm_rl.cli.estimate``'s overrides also compose at its ``--world-size``. A bare
   ``python -m prm_rl.cli.TOOL`` names the tool: it must exist.
+- ``prm-rl COMMAND``: the command exists; ``train``/``train-prm`` are checked as launch/train.py/train_prm.py, the
+  others as their tool. ``--config-dir DIR`` is dropped: the recipes the docs have the reader write are in the
+  copy of the built-in recipes (below).
 - ```yaml blocks: a recipe (first line ``# @package _global_``) composes and validates as ``+recipe=NAME``;
   any other block merges into the schema, ``prm_rl.config.Config``.
 
@@ -19,8 +23,8 @@ Placeholders: a path no config check opens (``model.path=/ckpt/my-sft``, ``--prm
 The values a check opens (:data:`OPENED`) are swapped for empty stand-ins under tmp_path when they do not exist
 here; nothing else is. Synopsis notation: ``[...]`` marks optional parts, checked as if given; ``...`` (a word,
 or the value of ``KEY=...``) elides more of the same and is dropped. Recipes the docs have the reader write
-(a ```yaml recipe block, named by the ``recipes/recipe/NAME.yaml`` just above it, or :data:`COPIED_RECIPES`)
-join a copy of recipes/ for the checks.
+(a ```yaml recipe block, named by the ``recipes/recipe/NAME.yaml`` or ``my_recipes/recipe/NAME.yaml`` just above
+it, or :data:`COPIED_RECIPES`) join a copy of prm_rl/recipes/ for the checks.
 """
 from __future__ import annotations
 
@@ -46,7 +50,7 @@ from prm_rl.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")),
-           *sorted((REPO / "recipes" / "recipe").glob("*.yaml"))]
+           *sorted((REPO / "prm_rl" / "recipes" / "recipe").glob("*.yaml"))]
 
 # Config values a check opens when the config is validated (prm_rl/config.py: DataSection, TrainerSection), what
 # each must be, and its values that are no path. Only these get stand-ins.
@@ -56,6 +60,7 @@ OPENED = {"data.train": ("file", ()), "data.eval": ("file", ()), "trainer.resume
 COPIED_RECIPES = {"my_task": "math_ppo"}
 SHELL = {"bash", "sh", "shell", "console"}
 LAUNCH_SCRIPT = re.compile(r"launch/[\w/]+\.py")
+CONSOLE = "prm-rl"  # the console command (prm_rl.cli.main), also run as deepspeed --module prm_rl.cli.main
 
 
 # --------------------------------------------------------------------------------------------------- reading
@@ -142,7 +147,7 @@ def shell_lines(lines: tuple[str, ...] | list[str], first: int) -> list[tuple[in
 def find_commands(text: str) -> list[tuple[str, ...]]:
     """The commands of the forms above in one shell line, from the program name to the end of its simple
     command (before ``&&``, ``|``, ``;``, a redirection or a ``#`` comment)."""
-    if not re.search(r"\b(deepspeed|python3?)\b", text):
+    if not re.search(r"\b(deepspeed|python3?|prm-rl)\b", text):
         return []
     text = re.sub(r"(?<=\s)\d+(?=[<>])", "", text)  # 2>&1: the file descriptor is no argument
     lexer = shlex.shlex(text, posix=True, punctuation_chars=True)
@@ -166,11 +171,14 @@ def find_commands(text: str) -> list[tuple[str, ...]]:
     for words in commands:
         for i, word in enumerate(words):
             rest = words[i + 1:]
-            if word == "deepspeed" and any(LAUNCH_SCRIPT.fullmatch(w) for w in rest):
+            if word == "deepspeed" and any(LAUNCH_SCRIPT.fullmatch(w) or w == "prm_rl.cli.main" for w in rest):
                 found.append(tuple(words[i:]))
                 break
             if word in ("python", "python3") and rest and (
                     rest[0].startswith("launch/") or (rest[0] == "-m" and rest[1:2] and rest[1].startswith("prm_rl."))):
+                found.append(tuple(words[i:]))
+                break
+            if word == CONSOLE:
                 found.append(tuple(words[i:]))
                 break
     return found
@@ -319,6 +327,7 @@ def parse_with(module, args: list[str]) -> argparse.Namespace:
 
 
 def compose(overrides: list[str], stand_ins: StandIns, world_size: int = 1, offline_prm: bool = False) -> None:
+    overrides = without_config_dir(overrides)
     if any(o.startswith("-") for o in overrides):
         raise AssertionError(f"Hydra's own flags are not checked here: {overrides}")
     startup.compose(stand_ins.overrides(overrides), world_size=world_size, offline_prm=offline_prm)
@@ -327,6 +336,9 @@ def compose(overrides: list[str], stand_ins: StandIns, world_size: int = 1, offl
 def check(argv: tuple[str, ...], stand_ins: StandIns) -> None:
     """Raise (SystemExit, UsageError) where ``argv`` would stop before it starts work."""
     words = as_given(argv)
+    if words[0] == CONSOLE:
+        check_console(words[1:], stand_ins, world=1)
+        return
     if words[0] == "deepspeed" or (len(words) > 1 and words[1].startswith("launch/")):
         if words[0] == "deepspeed":
             from deepspeed.launcher.runner import parse_args as launcher_args
@@ -334,19 +346,51 @@ def check(argv: tuple[str, ...], stand_ins: StandIns) -> None:
             launcher = launcher_args(words[1:])
             script, overrides = launcher.user_script, list(launcher.user_args)
             world = max(launcher.num_gpus, 1) * max(launcher.num_nodes, 1)
+            if launcher.module and script == "prm_rl.cli.main":
+                check_console(overrides, stand_ins, world)
+                return
         else:
             script, overrides, world = words[1], words[2:], 1
         if script not in ("launch/train.py", "launch/train_prm.py"):
             raise AssertionError(f"{script}: not a launch script (launch/train.py, launch/train_prm.py)")
         compose(overrides, stand_ins, world, offline_prm=script.endswith("_prm.py"))
         return
-    tool = importlib.import_module(words[2])  # python -m prm_rl.cli.TOOL: a missing tool fails here
-    assert callable(getattr(tool, "main", None)), f"{words[2]} has no main()"
-    if len(words) == 3:  # the bare name of a tool
+    check_tool(words[2], words[3:], stand_ins)
+
+
+def check_tool(name: str, args: list[str], stand_ins: StandIns) -> None:
+    """``python -m NAME ARGS``; no ``args``: the bare name of a tool, which must exist."""
+    tool = importlib.import_module(name)  # python -m prm_rl.cli.TOOL: a missing tool fails here
+    assert callable(getattr(tool, "main", None)), f"{name} has no main()"
+    if not args:
         return
-    args = parse_with(tool, words[3:])
-    if words[2] == "prm_rl.cli.estimate":
-        compose(args.overrides, stand_ins, args.world_size)
+    parsed = parse_with(tool, args)
+    if name == "prm_rl.cli.estimate":
+        compose(parsed.overrides, stand_ins, parsed.world_size)
+
+
+def without_config_dir(args: list[str]) -> list[str]:
+    """``--config-dir DIR`` dropped: the recipes the docs have the reader write are in the copy (:func:`stand_ins`)."""
+    out, folder_next = [], False
+    for arg in args:
+        if not folder_next and arg.partition("=")[0] not in startup.CONFIG_DIR_FLAGS:
+            out.append(arg)
+        folder_next = arg in startup.CONFIG_DIR_FLAGS
+    return out
+
+
+def check_console(args: list[str], stand_ins: StandIns, world: int) -> None:
+    """``prm-rl ARGS`` (or ``deepspeed --module prm_rl.cli.main ARGS``): its command exists and takes the rest."""
+    from prm_rl.cli.main import COMMANDS, TRAINERS
+
+    if not args:  # the bare command prints its commands
+        return
+    name, rest = args[0], args[1:]
+    assert name in COMMANDS, f"{CONSOLE} {name}: no such command"
+    if name in TRAINERS:
+        compose(rest, stand_ins, world, offline_prm=TRAINERS[name] == "prm")
+    else:
+        check_tool(COMMANDS[name][0], rest, stand_ins)
 
 
 def problem(argv: tuple[str, ...], stand_ins: StandIns) -> str | None:
@@ -381,17 +425,17 @@ def snippet_problem(text: str, recipe: str | None, stand_ins: StandIns) -> str |
 
 @pytest.fixture(scope="module")
 def stand_ins(tmp_path_factory):
-    """Stand-ins, and startup.compose reading a copy of recipes/ that also holds the recipes the docs have the reader
-    write."""
+    """Stand-ins, and startup.compose reading a copy of prm_rl/recipes/ that also holds the recipes the docs have the
+    reader write."""
     root = tmp_path_factory.mktemp("docs_commands")
     recipes = root / "recipes"
-    shutil.copytree(REPO / "recipes", recipes)
+    shutil.copytree(REPO / "prm_rl" / "recipes", recipes)
     made = StandIns(root / "stand_ins")
     user = {name: (recipes / "recipe" / f"{source}.yaml").read_text() for name, source in COPIED_RECIPES.items()}
     user |= {name: made.recipe(text) for _, text, name in YAML_BLOCKS if name is not None}
     for name, text in user.items():
         path = recipes / "recipe" / f"{name}.yaml"
-        assert not path.exists(), f"the docs' recipe {name} has the name of a recipe in recipes/recipe/"
+        assert not path.exists(), f"the docs' recipe {name} has the name of a recipe in prm_rl/recipes/recipe/"
         path.write_text(text)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(config, "RECIPES", recipes)
@@ -419,8 +463,11 @@ def test_every_source_and_form_is_read():
         ("README.md", "deepspeed launch/train.py +recipe=math_ppo"),
         ("README.md", "deepspeed launch/train_prm.py +recipe=prm_math"),
         ("docs/recipes.md", "deepspeed --num_gpus 2 launch/train.py +recipe=math_ppo"),
+        ("docs/recipes.md", "prm-rl train --config-dir my_recipes +recipe=my_task"),
+        ("docs/datasets.md", "deepspeed --num_gpus 8 --module prm_rl.cli.main train --config-dir my_recipes "
+         "+recipe=my_units model.path=/ckpt/my-sft"),
         ("docs/prm_training.md", "python -m prm_rl.cli.prm_score --prm runs/prm_math/prm --ref SFT rows.jsonl"),
-        ("recipes/recipe/paper_7b.yaml", "deepspeed --num_gpus 8 launch/train.py +recipe=paper_7b "
+        ("prm_rl/recipes/recipe/paper_7b.yaml", "deepspeed --num_gpus 8 launch/train.py +recipe=paper_7b "
          "model.path=/ckpt/Eurus-2-7B-SFT data.train=/data/prime/train.parquet "
          "data.eval=/data/prime/validation.parquet"),
     ]:
@@ -469,6 +516,11 @@ def test_the_extractor_reads_continuations_inline_code_and_prefixes():
     ("python -m prm_rl.cli.prm_score --prm DIR --ref DIR IN.jsonl [--outfile OUT.jsonl]", "unrecognized arguments: --outfile"),
     ("python -m prm_rl.cli.estimate +recipe=math_ppo rollout.samples_per_prompt=1", "need at least 2 responses"),
     ("python -m prm_rl.no_such_tool --x", "ModuleNotFoundError"),
+    ("prm-rl trian +recipe=math_ppo", "prm-rl trian: no such command"),
+    ("prm-rl train --config-dir my_recipes +recipe=math_ppo trainer.max_step=20", "config error: Could not override"),
+    ("deepspeed --num_gpus 3 --module prm_rl.cli.main train +recipe=math_ppo", "must divide evenly"),
+    ("prm-rl train-prm data.train=/nowhere.jsonl prm.loss=nope", "prm.loss='nope'"),
+    ("prm-rl prm-score --prm DIR rows.jsonl", "the following arguments are required: --ref"),
 ])
 def test_a_bad_line_fails(line, why, stand_ins):
     (command,) = markdown_commands(f"```bash\n{line}\n```\n", "bad.md")

@@ -280,3 +280,22 @@ def test_best_of_n_on_the_second_device(tmp_path):
     assert report["best_of_n"] == expected["best_of_n"]
     for key, value in expected["prm_metrics"].items():
         assert report["prm_metrics"][key] == pytest.approx(value, abs=1e-5, nan_ok=True), key
+
+
+def test_a_reward_model_scores_on_the_second_device(tmp_path):
+    """A learned reward model (prm_rl.rewards.reward_model) scores with its weights on the lazy device, the texts
+    tokenized in host memory, as it does on the CPU."""
+    from transformers import LlamaForSequenceClassification
+
+    from prm_rl.models.tiny import tiny_config
+    from prm_rl.rewards.reward_model import RewardModel, RewardModelOptions
+
+    config = tiny_config(SHAPE, TOK)
+    config.num_labels = 1
+    torch.manual_seed(0)
+    LlamaForSequenceClassification(config).save_pretrained(tmp_path)
+    TOK.save_pretrained(tmp_path)
+    options = RewardModelOptions(str(tmp_path), batch_size=2)
+    prompts, responses = ["1+2=", "12*3=", "7-9="], ["3", "36\n", "-2"]
+    expected = RewardModel(options, device=torch.device("cpu")).score(prompts, responses)
+    assert RewardModel(options, device=LAZY).score(prompts, responses) == pytest.approx(expected, abs=1e-5)

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from prm_rl import json_text
-from prm_rl.cli.startup import hydra_error_line
-from prm_rl.config import ModelSection
+from prm_rl.cli import main as prm_rl_command
+from prm_rl.cli.startup import compose as compose_run, hydra_error_line, with_user_recipes
+from prm_rl.config import RECIPES, ModelSection
+from prm_rl.errors import ConfigError
 from prm_rl.models.loading import ModelSourceError, check_model_source
 from prm_rl.data import arithmetic
 from prm_rl.models.tiny import TinyModelConfig, build_char_tokenizer, build_tiny_model
@@ -85,10 +87,9 @@ def test_hydra_errors_become_one_line():
     from prm_rl.config import register_schema
 
     register_schema()
-    repo = Path(__file__).resolve().parents[2]
     lines = {}
     for override in ("foo=1", "+recipe=nope", "trainer.max_steps=abc"):
-        with pytest.raises(Exception) as err, initialize_config_dir(str(repo / "recipes"), version_base=None):
+        with pytest.raises(Exception) as err, initialize_config_dir(str(RECIPES), version_base=None):
             compose("base", overrides=[override])
         lines[override] = hydra_error_line(err.value)
     assert lines["foo=1"] == "Could not override 'foo'; Key 'foo' not in 'Config'; To append to your config use +foo=1"
@@ -96,6 +97,52 @@ def test_hydra_errors_become_one_line():
     assert "math_ppo, math_ppo_paper, math_rloo" in lines["+recipe=nope"] and "search path" not in lines["+recipe=nope"]
     assert lines["trainer.max_steps=abc"] == ("Error merging override trainer.max_steps=abc; Value 'abc' of type 'str' "
                                               "could not be converted to Integer")
+
+
+# ---------------------------------------------------------------------------- the user's recipes, prm-rl
+MY_TASK = "# @package _global_\ndefaults:\n  - math_ppo\ntrainer:\n  max_steps: 2\n"
+
+
+def test_a_recipe_in_the_users_folder_extends_a_built_in_one(tmp_path, monkeypatch):
+    (tmp_path / "mine" / "recipe").mkdir(parents=True)
+    (tmp_path / "mine" / "recipe" / "my_task.yaml").write_text(MY_TASK)
+    monkeypatch.chdir(tmp_path)  # a relative folder is the user's project's
+    cfg = compose_run(["+recipe=my_task"], config_dir=Path("mine"))
+    assert cfg.trainer.max_steps == 2 and cfg.rollout.prompts_per_step == 32  # its own value, then math_ppo's
+    path = f"hydra.searchpath=['file://{tmp_path / 'mine'}']"  # first: Hydra's own flags may end the command
+    for flag in (["--config-dir", "mine"], ["-cd", "mine"], ["--config-dir=mine"]):
+        assert with_user_recipes(["+recipe=my_task", *flag, "--cfg", "job"]) == [path, "+recipe=my_task", "--cfg",
+                                                                                   "job"]
+    assert with_user_recipes(["+recipe=math_ppo"]) == ["+recipe=math_ppo"]
+
+
+@pytest.mark.parametrize("make, args, message", [
+    ((), ["--config-dir"], "--config-dir: needs a folder"),
+    ((), ["-cd", "nowhere"], "--config-dir nowhere: no such directory"),
+    (("my_task.yaml",), ["--config-dir", "."], "--config-dir .: no recipe/*.yaml in it"),
+    (("recipe/math_ppo.yaml",), ["--config-dir=."], "--config-dir .: recipe/math_ppo.yaml has a built-in recipe's"),
+])
+def test_a_bad_recipe_folder_is_one_line_naming_the_flag(tmp_path, monkeypatch, make, args, message):
+    monkeypatch.chdir(tmp_path)
+    for name in make:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(MY_TASK)
+    with pytest.raises(ConfigError) as err:
+        with_user_recipes(["+recipe=my_task", *args])
+    assert err.value.one_line().startswith(f"config error: {message}") and "\n" not in err.value.one_line()
+
+
+def test_the_console_command_lists_its_commands_and_refuses_an_unknown_one(capsys):
+    assert prm_rl_command.main([]) == 0
+    listed = capsys.readouterr().out
+    for name in ("train", "train-prm", "estimate", "eval-prm", "best-of-n", "mc-values", "prm-score", "verify"):
+        assert f"\n  {name} " in listed
+    assert prm_rl_command.main(["--local_rank=0", "trian"]) == 2  # deepspeed's flag, before the command, is dropped
+    assert capsys.readouterr().err == ("error: prm-rl trian: no such command (one of train, train-prm, estimate, "
+                                       "eval-prm, best-of-n, mc-values, prm-score, verify)\n")
+    with pytest.raises(SystemExit) as stop:
+        prm_rl_command.main(["verify", "--workers", "0"])  # the tool's own parser, on the rest
+    assert stop.value.code == 2 and "--workers" in capsys.readouterr().err
 
 
 def test_json_nested_too_deeply_is_a_value_error():
