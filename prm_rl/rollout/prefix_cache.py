@@ -94,10 +94,11 @@ def sample_forks(model: torch.nn.Module, caches: RootCaches, prompt_ids: torch.T
     columns = [width + t - 1 for t in starts]
     cache = caches.fork_cache(model, roots, columns)
     span = max(1, max(columns))
-    kept = torch.cat([prompt_mask, prompt_mask.new_ones(len(prompt_mask), max(0, span - width))], dim=1)[:, :span]
-    mask = kept[roots_of] * (torch.arange(span, device=kept.device)[None] < torch.tensor(columns, device=kept.device)[:, None])
+    device = prompt_mask.device
+    context = torch.cat([prompt_mask, prompt_mask.new_ones(len(prompt_mask), max(0, span - width))], dim=1)[:, :span]
+    mask = context[roots_of] * (torch.arange(span, device=device)[None] < torch.tensor(columns, device=device)[:, None])
     last = torch.stack([response_ids[r, t - 1] if t else prompt_ids[r, -1] for r, t in zip(roots, starts)])
-    position = (prompt_mask.sum(dim=1)[roots_of] + torch.tensor(starts, device=kept.device) - 1)[:, None]
+    position = (prompt_mask.sum(dim=1)[roots_of] + torch.tensor(starts, device=device) - 1)[:, None]
     mask = torch.cat([mask, mask.new_ones(len(roots), 1)], dim=1)
     logits = model(input_ids=last[:, None], attention_mask=mask, position_ids=position,
                    **cache_arguments(model, cache)).logits[:, -1].float()
