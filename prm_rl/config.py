@@ -796,7 +796,7 @@ class Config:
             raise ConfigError(f"algorithm.advantage={self.algorithm.advantage}: credits steps by the task's own step "
                               "checker, which only the built-in arithmetic task has (data.train null, "
                               "task.name=arithmetic)")
-        self._check_outcome_shaping()
+        self._check_outcome_shaping(offline_prm)
         if self.warm_start.chain_steps is not None and (self.model.path is not None or self.task.name != "arithmetic"):
             raise ConfigError("warm_start.chain_steps: sets the chains of the built-in model's SFT on the arithmetic "
                               "task (model.path null, task.name=arithmetic)")
@@ -826,8 +826,9 @@ class Config:
                 f"{world_size} ranks"
             )
 
-    def _check_outcome_shaping(self) -> None:
-        """The rules of ``reward.overlong_*``, ``reward.kl_coef`` and ``reward.outcome_labels`` that span sections."""
+    def _check_outcome_shaping(self, offline_prm: bool) -> None:
+        """The rules of ``reward.overlong_*``, ``reward.kl_coef`` and ``reward.outcome_labels`` that span sections
+        (``offline_prm``: the offline PRM trainer, whose PRM learns the labels whatever the estimator)."""
         r, a = self.reward, self.algorithm
         if r.overlong_buffer >= self.rollout.max_new_tokens:
             raise ConfigError(f"reward.overlong_buffer={r.overlong_buffer}: must be below rollout.max_new_tokens="
@@ -839,8 +840,8 @@ class Config:
         from prm_rl.rewards.scorer import real_valued_tasks
 
         real = real_valued_tasks(self.verifier.tasks)
-        if real and r.outcome_labels == "score" and (a.uses_prm or self.filter.enabled):
-            reader = "the PRM's labels" if a.uses_prm else "the accuracy-band filter"
+        if real and r.outcome_labels == "score" and (a.uses_prm or offline_prm or self.filter.enabled):
+            reader = "the PRM's labels" if a.uses_prm or offline_prm else "the accuracy-band filter"
             raise ConfigError(f"reward.outcome_labels=score: verifier.tasks.{real[0]} scores outside [0, 1] and "
                               f"{reader} need [0, 1]; set reward.outcome_labels=threshold or sigmoid")
 

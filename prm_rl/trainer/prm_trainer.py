@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 import torch
 from omegaconf import DictConfig
 
-from prm_rl import cost
+from prm_rl import core, cost
 from prm_rl.config import Config, PrmEvalSection
 from prm_rl.data.labelled import LabelledRows, load_labelled
 from prm_rl.data.prompts import PromptSplits
@@ -121,12 +121,14 @@ class PrmTrainer(Job):
         sampled = prm_quality.sample_heldout(self.sampler, self.tokenizer, prompts[:t.num_prompts], self.run.scorer,
                                           settings, max_new_tokens=self.cfg.rollout.max_new_tokens,
                                           synced_gpus=self.synced)
-        data = TrainingSet(sampled.rollout, sampled.scores, sampled.k,
+        r = self.cfg.reward  # the PRM learns the scores' [0, 1] labels (a reward model's logits: by a rule)
+        labels = core.outcome_labels(sampled.scores, r.outcome_labels, r.label_threshold)
+        data = TrainingSet(sampled.rollout, labels, sampled.k,
                            cost.forward_flops(cost.parameter_count(self.sampler), cost.tokens(sampled.rollout)),
                            time.time() - started)
         if dist.is_main():
             folder.mkdir(exist_ok=True)
-            LabelledRows([s.prompt for s in sampled.samples], sampled.responses, sampled.scores,
+            LabelledRows([s.prompt for s in sampled.samples], sampled.responses, labels,
                          sampled.k).write_jsonl(folder / "rows.jsonl")
             state = {"batch": vars(data.batch), "labels": data.labels, "k": data.k, "flops": data.sampling_flops,
                      "seconds": data.sampling_seconds}

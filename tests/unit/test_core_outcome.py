@@ -131,6 +131,15 @@ def test_shaping_and_label_options_are_checked(overrides, match):
         to_config(overrides)
 
 
+def test_the_offline_prm_trainer_needs_a_label_rule_for_reward_model_scores():
+    rm = {"verifier": {"tasks": {"rm": {"verifier": "reward_model", "path": "/models/rm"}}},
+          "algorithm": {"advantage": "rloo"}, "filter": {"enabled": False}}
+    to_config(rm)  # the policy trainer: RLOO reads the logits as they are
+    with pytest.raises(ConfigError, match="verifier.tasks.rm scores outside .* the PRM's labels"):
+        to_config(rm, offline_prm=True)
+    to_config(rm | {"reward": {"outcome_labels": "threshold"}}, offline_prm=True)
+
+
 def test_an_outcome_only_estimator_without_a_filter_reads_reward_model_scores_as_they_are():
     cfg = to_config({"verifier": {"tasks": {"rm": {"verifier": "reward_model", "path": "/models/rm"}}},
                      "algorithm": {"advantage": "reinforce++"}, "filter": {"enabled": False},
