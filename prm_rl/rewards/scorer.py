@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from prm_rl.data.files import is_hub_id
 from prm_rl.rewards import code_verifier
 from prm_rl.rewards._worker import call_verifier
 from prm_rl.rewards.arithmetic import verify_arithmetic
@@ -131,8 +132,7 @@ def _check_reward_model(where: str, opts: dict) -> RewardModelOptions:
         raise VerifierConfigError(f"{where}.path: required (the reward model's checkpoint directory)")
     given = _str(f"{where}.path", opts["path"])
     path = os.path.expanduser(given)
-    hub_id = not os.path.exists(path) and given.count("/") == 1 and not given.startswith(("/", ".", "~"))
-    if not os.path.isdir(path) and not hub_id:
+    if not os.path.isdir(path) and not is_hub_id(given):
         raise VerifierConfigError(f"{where}.path={opts['path']!r}: no such directory (a Hugging Face "
                                   "sequence-classification checkpoint)")
     checked = _check_known(where, opts, {
