@@ -67,7 +67,10 @@ def test_the_one_thread_is_set_before_torch_loads():
     must not load torch before prm_rl.cli.train sets it."""
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs 2 cores: with one, torch takes one thread anyway")
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"CUDA_VISIBLE_DEVICES": ""}
+    # LD_PRELOAD out too: a vLLM CPU engine started earlier in this process (the vllm tests, same worker) sets it to
+    # torch's libgomp, and a preloaded OpenMP reads its thread count before Python runs a line
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "LD_PRELOAD")}
+    env |= {"CUDA_VISIBLE_DEVICES": ""}
     probe = "import prm_rl.cli.train, torch; print(torch.get_num_threads())"
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["1"]
