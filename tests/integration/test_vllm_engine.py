@@ -2,6 +2,7 @@
 tokens, the same log-probs of sampled tokens, and a real weight sync after optimiser updates."""
 from __future__ import annotations
 
+import os
 from collections import Counter
 
 import pytest
@@ -23,6 +24,16 @@ MAX_NEW = 24
 # float32 on both sides; measured here: at most ~5e-6 over every sampled token (vLLM's kernels vs HF's).
 # The model has head_dim 32: vLLM's CPU attention has no kernel for 16.
 LOGPROB_TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def environment_restored():
+    """vLLM's CPU platform edits this process's environment when an engine starts (LD_PRELOAD of torch's libgomp and
+    tcmalloc, LOCAL_WORLD_SIZE, ...): put it back for the tests that run after this module in the same process."""
+    before = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(before)
 
 
 @pytest.fixture(scope="module")
