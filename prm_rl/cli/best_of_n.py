@@ -22,7 +22,7 @@ with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed (imported by the stage
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m prm_rl.cli.best_of_n", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="prm-rl best-of-n", description=__doc__.split("\n\n")[0])
     parser.add_argument("--policy", required=True, help="the model whose responses are chosen from")
     parser.add_argument("--prm", required=True, help="the implicit PRM's checkpoint directory")
     parser.add_argument("--ref", required=True, help="its reference model (the SFT model of the run)")

@@ -22,7 +22,7 @@ from prm_rl.trainer.memory import GIB, as_dict, estimate, fit_message, table
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m prm_rl.cli.estimate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="prm-rl estimate", description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", help="+recipe=NAME and key=value overrides, as launch/train.py takes")
     parser.add_argument("--world-size", type=int, default=1, help="ranks (GPUs) the run is launched on")
     parser.add_argument("--config-dir", type=Path, help="your recipe folder (DIR/recipe/NAME.yaml), as for the trainers")

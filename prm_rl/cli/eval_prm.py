@@ -19,7 +19,7 @@ from prm_rl.evaluation import saved_run
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m prm_rl.cli.eval_prm", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="prm-rl eval-prm", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="a run directory (its config.yaml is used)")
     parser.add_argument("--checkpoint", help="a checkpoint directory of the run (default: the final export)")
     parser.add_argument("--policy", help="Hugging Face directory of the policy that samples the responses")

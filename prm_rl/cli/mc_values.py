@@ -21,7 +21,7 @@ with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed (imported by the stage
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m prm_rl.cli.mc_values", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="prm-rl mc-values", description=__doc__.split("\n\n")[0])
     parser.add_argument("--policy", required=True, help="the model whose responses are labelled and completed")
     parser.add_argument("--prm-runs", type=Path, nargs="*", default=[], help="launch/train_prm.py runs to compare")
     parser.add_argument("--num-prompts", type=int, default=64, help="held-out prompts")

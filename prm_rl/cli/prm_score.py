@@ -27,7 +27,7 @@ with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed (imported by the stage
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m prm_rl.cli.prm_score", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="prm-rl prm-score", description=__doc__.split("\n\n")[0])
     parser.add_argument("file", type=Path, help="JSONL rows with 'prompt' and 'response'")
     parser.add_argument("--prm", required=True, help="the implicit PRM's checkpoint directory")
     parser.add_argument("--ref", required=True, help="its reference model's checkpoint directory")

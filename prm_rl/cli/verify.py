@@ -101,7 +101,7 @@ def read_rows(path: str, scorer: Any) -> list[tuple[int, Sample, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m prm_rl.cli.verify", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="prm-rl verify", description=__doc__.split("\n")[0])
     parser.add_argument("file", nargs="?", help="JSONL file of rows to score")
     parser.add_argument("--workers", type=_positive_int, default=2, help="verifier worker processes (default 2)")
     parser.add_argument("--timeout", type=_positive_float, default=10.0, help="per-sample time limit in seconds (default 10)")

@@ -1,10 +1,12 @@
-"""Held-out accuracy: greedy decoding of every eval prompt, scored by the same verifier as training."""
+"""Held-out accuracy: greedy decoding of every eval prompt, scored by the same verifier as training and labelled
+by the same rule (``reward.outcome_labels``)."""
 from __future__ import annotations
 
 import math
 
 import torch
 
+from prm_rl import core
 from prm_rl.data.sample import Sample, encode_prompts
 from prm_rl.engine import dist
 from prm_rl.rollout.generate import generate, left_pad
@@ -13,8 +15,11 @@ from prm_rl.trainer.stages import decode_responses
 
 @torch.no_grad()
 def heldout_accuracy(model, tokenizer, samples: list[Sample], scorer, *, batch_size: int, max_new_tokens: int,
-                     synced_gpus: bool, sampler=None) -> float:
-    """Mean verifier score of greedy responses over ``samples`` (split over ranks), as a fraction.
+                     synced_gpus: bool, sampler=None, outcome_labels: str = "score",
+                     label_threshold: float = 0.0) -> float:
+    """Mean outcome label of greedy responses over ``samples`` (split over ranks), as a fraction: the verifier's
+    score itself for a verifier's [0, 1] scores, a reward model's by ``outcome_labels`` and ``label_threshold``
+    (:func:`prm_rl.core.outcome_labels`; threshold: the share scored above it).
     ``sampler``: a :class:`~prm_rl.rollout.vllm_engine.VllmSampler` holding ``model``'s weights decodes instead."""
     mine = samples[dist.rank()::dist.world_size()]
     # Same number of generate() calls on every rank: ZeRO-3 gathers parameters collectively.
@@ -31,5 +36,7 @@ def heldout_accuracy(model, tokenizer, samples: list[Sample], scorer, *, batch_s
         else:
             out = sampler.rollout(prompts, **greedy)
         if part:
-            total += sum(scorer.score(part, decode_responses(tokenizer, out, range(len(part)))).scores)
+            scores = torch.tensor(scorer.score(part, decode_responses(tokenizer, out, range(len(part)))).scores,
+                                  dtype=torch.float64)
+            total += float(core.outcome_labels(scores, outcome_labels, label_threshold).sum())
     return float(dist.all_reduce_sum(torch.tensor([total], dtype=torch.float64)).item()) / len(samples)

@@ -264,7 +264,7 @@ def score_responses(policy_dir: str, prm_dir: str, ref_dir: str, *, task: str, n
                                                 beta)
     shape = (len(prompts), n)
     scored = ScoredResponses(
-        correct=(groups.scores >= 1.0).long().view(shape), answers=answer_ids(groups.responses, n),
+        correct=(groups.labels >= 1.0).long().view(shape), answers=answer_ids(groups.responses, n),
         step_rewards=rewards, step_values=at_step_ends(core.prefix_implicit_values(log_ratio, mask, beta), end_pos,
                                                        valid),
         step_valid=valid, ref_logprob=ref_logprob, tokens=mask.sum(dim=1).view(shape),

@@ -85,14 +85,14 @@ def mc_report(groups: prm_quality.HeldoutGroups, valid: torch.Tensor, prefixes, 
     """Step values (soft and hard) of every response and their step-level metrics against the checked labels."""
     n_rows, width = valid.shape
     first_wrong = prm_quality.first_wrong_steps(groups.samples, groups.responses)
-    start = groups.scores.view(-1, groups.k).mean(dim=1).repeat_interleave(groups.k)  # V_0: the group's mean
+    start = groups.labels.view(-1, groups.k).mean(dim=1).repeat_interleave(groups.k)  # V_0: the group's mean
     last = valid.sum(dim=1) - 1
     out = {}
     for name, values in zip(("soft", "hard"), core.monte_carlo_values(successes)):
         v = torch.zeros(n_rows, width)
         for (row, step, _), value in zip(prefixes, values):
             v[row, step] = value
-        v[torch.arange(n_rows), last] = (groups.scores >= 1.0).float()  # the last step: the outcome itself
+        v[torch.arange(n_rows), last] = (groups.labels >= 1.0).float()  # the last step: the outcome itself
         rows = first_wrong >= 0
         delta = core.value_increments(v, start)
         judged = (valid[rows], first_wrong[rows])

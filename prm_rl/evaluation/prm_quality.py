@@ -31,15 +31,18 @@ class HeldoutGroups:
     """K responses to each held-out prompt with their verifier scores (global: the same on every rank)."""
 
     rollout: Rollout  # [N] rows, groups of K contiguous
-    scores: torch.Tensor  # [N] outcome scores in [0, 1]
+    scores: torch.Tensor  # [N] outcome scores: a verifier's in [0, 1], a reward model's any real
+    labels: torch.Tensor  # [N] their [0, 1] labels by reward.outcome_labels, what the PRM learns and is judged on
     samples: list[Sample]  # [N] the prompt of each row
     responses: list[str]  # [N] decoded responses
     k: int
 
 
 def sample_heldout(policy: torch.nn.Module, tokenizer, prompts: list[Sample], scorer, settings: PrmEvalSection,
-                   *, max_new_tokens: int, synced_gpus: bool = False, sampler=None) -> HeldoutGroups:
-    """Sample ``settings.samples_per_prompt`` responses to each prompt with a fixed seed.
+                   *, max_new_tokens: int, synced_gpus: bool = False, sampler=None, outcome_labels: str = "score",
+                   label_threshold: float = 0.0) -> HeldoutGroups:
+    """Sample ``settings.samples_per_prompt`` responses to each prompt with a fixed seed, scored, and labelled by
+    the run's ``reward.outcome_labels`` and ``reward.label_threshold`` (:func:`prm_rl.core.outcome_labels`).
 
     The seed is fixed and the training random state is set aside meanwhile, so evaluating never changes
     the training run, and every evaluation of one policy sees the same responses. ``sampler``: a vLLM engine
@@ -57,7 +60,8 @@ def sample_heldout(policy: torch.nn.Module, tokenizer, prompts: list[Sample], sc
                                         sampler=sampler, seed=seed)
     scores, _ = stages.verify_stage(scorer, tokenizer, rollout, prompts, k)
     responses = stages.decode_responses(tokenizer, rollout, range(len(rollout)))
-    return HeldoutGroups(rollout, scores, [p for p in prompts for _ in range(k)], responses, k)
+    labels = core.outcome_labels(scores, outcome_labels, label_threshold)
+    return HeldoutGroups(rollout, scores, labels, [p for p in prompts for _ in range(k)], responses, k)
 
 
 def first_wrong_steps(samples: list[Sample], responses: list[str]) -> torch.Tensor:
@@ -76,21 +80,21 @@ def first_wrong_steps(samples: list[Sample], responses: list[str]) -> torch.Tens
     return torch.tensor(out, dtype=torch.long)
 
 
-def prm_metrics(log_ratio: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, scores: torch.Tensor, k: int,
+def prm_metrics(log_ratio: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, k: int,
                 beta: float, step_end: torch.Tensor, first_wrong: torch.Tensor) -> dict[str, float]:
     """Every PRM metric of one held-out batch (keys without the ``prm_eval/`` prefix).
 
-    Shapes: ``log_ratio``, ``ids`` (response tokens), ``mask``, ``step_end`` [N, T]; ``scores``, ``first_wrong``
-    [N]. Beside the PRM's step metrics, ``tree_*`` are the same metrics of the free estimate: the step values of
+    Shapes: ``log_ratio``, ``ids`` (response tokens), ``mask``, ``step_end`` [N, T]; ``labels`` (outcome labels in
+    [0, 1], 1 = right), ``first_wrong`` [N]. Beside the PRM's step metrics, ``tree_*`` are the same metrics of the free estimate: the step values of
     the group's own prefix tree on the same samples (no model; :mod:`prm_rl.core.tree`).
     """
     seq = core.sequence_reward(log_ratio, mask, beta)
-    correct, weight = core.pairwise_ranking_accuracy(seq, scores, k, tie_credit=0.5)
+    correct, weight = core.pairwise_ranking_accuracy(seq, labels, k, tie_credit=0.5)
     out = {
-        "accuracy": float(scores.mean()),
-        "ce": float(core.prm_ce_loss(seq, scores).mean()),
-        "ce_constant_guess": core.constant_guess_ce(scores),
-        "outcome_auroc": core.auroc(seq, scores >= 1.0),
+        "accuracy": float(labels.mean()),
+        "ce": float(core.prm_ce_loss(seq, labels).mean()),
+        "ce_constant_guess": core.constant_guess_ce(labels),
+        "outcome_auroc": core.auroc(seq, labels >= 1.0),
         "ranking_acc": float(correct / weight) if weight > 0 else float("nan"),
         "ranking_weight": float(weight),
     }
@@ -101,19 +105,19 @@ def prm_metrics(log_ratio: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, 
         hit, random_hit, n = core.first_error_hit_rate(rewards, valid, first_wrong[rows])
         out |= {"step_auroc": core.step_auroc(rewards, valid, first_wrong[rows]),
                 "first_error_hit_rate": hit, "first_error_random": random_hit, "first_error_n": float(n)}
-        tree = tree_step_values(ids, mask, scores, k, step_end)
+        tree = tree_step_values(ids, mask, labels, k, step_end)
         tree_rewards, tree_valid, _ = core.step_rewards(tree[rows], mask[rows], step_end[rows], 1.0)
         out |= {"tree_step_auroc": core.step_auroc(tree_rewards, tree_valid, first_wrong[rows]),
                 "tree_first_error_hit_rate": core.first_error_hit_rate(tree_rewards, tree_valid, first_wrong[rows])[0]}
     return out
 
 
-def tree_step_values(ids: torch.Tensor, mask: torch.Tensor, scores: torch.Tensor, k: int,
+def tree_step_values(ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, k: int,
                      step_end: torch.Tensor) -> torch.Tensor:
     """``[N, T]`` each step's prefix-tree credit V(node) - V(parent) on its last token, 0 elsewhere: a step reward
     tensor that :func:`prm_rl.core.step_rewards` (beta 1) reads like the PRM's log-ratios."""
     ends = core.segment_ends(mask, step_end, "step")
-    return torch.where(ends, core.tree_credit(ids, mask, scores, k, ends), torch.zeros(()))
+    return torch.where(ends, core.tree_credit(ids, mask, labels, k, ends), torch.zeros(()))
 
 
 def first_error_by_operation(groups: HeldoutGroups, log_ratio: torch.Tensor, step_end_table: torch.Tensor,
@@ -147,7 +151,7 @@ def evaluate_prm(prm, ref, groups: HeldoutGroups, *, beta: float, step_end_table
     prm_logp = stages.logprob_stage(prm, batch, micro_batch_size, max_tokens=max_tokens)
     ref_logp = stages.logprob_stage(ref, batch, micro_batch_size, ref_temperature, max_tokens)
     log_ratio = core.implicit_log_ratio(prm_logp, ref_logp, batch.response_mask)
-    metrics = prm_metrics(log_ratio, batch.response_ids, batch.response_mask, groups.scores, groups.k, beta,
+    metrics = prm_metrics(log_ratio, batch.response_ids, batch.response_mask, groups.labels, groups.k, beta,
                           stages.step_end_mask(step_end_table, batch),
                           first_wrong_steps(groups.samples, groups.responses))
     return metrics, log_ratio
@@ -162,8 +166,8 @@ def heatmap_rows(groups: HeldoutGroups, log_ratio: torch.Tensor, tokenizer, step
     picked: list[int] = []
     for start in range(0, len(groups.samples), groups.k):
         rows = range(start, start + groups.k)
-        wrong = [i for i in rows if groups.scores[i] < 1 and first_wrong[i] != 0]
-        right = [i for i in rows if groups.scores[i] >= 1]
+        wrong = [i for i in rows if groups.labels[i] < 1 and first_wrong[i] != 0]
+        right = [i for i in rows if groups.labels[i] >= 1]
         picked += [*wrong[:1], *right[:1]]
         if len(picked) >= n_rows:
             break

@@ -109,3 +109,33 @@ def test_real_valued_tasks_are_the_reward_model_ones():
                  "code": {"timeout_s": 2}, "mine": {"_target_": "pkg.fn"}}
     assert real_valued_tasks(verifiers) == ["rm", "reward_model"]
     assert real_valued_tasks(None) == [] and real_valued_tasks({}) == []
+
+
+
+def test_held_out_evaluation_labels_a_reward_models_scores_by_the_runs_rule(rm_dir):
+    """The held-out accuracy and the PRM evaluation's groups read a reward model's logits through
+    reward.outcome_labels, as training does (not the mean logit as an accuracy, nor logits as the PRM's targets)."""
+    from prm_rl.config import PrmEvalSection
+    from prm_rl.data.sample import encode_prompts
+    from prm_rl.evaluation import prm_quality
+    from prm_rl.evaluation.accuracy import heldout_accuracy
+    from prm_rl.models.tiny import build_tiny_model
+    from prm_rl.rollout.generate import generate, left_pad
+    from prm_rl.trainer.stages import decode_responses
+
+    policy = build_tiny_model(SHAPE, TOK, seed=1).eval()
+    prompts = rm_samples()
+    settings = PrmEvalSection(num_prompts=len(prompts), samples_per_prompt=4)
+    greedy = generate(policy, *left_pad(encode_prompts(TOK, [s.prompt for s in prompts]), TOK.pad_token_id),
+                      max_new_tokens=6, eos_id=TOK.eos_token_id, pad_id=TOK.pad_token_id, do_sample=False)
+    with build_scorer({"rm": {"verifier": "reward_model", "path": str(rm_dir), "batch_size": 4}}) as scorer:
+        greedy_scores = torch.tensor(scorer.score(prompts, decode_responses(TOK, greedy, range(len(prompts)))).scores)
+        accuracy = {rule: heldout_accuracy(policy, TOK, prompts, scorer, batch_size=4, max_new_tokens=6,
+                                           synced_gpus=False, outcome_labels=rule, label_threshold=0.1)
+                    for rule in ("threshold", "sigmoid")}
+        groups = prm_quality.sample_heldout(policy, TOK, prompts, scorer, settings, max_new_tokens=6,
+                                            outcome_labels="threshold", label_threshold=0.1)
+    assert greedy_scores.min() < 0 or greedy_scores.max() > 1  # logits, not labels
+    assert accuracy["threshold"] == pytest.approx(float((greedy_scores > 0.1).double().mean()))
+    assert accuracy["sigmoid"] == pytest.approx(float(torch.sigmoid(greedy_scores - 0.1).double().mean()), rel=1e-6)
+    assert torch.equal(groups.labels, (groups.scores > 0.1).float())

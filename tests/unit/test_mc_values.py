@@ -34,7 +34,8 @@ def two_responses():
     tokenizer = build_char_tokenizer(arithmetic.CHARACTERS)
     sample = Sample("3+4*2=?\n", arithmetic.TASK_NAME, {"answer": "14"})
     responses = ["3+4=7\n7*2=14\n\\boxed{14}", "3+4=8\n8*2=16\n\\boxed{16}"]
-    groups = HeldoutGroups(text_rollout(tokenizer, [sample.prompt] * 2, responses), torch.tensor([1.0, 0.0]),
+    outcomes = torch.tensor([1.0, 0.0])
+    groups = HeldoutGroups(text_rollout(tokenizer, [sample.prompt] * 2, responses), outcomes, outcomes,
                            [sample, sample], responses, k=2)
     valid, prefixes = step_prefixes(groups, tokenizer, stages.step_end_table(tokenizer, "\n"))
     return tokenizer, groups, valid, prefixes
