@@ -36,7 +36,8 @@ from prm_rl.rewards.base import VerifierConfigError, as_score, exc_reason, one_l
 from prm_rl.rewards.pool import Job, WorkerPool
 from prm_rl.rewards.reward_model import RewardModel, RewardModelOptions
 
-__all__ = ["build_scorer", "Scorer", "ScoreResult", "BUILTIN_TASKS", "REWARD_MODEL", "real_valued_tasks"]
+__all__ = ["build_scorer", "Scorer", "ScoreResult", "BUILTIN_TASKS", "REWARD_MODEL", "real_valued_tasks",
+           "reward_models"]
 
 BUILTIN_TASKS = ("arithmetic", "math", "code")
 REWARD_MODEL = "reward_model"  # a verifier kind that exists only when configured: it needs its checkpoint's path
@@ -148,6 +149,14 @@ def real_valued_tasks(verifiers: Mapping | None) -> list[str]:
         return []
     return [str(task) for task, opts in verifiers.items()
             if isinstance(opts, Mapping) and "_target_" not in opts and opts.get("verifier", task) == REWARD_MODEL]
+
+
+def reward_models(verifiers: Mapping | None, root: str = "verifier.tasks") -> dict[str, RewardModelOptions]:
+    """The reward-model tasks of ``verifiers`` with their checked options (a bad one: :class:`VerifierConfigError`
+    naming the field); nothing loads."""
+    plain = _plain(verifiers) if isinstance(verifiers, Mapping) else {}
+    return {task: _check_reward_model(f"{root}.{task}", {k: v for k, v in plain[task].items() if k != "verifier"})
+            for task in real_valued_tasks(verifiers)}
 
 
 # ------------------------------------------------------------------------------------------------ specs

@@ -1,6 +1,7 @@
 """Per-rank memory of a PRIME run, estimated from its config before any model loads.
 
-Per model (policy; PRM when the estimator uses one; the frozen reference when :attr:`Config.needs_reference`),
+Per model (policy; PRM when the estimator uses one; the frozen reference when :attr:`Config.needs_reference`; each
+reward model of ``verifier.tasks``),
 the bytes each term takes on one rank, and the rank's total: on the device (the GPU) and on the host (what
 ZeRO-Offload moves to CPU memory). The trainer warns with :func:`launch_warning` before its models load; the
 command ``python -m prm_rl.cli.estimate`` prints :func:`table` (docs/benchmarks.md).
@@ -106,18 +107,23 @@ def builtin_vocab(cfg: Config) -> int:
     return len(build_char_tokenizer(BUILTIN_TASKS[cfg.task.name][1].CHARACTERS))
 
 
+def hf_config(path: str, option: str):
+    """``AutoConfig`` of the checkpoint ``path`` (config.json alone; a Hub id fetches just that), or
+    :class:`EstimateError` naming ``option``."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as err:
+        raise EstimateError(f"{option}={path}: {type(err).__name__}: {str(err).splitlines()[0]}") from None
+
+
 def model_shape(cfg: Config) -> ModelShape:
     """The starting model's shape: ``model.path``'s config.json (the one file this module reads), or the built-in
     model. The PRM (also from ``prm.init_path``) and the reference are taken to have the same shape."""
     if cfg.model.path is None:
         return shape_of_tiny(cfg.model.tiny, builtin_vocab(cfg))
-    from transformers import AutoConfig
-
-    try:  # config.json alone is enough (a Hub id fetches just that)
-        config = AutoConfig.from_pretrained(cfg.model.path)
-    except (OSError, ValueError, KeyError) as err:
-        raise EstimateError(f"model.path={cfg.model.path}: {type(err).__name__}: {str(err).splitlines()[0]}") from None
-    return shape_from_hf(config)
+    return shape_from_hf(hf_config(cfg.model.path, "model.path"))
 
 
 def param_count(s: ModelShape) -> int:
@@ -505,6 +511,23 @@ class Estimate:
         return sum(m.static.host for m in self.models) + (self.vllm.host if self.vllm else 0)
 
 
+def reward_model_memory(task: str, options, length: int) -> ModelMemory:
+    """A reward model of ``verifier.tasks.TASK`` (:mod:`prm_rl.rewards.reward_model`, ``options`` its
+    ``RewardModelOptions``): its weights in its checkpoint's dtype, on each rank's device from its first score to the
+    end of the run, and the forward of one scoring batch, ``batch_size`` texts of ``max_length`` tokens (unset: the
+    run's ``length``, prompt + response counted in the policy's tokens): the mask, one layer's working set and the
+    last hidden states, no logits over a vocabulary (one output per position)."""
+    config = hf_config(options.path, f"verifier.tasks.{task}.path")
+    s = shape_from_hf(config)
+    dtype = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32")
+    p = 2 if dtype.removeprefix("torch.") in ("bfloat16", "float16") else 4
+    n = param_count(ModelShape(**{**asdict(s), "tied": True})) + s.hidden  # no lm_head; a score head [1, h]
+    rows, tokens = options.batch_size, options.max_length or length
+    t = rows * tokens
+    forward = rows * tokens * tokens * p + layer_working_bytes(s, p) * t + s.hidden * p * t
+    return ModelMemory(f"reward model {task}", params=Bytes(n * p, 0), activations=forward)
+
+
 def estimate(cfg: Config, world_size: int = 1, shape: ModelShape | None = None, resident: bool = False,
              gpu_bytes: int | None = None) -> Estimate:
     """The per-rank memory of a PRIME run of ``cfg`` on ``world_size`` ranks (``shape``: default
@@ -553,6 +576,10 @@ def estimate(cfg: Config, world_size: int = 1, shape: ModelShape | None = None, 
         models.append(ModelMemory("reference", params=params, gathered=gathered_bytes(n, p, z, sharded),
                                   activations=visiting + forward,
                                   kv_cache=visiting + kv_cache_bytes(s, p, ref_generating, length)))
+    from prm_rl.rewards.scorer import reward_models
+
+    for task, options in reward_models(cfg.verifier.tasks).items():
+        models.append(reward_model_memory(task, options, length))
     return Estimate(w, n, length, models, vllm)
 
 

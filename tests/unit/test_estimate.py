@@ -157,6 +157,36 @@ def test_which_models_are_loaded(cfg):
     assert names(with_(cfg, algorithm__advantage="rloo", model__lora=adapter)) == ["policy", "base"]  # no reference
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_reward_model_verifier_holds_its_checkpoints_weights_for_the_run(cfg, tmp_path, dtype):
+    """A reward model of verifier.tasks is one more row: the bytes of the weights transformers loads from its
+    checkpoint (dtype="auto", as rewards/reward_model.py loads it), held on the device, and its scoring forward."""
+    from transformers import AutoModelForSequenceClassification, LlamaForSequenceClassification
+
+    config = LlamaConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=48, num_labels=1, tie_word_embeddings=False)
+    LlamaForSequenceClassification(config).to(dtype).save_pretrained(tmp_path / "rm")
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm", dtype="auto")
+    weights = sum(p.numel() * p.element_size() for p in loaded.parameters())
+    shape = est.shape_of_tiny(TINY, 28)
+    tasks = {"rm": {"verifier": "reward_model", "path": str(tmp_path / "rm"), "batch_size": 4, "max_length": 24}}
+    without = est.estimate(cfg, 2, shape)
+    e = est.estimate(with_(cfg, verifier__tasks=tasks), 2, shape)
+    assert [m.name for m in e.models] == [m.name for m in without.models] + ["reward model rm"]
+    rm = e.models[-1]
+    assert rm.static == est.Bytes(weights, 0) and rm.activations > 0 and rm.grads == rm.optimizer.device == 0
+    assert e.static_device == without.static_device + weights
+    wider = est.estimate(with_(cfg, verifier__tasks={"rm": {**tasks["rm"], "batch_size": 8}}), 2, shape)
+    assert wider.models[-1].activations == 2 * rm.activations  # the forward scales with the batch
+
+
+def test_a_reward_model_that_cannot_be_read_is_one_line_naming_its_task(cfg, tmp_path):
+    (tmp_path / "rm").mkdir()
+    tasks = {"judge": {"verifier": "reward_model", "path": str(tmp_path / "rm")}}
+    with pytest.raises(est.EstimateError, match=r"verifier\.tasks\.judge\.path="):
+        est.estimate(with_(cfg, verifier__tasks=tasks), 2, est.shape_of_tiny(TINY, 28))
+
+
 @pytest.mark.parametrize("targets", [["all-linear"], ["q_proj", "v_proj"], ["k_proj", "o_proj", "down_proj"]])
 def test_adapter_parameters_are_what_peft_adds(targets):
     """Grouped-query attention (k/v narrower than q) and a head width other than hidden / heads."""
