@@ -517,8 +517,12 @@ def reward_model_memory(task: str, options, length: int) -> ModelMemory:
     end of the run, and the forward of one scoring batch, ``batch_size`` texts of ``max_length`` tokens (unset: the
     run's ``length``, prompt + response counted in the policy's tokens): the mask, one layer's working set and the
     last hidden states, no logits over a vocabulary (one output per position)."""
-    config = hf_config(options.path, f"verifier.tasks.{task}.path")
-    s = shape_from_hf(config)
+    option = f"verifier.tasks.{task}.path"
+    config = hf_config(options.path, option)
+    try:
+        s = shape_from_hf(config)
+    except EstimateError as err:
+        raise EstimateError(f"{option}={options.path}: {err}") from None
     dtype = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32")
     p = 2 if dtype.removeprefix("torch.") in ("bfloat16", "float16") else 4
     n = param_count(ModelShape(**{**asdict(s), "tied": True})) + s.hidden  # no lm_head; a score head [1, h]
