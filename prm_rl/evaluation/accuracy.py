@@ -17,9 +17,9 @@ from prm_rl.trainer.stages import decode_responses
 def heldout_accuracy(model, tokenizer, samples: list[Sample], scorer, *, batch_size: int, max_new_tokens: int,
                      synced_gpus: bool, sampler=None, outcome_labels: str = "score",
                      label_threshold: float = 0.0) -> float:
-    """Mean outcome label of greedy responses over ``samples`` (split over ranks), as a fraction: the verifier's
-    score itself for a verifier's [0, 1] scores, a reward model's by ``outcome_labels`` and ``label_threshold``
-    (:func:`prm_rl.core.outcome_labels`; threshold: the share scored above it).
+    """Mean outcome label of greedy responses over ``samples`` (split over ranks): with ``outcome_labels`` score
+    the mean score itself (a fraction for a verifier's [0, 1] scores, a mean logit for a reward model's), else the
+    mean of :func:`prm_rl.core.outcome_labels` by ``label_threshold`` (threshold: the share scored above it).
     ``sampler``: a :class:`~prm_rl.rollout.vllm_engine.VllmSampler` holding ``model``'s weights decodes instead."""
     mine = samples[dist.rank()::dist.world_size()]
     # Same number of generate() calls on every rank: ZeRO-3 gathers parameters collectively.
@@ -38,5 +38,7 @@ def heldout_accuracy(model, tokenizer, samples: list[Sample], scorer, *, batch_s
         if part:
             scores = torch.tensor(scorer.score(part, decode_responses(tokenizer, out, range(len(part)))).scores,
                                   dtype=torch.float64)
-            total += float(core.outcome_labels(scores, outcome_labels, label_threshold).sum())
+            if outcome_labels != "score":  # score: the scores as they are, a reward model's too (RLOO on its logits)
+                scores = core.outcome_labels(scores, outcome_labels, label_threshold)
+            total += float(scores.sum())
     return float(dist.all_reduce_sum(torch.tensor([total], dtype=torch.float64)).item()) / len(samples)

@@ -132,10 +132,11 @@ def test_held_out_evaluation_labels_a_reward_models_scores_by_the_runs_rule(rm_d
         greedy_scores = torch.tensor(scorer.score(prompts, decode_responses(TOK, greedy, range(len(prompts)))).scores)
         accuracy = {rule: heldout_accuracy(policy, TOK, prompts, scorer, batch_size=4, max_new_tokens=6,
                                            synced_gpus=False, outcome_labels=rule, label_threshold=0.1)
-                    for rule in ("threshold", "sigmoid")}
+                    for rule in ("score", "threshold", "sigmoid")}
         groups = prm_quality.sample_heldout(policy, TOK, prompts, scorer, settings, max_new_tokens=6,
                                             outcome_labels="threshold", label_threshold=0.1)
     assert greedy_scores.min() < 0 or greedy_scores.max() > 1  # logits, not labels
+    assert accuracy["score"] == pytest.approx(float(greedy_scores.double().mean()))  # RLOO on the logits: no labels
     assert accuracy["threshold"] == pytest.approx(float((greedy_scores > 0.1).double().mean()))
     assert accuracy["sigmoid"] == pytest.approx(float(torch.sigmoid(greedy_scores - 0.1).double().mean()), rel=1e-6)
     assert torch.equal(groups.labels, (groups.scores > 0.1).float())
