@@ -89,7 +89,7 @@ def main() -> None:
             return
         if msg[0] == "stop":
             return
-        _, job_id, target, call, kwargs, prompt, response, fields, soft_timeout = msg
+        _, job_id, target, call, kwargs, prompt, response, fields, soft_timeout, real_valued = msg
         try:
             fn = cache.get(target)
             if fn is None:
@@ -111,7 +111,7 @@ def main() -> None:
                 value = call_verifier(fn, call, kwargs, prompt, response, fields)
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
-            score, reason = as_score(value)
+            score, reason = as_score(value, real_valued)
         except _SoftTimeout:
             failure = "timeout"
         except BaseException as e:  # noqa: B902 - SystemExit/KeyboardInterrupt from a verifier too

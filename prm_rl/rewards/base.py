@@ -53,14 +53,16 @@ def exc_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
 
 
-def as_score(value: Any) -> tuple[float, str | None]:
-    """Check a verifier's return value; returns (score, reason) or raises ValueError naming the problem."""
+def as_score(value: Any, real_valued: bool = False) -> tuple[float, str | None]:
+    """Check a verifier's return value; returns (score, reason) or raises ValueError naming the problem.
+    ``real_valued``: any finite float (a task with ``real_valued: true``), else a float in [0, 1]."""
     reason = getattr(value, "reason", None) if isinstance(value, Verdict) else None
+    expected = "a finite float" if real_valued else "a float in [0, 1]"
     if isinstance(value, bool):
         return (1.0 if value else 0.0), reason
     if not isinstance(value, numbers.Real):
-        raise ValueError(f"verifier returned {type(value).__name__}, expected a float in [0, 1]")
+        raise ValueError(f"verifier returned {type(value).__name__}, expected {expected}")
     score = float(value)
-    if not math.isfinite(score) or score < 0.0 or score > 1.0:
-        raise ValueError(f"verifier returned {score!r}, expected a float in [0, 1]")
+    if not math.isfinite(score) or (not real_valued and (score < 0.0 or score > 1.0)):
+        raise ValueError(f"verifier returned {score!r}, expected {expected}")
     return score, reason

@@ -37,6 +37,7 @@ class Job:
     fields: dict[str, Any]
     soft_timeout_s: float  # the worker's own alarm for the whole call
     hard_timeout_s: float  # after this the parent kills the worker
+    real_valued: bool = False  # the score may be any finite float, not only [0, 1] (base.as_score)
 
 
 class _Worker:
@@ -142,7 +143,8 @@ class WorkerPool:
                         out[j] = (0.0, None, f"worker failed to start: {exc_reason(e)}")
                         continue
                     try:
-                        w.tx.send(("job", j, job.target, job.call, job.kwargs, job.prompt, job.response, job.fields, job.soft_timeout_s))
+                        w.tx.send(("job", j, job.target, job.call, job.kwargs, job.prompt, job.response, job.fields, job.soft_timeout_s,
+                                   job.real_valued))
                     except (pickle.PicklingError, TypeError, AttributeError) as e:
                         out[j] = (0.0, None, f"cannot send sample to worker: {exc_reason(e)}")
                         continue

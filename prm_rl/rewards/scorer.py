@@ -11,7 +11,8 @@ option, wrong type, unimportable ``_target_``: :class:`VerifierConfigError`, a V
   with a per-sample time limit: a sub-second alarm inside the worker, and a SIGKILL of the worker at the
   hard deadline if the job ignores it.
 
-A verifier that raises, returns something that is not a float in [0, 1], or runs out of time scores 0 for
+A verifier that raises, returns something that is not a float in [0, 1] (any finite float for a custom one with
+``real_valued: true``, e.g. partial credit with a negative format penalty), or runs out of time scores 0 for
 that sample and is named in ``failures`` (as is a reward model's non-finite output); ``score`` only raises for
 caller/config errors (an unknown task, ``len(samples) != len(responses)``) and a reward model that cannot load.
 """
@@ -142,13 +143,20 @@ def _check_reward_model(where: str, opts: dict) -> RewardModelOptions:
     return RewardModelOptions(**{**checked, "path": path})
 
 
-def real_valued_tasks(verifiers: Mapping | None) -> list[str]:
-    """The task names of ``verifiers`` (as :func:`build_scorer` takes them) scored by a reward model: any real,
-    not [0, 1]. Reads the mapping only; :func:`build_scorer` validates it."""
+def _reward_model_tasks(verifiers: Mapping | None) -> list[str]:
     if not isinstance(verifiers, Mapping):
         return []
     return [str(task) for task, opts in verifiers.items()
             if isinstance(opts, Mapping) and "_target_" not in opts and opts.get("verifier", task) == REWARD_MODEL]
+
+
+def real_valued_tasks(verifiers: Mapping | None) -> list[str]:
+    """The task names of ``verifiers`` (as :func:`build_scorer` takes them) whose scores are any real, not [0, 1]:
+    a reward model's, and a custom verifier's with ``real_valued: true``. Reads the mapping only;
+    :func:`build_scorer` validates it."""
+    custom = [str(task) for task, opts in (verifiers or {}).items()
+              if isinstance(opts, Mapping) and "_target_" in opts and opts.get("real_valued") is True]
+    return [*_reward_model_tasks(verifiers), *custom]
 
 
 def reward_models(verifiers: Mapping | None, root: str = "verifier.tasks") -> dict[str, RewardModelOptions]:
@@ -156,7 +164,7 @@ def reward_models(verifiers: Mapping | None, root: str = "verifier.tasks") -> di
     naming the field); nothing loads."""
     plain = _plain(verifiers) if isinstance(verifiers, Mapping) else {}
     return {task: _check_reward_model(f"{root}.{task}", {k: v for k, v in plain[task].items() if k != "verifier"})
-            for task in real_valued_tasks(verifiers)}
+            for task in _reward_model_tasks(verifiers)}
 
 
 # ------------------------------------------------------------------------------------------------ specs
@@ -171,6 +179,7 @@ class _TaskSpec:
     deadline: Callable[[dict], float] | None = None  # fields -> soft timeout (code: depends on the tests)
     base: str | None = None  # the built-in verifier behind this task, None for custom ones
     batched: RewardModel | None = None  # scores all of the task's samples at once (a reward model)
+    real_valued: bool = False  # a custom verifier's score may be any finite float (its option real_valued)
 
 
 def _builtin_spec(name: str, task: str, opts: dict, default_timeout: float) -> _TaskSpec:
@@ -213,11 +222,12 @@ def _custom_spec(task: str, opts: dict, default_timeout: float, where: str) -> _
     target = _str(f"{where}._target_", opts.pop("_target_"))
     timeout_s = float(_num(f"{where}.timeout_s", opts.pop("timeout_s", default_timeout)))
     in_process = _bool(f"{where}.in_process", opts.pop("in_process", False))
+    real_valued = _bool(f"{where}.real_valued", opts.pop("real_valued", False))
     call = opts.pop("call", "kwargs")
     if call not in ("kwargs", "fields"):
         raise VerifierConfigError(f"{where}.call={call!r}: must be 'kwargs' or 'fields'")
     fn = _resolve_in_parent(f"{where}._target_", target)
-    return _TaskSpec(task, fn if in_process else None, target, call, dict(opts), timeout_s)
+    return _TaskSpec(task, fn if in_process else None, target, call, dict(opts), timeout_s, real_valued=real_valued)
 
 
 def _specs(verifiers: Mapping | None, timeout_s: float, root: str) -> dict[str, _TaskSpec]:
@@ -350,12 +360,14 @@ class Scorer:
                     continue
                 if spec.inline is not None:
                     try:
-                        scores[i], reasons[i] = as_score(call_verifier(spec.inline, spec.call, spec.kwargs, prompt, response, fields))
+                        value = call_verifier(spec.inline, spec.call, spec.kwargs, prompt, response, fields)
+                        scores[i], reasons[i] = as_score(value, spec.real_valued)
                     except (Exception, SystemExit) as e:  # noqa: BLE001 - a verifier's fault is that sample's failure
                         failures[i] = exc_reason(e)
                     continue
                 soft = spec.deadline(fields) if spec.deadline is not None else spec.timeout_s
-                jobs.append(Job(spec.target, spec.call, spec.kwargs, prompt, response, fields, soft, soft + _HARD_GRACE_S))
+                jobs.append(Job(spec.target, spec.call, spec.kwargs, prompt, response, fields, soft,
+                                soft + _HARD_GRACE_S, spec.real_valued))
                 where.append(i)
             if jobs:
                 for i, (s, reason, failure) in zip(where, self._get_pool().run(jobs)):

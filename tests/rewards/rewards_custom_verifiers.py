@@ -41,6 +41,12 @@ def out_of_range(prompt, response, **fields):
     return 1.5
 
 
+def graded(prompt, response, answer, **_):
+    """Partial credit on the answer's digits, minus 0.5 without a boxed answer: a score outside [0, 1]."""
+    right = sum(a == b for a, b in zip(response, answer)) / len(answer)
+    return right - (0.0 if "\\boxed" in response else 0.5)
+
+
 def not_a_number(prompt, response, **fields):
     return "yes"
 

@@ -18,6 +18,10 @@ VERIFIERS = {
     "stubborn": {"_target_": f"{M}.ignores_alarm", "timeout_s": 0.5},
     "exits": {"_target_": f"{M}.exits_worker"},
     "range": {"_target_": f"{M}.out_of_range"},
+    "range_real": {"_target_": f"{M}.out_of_range", "real_valued": True},
+    "graded": {"_target_": f"{M}.graded", "real_valued": True},
+    "graded_inproc": {"_target_": f"{M}.graded", "real_valued": True, "in_process": True},
+    "graded_unit": {"_target_": f"{M}.graded"},
     "nan": {"_target_": f"{M}.not_a_number"},
     "noisy": {"_target_": f"{M}.pid"},
     "math": {"timeout_s": 2.0},
@@ -68,6 +72,25 @@ def test_custom_verifiers_calling_conventions(scorer):
     res = scorer.score(samples, ["a cat", "no", "yes", "z!"])
     assert res.scores == [1.0, 0.5, 0.5, 1.0]
     assert res.failures == [None] * 4
+
+
+def test_a_real_valued_custom_verifier_may_leave_0_1_in_the_pool_and_in_process(scorer):
+    """real_valued: true lets a score leave [0, 1] (still finite); without it the same verifier's negative score is
+    a failure scoring 0."""
+    tasks = ["graded", "graded_inproc", "range_real", "graded_unit", "graded"]
+    responses = ["9", "9", "x", "9", "1\\boxed{}"]
+    res = scorer.score([S(t, answer="12") for t in tasks], responses)
+    assert res.scores == [-0.5, -0.5, 1.5, 0.0, 0.5]  # the last: 1 of 2 digits in place, boxed
+    assert res.failures[:3] == [None] * 3 and res.failures[4] is None
+    assert res.failures[3].startswith("ValueError: verifier returned -0.5, expected a float in [0, 1]")
+
+
+def test_real_valued_tasks_are_the_reward_models_and_the_custom_ones_that_say_so():
+    from prm_rl.rewards.scorer import real_valued_tasks
+
+    assert real_valued_tasks(VERIFIERS) == ["range_real", "graded", "graded_inproc"]
+    with pytest.raises(VerifierConfigError, match="verifiers.mine.real_valued='yes'"):
+        build_scorer({"mine": {"_target_": f"{M}.graded", "real_valued": "yes"}})
 
 
 def test_failures_score_zero_and_are_reported(scorer):

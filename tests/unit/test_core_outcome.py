@@ -125,6 +125,8 @@ def test_the_filter_reads_the_labels_of_scores_outside_the_unit_interval():
      "reward.outcome_labels=score: verifier.tasks.rm scores outside"),
     ({"verifier": {"tasks": {"reward_model": {"path": "/models/rm"}}}, "algorithm": {"advantage": "rloo"}},
      "the accuracy-band filter need"),
+    ({"verifier": {"tasks": {"graded": {"_target_": "pkg.graded", "real_valued": True}}}},
+     "reward.outcome_labels=score: verifier.tasks.graded scores outside"),
 ])
 def test_shaping_and_label_options_are_checked(overrides, match):
     with pytest.raises(ConfigError, match=match):
