@@ -176,21 +176,17 @@ def heatmap_rows(groups: HeldoutGroups, log_ratio: torch.Tensor, tokenizer, step
     for i in picked:
         valid = batch.response_mask[i].bool()
         ids = batch.response_ids[i][valid]
-        lr = log_ratio[i][valid][None]
-        ends = stages.closes_step(step_end_table, ids)[None]
-        step_r, step_valid, end_pos = core.step_rewards(lr, torch.ones_like(lr), ends, beta)
-        n = int(step_valid.sum())
-        seq = float(beta * lr.sum())
+        rewards = beta * log_ratio[i][valid]
+        seq = float(beta * log_ratio[i][valid].sum())  # as core.sequence_reward sums
         fields = {"prompt": groups.samples[i].prompt.strip(), "response": groups.responses[i],
                   "outcome_score": float(groups.scores[i]), "prm_score": seq,
-                  "first_wrong_step": int(first_wrong[i]) if first_wrong[i] > 0 else None,
-                  "lowest_reward_step": int(step_r[0, :n].argmin()) + 1}
+                  "first_wrong_step": int(first_wrong[i]) if first_wrong[i] > 0 else None}
         title = (f"{fields['prompt']}  outcome {fields['outcome_score']:.2f}  PRM score {seq:+.3f}"
                  + (f"  first wrong step {fields['first_wrong_step']}" if fields["first_wrong_step"] else ""))
-        heat = TokenHeatmap(title=title, tokens=[tokenizer.decode([t]) for t in ids.tolist()],
-                            rewards=(beta * lr[0]).tolist(), step_ends=end_pos[0, :n].tolist(),
-                            step_rewards=step_r[0, :n].tolist(), first_wrong=max(int(first_wrong[i]), 0))
-        out.append((fields, heat))
+        heat = heatmap.of_response(title, [tokenizer.decode([t]) for t in ids.tolist()], rewards,
+                                   stages.closes_step(step_end_table, ids), max(int(first_wrong[i]), 0))
+        lowest = min(range(len(heat.step_rewards)), key=heat.step_rewards.__getitem__)  # the first, as argmin
+        out.append((fields | {"lowest_reward_step": lowest + 1}, heat))
     return out
 
 

@@ -31,6 +31,21 @@ class TokenHeatmap:
         return out
 
 
+def of_response(title: str, tokens: list[str], rewards, step_end, first_wrong: int = 0) -> TokenHeatmap:
+    """One response's heatmap: ``rewards`` [T] float tensor (each token's reward), ``step_end`` [T] bool tensor (the
+    tokens that close a step; the last token closes one too), each step's reward the sum of its tokens'
+    (:func:`prm_rl.core.step_rewards`)."""
+    import torch
+
+    from prm_rl import core
+
+    step_r, step_valid, end_pos = core.step_rewards(rewards[None], torch.ones_like(rewards[None]), step_end[None],
+                                                    beta=1.0)
+    n = int(step_valid.sum())
+    return TokenHeatmap(title=title, tokens=tokens, rewards=rewards.tolist(), step_ends=end_pos[0, :n].tolist(),
+                        step_rewards=step_r[0, :n].tolist(), first_wrong=first_wrong)
+
+
 def _rgb(value: float, scale: float) -> tuple[float, float, float]:
     """White for 0, towards green for positive and red for negative, saturating at ``scale``."""
     a = max(-1.0, min(1.0, value / scale)) if scale > 0 else 0.0

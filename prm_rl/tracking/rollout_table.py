@@ -16,8 +16,8 @@ from typing import Callable
 
 import torch
 
-from prm_rl import core
 from prm_rl.rollout.generate import Rollout
+from prm_rl.tracking import heatmap
 from prm_rl.tracking.heatmap import TokenHeatmap
 from prm_rl.tracking.logger import truncate_metrics
 
@@ -77,14 +77,10 @@ def rollout_rows(step: int, groups: Groups, tokenizer,
                           advantage_max=_number(float(adv.max())))
         heat = None
         if step_end is not None and rewards is not None and valid.any():
-            step_r, step_valid, end_pos = core.step_rewards(rewards[None], torch.ones_like(rewards[None]),
-                                                            step_end[i][valid][None], beta=1.0)
-            n = int(step_valid.sum())
             title = (f"outcome {fields['outcome_score']:.2f}  process reward {float(rewards.sum()):+.3f}"
                      + ("" if adv is None else f"  advantage {float(adv.mean()):+.3f}"))
-            heat = TokenHeatmap(title=title, tokens=[tokenizer.decode([t]) for t in ids.tolist()],
-                                rewards=rewards.tolist(), step_ends=end_pos[0, :n].tolist(),
-                                step_rewards=step_r[0, :n].tolist())
+            heat = heatmap.of_response(title, [tokenizer.decode([t]) for t in ids.tolist()], rewards,
+                                       step_end[i][valid])
         out.append((fields, heat))
     return out
 
