@@ -37,12 +37,18 @@ def train(out: Path, overrides: list[str], *, seed: int, steps: int, eval_every:
     ``output_dir``. ``entry`` is launch/train.py or a script that takes its overrides and writes the same files
     (bench/trl_grpo.py). Its output goes to ``out/bench.log``, first line the command. A directory that holds
     summary.json is a finished run and is reused without running anything, so an interrupted benchmark
-    continues where it stopped. Returns (metrics.jsonl's rows, summary.json)."""
+    continues where it stopped; one of another command (other overrides, ``--set``) is an error, not a result.
+    Returns (metrics.jsonl's rows, summary.json)."""
+    cmd = [sys.executable, entry, f"+recipe={recipe}", *JOB_DEFAULTS, *overrides, f"trainer.seed={seed}",
+           f"trainer.max_steps={steps}", f"trainer.eval_every={eval_every}", f"trainer.output_dir={out}"]
+    log = out / "bench.log"
+    if (out / "summary.json").exists() and log.exists():
+        ran = log.read_text().split("\n", 1)[0].split(" ", 1)[-1]  # its command, past the interpreter
+        if ran != " ".join(cmd[1:]):
+            raise RuntimeError(f"{out} holds a finished run of another command (first line of {log}); give "
+                               "another --runs folder or remove it")
     if not (out / "summary.json").exists():
-        cmd = [sys.executable, entry, f"+recipe={recipe}", *JOB_DEFAULTS, *overrides, f"trainer.seed={seed}",
-               f"trainer.max_steps={steps}", f"trainer.eval_every={eval_every}", f"trainer.output_dir={out}"]
         out.mkdir(parents=True, exist_ok=True)
-        log = out / "bench.log"
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         with log.open("w") as stream:
             stream.write(" ".join(cmd) + "\n")

@@ -175,7 +175,8 @@ class PrimeTrainer(Job):
     def step(self, step: int) -> StepOutcome:
         """One PRIME iteration. Every rank runs every stage; each returns global results."""
         timings = stages.Timings()
-        collected = self._collect_groups(timings)  # generate -> verify -> filter, maybe several rounds
+        # generate -> verify -> filter, maybe several rounds; the dropped groups kept only to be shown
+        collected = self._collect_groups(timings, keep_dropped=self._shows_rollouts(step))
         metrics, skipped, trained = collected.metrics, 0.0, None
         if collected.batch is not None:  # else no group passed the filter: nothing to learn from this step
             hook = _poison if step in self.nan_steps else None  # fault injection (PRM_RL_INJECT_NAN_STEPS)
@@ -193,9 +194,9 @@ class PrimeTrainer(Job):
         """Rank 0: the step's rollouts to rollouts.jsonl (all) and, when due, to a W&B table (the first
         ``tracking.rollout_table_groups`` groups, trained and dropped); rollouts are global, so rank 0 has all."""
         t, logger, file = self.cfg.tracking, self.run.logger, self.run.rollouts_file
-        table_due = logger is not None and t.rollout_table_every > 0 and step % t.rollout_table_every == 0
-        if not (table_due or file is not None):
+        if not self._shows_rollouts(step):
             return
+        table_due = self._table_due(step)
         tokenizer, k = self.models.tokenizer, self.cfg.rollout.samples_per_prompt
         if file is not None:
             file.write(step, [fields for g in (trained, dropped) if g is not None
@@ -207,9 +208,18 @@ class PrimeTrainer(Job):
             if rows:
                 logger.table(step, "rollouts/samples", *heatmap.table(rows), html_column="heatmap")
 
-    def _collect_groups(self, timed: stages.Timings) -> Collected:
+    def _table_due(self, step: int) -> bool:
+        t = self.cfg.tracking
+        return self.run.logger is not None and t.rollout_table_every > 0 and step % t.rollout_table_every == 0
+
+    def _shows_rollouts(self, step: int) -> bool:
+        """This step's rollouts go to a W&B table or to rollouts.jsonl (only rank 0 has either)."""
+        return self._table_due(step) or self.run.rollouts_file is not None
+
+    def _collect_groups(self, timed: stages.Timings, keep_dropped: bool) -> Collected:
         """Sample, verify and filter rounds of prompts until ``prompts_per_step`` groups are kept or
-        ``filter.fill_rounds`` is reached; returns that many buffered groups (or fewer, or none)."""
+        ``filter.fill_rounds`` is reached; returns that many buffered groups (or fewer, or none), and
+        (``keep_dropped``) the groups the filter dropped."""
         cfg, m = self.cfg, self.models
         k, wanted = cfg.rollout.samples_per_prompt, cfg.rollout.prompts_per_step
         scores_all, lengths, truncated, repeats, kept_rows, failures, rounds = [], [], [], [], 0, 0, 0
@@ -242,7 +252,8 @@ class PrimeTrainer(Job):
                 kept = stages.filter_stage(scores, rollout.truncated, k, cfg.filter, cfg.reward)
                 self.buffer.add(rollout.select(kept), scores[kept])
                 out = torch.ones(len(rollout), dtype=torch.bool).index_fill_(0, kept, False).nonzero().squeeze(1)
-                dropped.add(rollout.select(out), scores[out])
+                if keep_dropped:
+                    dropped.add(rollout.select(out), scores[out])
             scores_all.append(scores)
             lengths.append(rollout.response_mask.sum(dim=1).float())
             truncated.append(rollout.truncated.float())

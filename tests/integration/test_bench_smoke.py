@@ -88,6 +88,12 @@ def test_learning_efficiency_bench_runs_on_a_tiny_budget(tmp_path, warm_cache):
     assert "| prime-softmin | 0 |" in report and out.with_suffix(".png").exists()
     assert "| prime-softmin | " in report.split("Dense rewards")[1]  # what its dense rewards did, and its PRM
     assert results[1]["prm_eval"] and "| prime-softmin | 2 |" in report.split("fresh held-out samples")[1]
+    # the finished runs are reused by the same command, and refused to another (--set changes every run)
+    again = subprocess.run(proc.args, cwd=REPO, env=environment(), capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and json.loads(out.with_suffix(".json").read_text())["results"] == results
+    other = [*proc.args, "rollout.temperature=0.9"]
+    refused = subprocess.run(other, cwd=REPO, env=environment(), capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "holds a finished run of another command" in refused.stderr
 
 
 def test_competence_bench_runs_on_a_tiny_budget(tmp_path):
