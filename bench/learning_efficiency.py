@@ -66,6 +66,9 @@ METHODS: dict[str, list[str]] = {
     "tree-branch": ["algorithm.advantage=tree", "rollout.branch.roots=4"],
     "prime-branch": ["rollout.branch.roots=4"],
     "prime-prefix-tree-branch": ["prm.loss=prefix", "prm.targets=tree", "prm.beta=2.0", "rollout.branch.roots=4"],
+    # the same forks at step starts drawn at random: the control for the entropy rule
+    "rloo-branch-uniform": ["algorithm.advantage=rloo", "rollout.branch.roots=4", "rollout.branch.by=uniform"],
+    "tree-branch-uniform": ["algorithm.advantage=tree", "rollout.branch.roots=4", "rollout.branch.by=uniform"],
 }
 ENTRY = {"trl-grpo": "bench/trl_grpo.py"}  # every other method: our trainer
 RECIPE = {"prime-paper": "math_ppo_paper"}  # every other method: math_ppo

@@ -240,16 +240,19 @@ class BranchSection:
     roots: int = 0
     """M: root samples per prompt; 0 = no branching (K independent samples)"""
     points: int = 1
-    """forks per root, at its highest-entropy positions"""
+    """forks per root, at its highest-entropy positions (rollout.branch.by)"""
     ways: int = 2
     """responses through each fork: the root and ways - 1 new continuations (K = roots x (1 + points x (ways - 1)))"""
     at: str = "step"
     """step: fork where a new step starts (after a reward.step_delimiter) | token: at any token"""
+    by: str = "entropy"
+    """which of those positions: entropy (the highest-entropy ones, TreeRL) | uniform (drawn at random, a control)"""
 
     def check(self, k: int) -> None:
-        from prm_rl.rollout.branch import FORK_RULES, leaves_per_root
+        from prm_rl.rollout.branch import FORK_PRIORITIES, FORK_RULES, leaves_per_root
 
         _choice("rollout.branch.at", self.at, FORK_RULES)
+        _choice("rollout.branch.by", self.by, FORK_PRIORITIES)
         _non_negative("rollout.branch.roots", self.roots)
         _positive("rollout.branch.points", self.points)
         if self.ways < 2:

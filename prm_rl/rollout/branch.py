@@ -17,9 +17,10 @@ import torch
 
 from prm_rl.rollout.generate import Rollout, response_mask_from_ids
 
-__all__ = ["FORK_RULES", "fork_positions", "grow_leaves", "leaves_per_root"]
+__all__ = ["FORK_RULES", "FORK_PRIORITIES", "fork_positions", "uniform_priority", "grow_leaves", "leaves_per_root"]
 
 FORK_RULES = ("step", "token")  # rollout.branch.at
+FORK_PRIORITIES = ("entropy", "uniform")  # rollout.branch.by
 
 
 def leaves_per_root(points: int, ways: int) -> int:
@@ -27,9 +28,19 @@ def leaves_per_root(points: int, ways: int) -> int:
     return 1 + points * (ways - 1)
 
 
+def uniform_priority(response_ids: torch.Tensor) -> torch.Tensor:
+    """``[R, T]`` uniform draws in [0, 1), a priority for :func:`fork_positions` that picks among a root's
+    candidates at random (``rollout.branch.by=uniform``, the control for entropy). Seeded by the roots' tokens: the
+    same on every rank (they all hold every root) and again after a resume, without touching any random state."""
+    ids = response_ids.long()
+    seed = int((ids * torch.arange(1, ids.numel() + 1).view(ids.shape)).sum()) % (2**63 - 1)
+    return torch.rand(ids.shape, generator=torch.Generator().manual_seed(seed))
+
+
 def fork_positions(entropy: torch.Tensor, mask: torch.Tensor, closes_step: torch.Tensor, points: int,
                    at: str) -> torch.Tensor:
-    """Where each root forks: the ``points`` response positions of highest entropy among its candidates.
+    """Where each root forks: the ``points`` response positions of highest entropy among its candidates
+    (or of any other priority: :func:`uniform_priority`).
 
     Shapes: ``entropy`` [R, T] (of the policy's distribution for response token t), ``mask`` [R, T] (1 on
     response tokens), ``closes_step`` [R, T] bool (token t ends a step) -> [R, points] long, ascending per row.

@@ -16,7 +16,7 @@ from prm_rl.data.arithmetic import ArithmeticConfig
 from prm_rl.data.sample import Sample, encode_prompts
 from prm_rl.models.tiny import TinyModelConfig, build_char_tokenizer, build_tiny_model
 from prm_rl.models.forward import response_logprobs
-from prm_rl.rollout.branch import fork_positions, grow_leaves
+from prm_rl.rollout.branch import fork_positions, grow_leaves, uniform_priority
 from prm_rl.rollout.generate import Rollout, generate, left_pad
 from prm_rl.rollout.prefix_cache import RootCaches, can_fork_from_cache, sample_forks
 from prm_rl.trainer import stages
@@ -57,6 +57,24 @@ def test_fork_positions_stay_inside_each_row_and_break_ties_early():
     assert fork_positions(entropy, mask, closes, 1, "step").tolist() == [[1], [0]]
     with pytest.raises(ValueError, match="at must be one of"):
         fork_positions(entropy, mask, closes, 1, "line")
+
+
+def test_uniform_priority_picks_each_candidate_about_equally_and_depends_only_on_the_tokens():
+    """by=uniform: among a row's step starts each is picked about as often (the control for entropy, which would
+    always pick the same one here); the draws are a function of the roots' tokens, the same on every call."""
+    rows, width = 3000, 9
+    ids = torch.randint(3, 20, (rows, width), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(rows, width, dtype=torch.long)
+    closes = torch.zeros(rows, width, dtype=torch.bool)
+    closes[:, [1, 4, 6]] = True  # steps start at 2, 5 and 7
+    priority = uniform_priority(ids)
+    assert torch.equal(priority, uniform_priority(ids.clone())) and not torch.equal(priority, uniform_priority(ids + 1))
+    picked = fork_positions(priority, mask, closes, 1, "step").squeeze(1)
+    counts = torch.bincount(picked, minlength=width)
+    assert counts[[2, 5, 7]].sum() == rows and counts.min() == 0
+    assert all(abs(int(c) - rows / 3) < 4 * (rows * 2 / 9) ** 0.5 for c in counts[[2, 5, 7]])  # 4 sigma
+    entropy = torch.zeros(rows, width).index_fill_(1, torch.tensor([5]), 1.0)
+    assert (fork_positions(entropy, mask, closes, 1, "step") == 5).all()
 
 
 def test_grow_leaves_splices_each_continuation_onto_its_roots_prefix():
@@ -102,24 +120,26 @@ def test_branch_config_must_add_up_to_k(roots, points, ways):
     ("rollout.branch.points=0", "rollout.branch.points=0: must be > 0"),
     ("rollout.branch.roots=-1", "rollout.branch.roots=-1: must be >= 0"),
     ("rollout.branch.at=line", "rollout.branch.at='line': must be one of step, token"),
+    ("rollout.branch.by=random", "rollout.branch.by='random': must be one of entropy, uniform"),
     ("rollout.branch.roots=3", "rollout.branch: roots x (1 + points x (ways - 1)) = 3 x (1 + 1 x 1) must equal"),
 ])
 def test_bad_branch_options_are_one_line_config_errors(override, message):
     key, value = override.split("=")
-    branch = {key.rsplit(".", 1)[1]: value if key.endswith("at") else int(value)}
+    branch = {key.rsplit(".", 1)[1]: value if key.endswith(("at", "by")) else int(value)}
     with pytest.raises(ConfigError) as raised:
         to_config({"rollout": {"branch": branch}})
     assert str(raised.value).startswith(message) and "\n" not in str(raised.value)
 
 
-def test_branched_stage_samples_k_leaves_per_prompt_from_a_real_model():
+@pytest.mark.parametrize("by", ["entropy", "uniform"])
+def test_branched_stage_samples_k_leaves_per_prompt_from_a_real_model(by):
     torch.manual_seed(0)
     tok = build_char_tokenizer(list("0123456789+-*=?\n"))
     model = build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
                                              max_positions=64), tok, seed=0)
     prompts = [Sample(prompt="12+3=?\n", task="arithmetic", fields={}), Sample(prompt="4*5=?\n", task="arithmetic",
                                                                               fields={})]
-    branch = BranchSection(roots=2, points=1, ways=3)  # K = 2 x (1 + 1 x 2) = 6
+    branch = BranchSection(roots=2, points=1, ways=3, by=by)  # K = 2 x (1 + 1 x 2) = 6
     step_ends = stages.step_end_table(tok, "\n")
     leaves, sampled = stages.branched_generate_stage(model, tok, prompts, branch, step_ends, max_new_tokens=12,
                                                      temperature=1.0, top_p=1.0, synced_gpus=False,
