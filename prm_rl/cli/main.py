@@ -14,10 +14,10 @@ from __future__ import annotations
 import importlib
 import sys
 
+from prm_rl import CONSOLE_COMMAND as PROG
 from prm_rl.cli.startup import strip_launcher_args
 from prm_rl.errors import EXIT_USAGE
 
-PROG = "prm-rl"
 COMMANDS = {  # name: (module, what it does)
     "train": ("prm_rl.cli.train", "train a policy: PRIME, or RLOO/GRPO by algorithm.advantage (Hydra overrides)"),
     "train-prm": ("prm_rl.cli.train", "train an implicit PRM offline (docs/prm_training.md)"),
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     module = importlib.import_module(COMMANDS[name][0])  # only now: the trainers set up threads before torch loads
     if name in TRAINERS:
-        sys.argv = [sys.argv[0], *rest]  # Hydra reads its overrides from sys.argv
+        sys.argv = [f"{PROG} {name}", *rest]  # Hydra reads its overrides from sys.argv; the run records argv[0]
         module.main(TRAINERS[name], command=["-m", "prm_rl.cli.main", name])  # each CPU rank: this command again
         return 0
     code = module.main(rest)

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
+from prm_rl import CONSOLE_COMMAND
 from prm_rl.engine import dist
 from prm_rl.engine.deepspeed_engine import gathered, host_weights, unwrap
 from prm_rl.models.lora import AdapterView
@@ -128,8 +129,16 @@ def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def command_line() -> str:
-    """The command that started the run, as far as a rank can see it (the launcher's other flags are lost)."""
-    return " ".join([*_launcher(os.environ), *sys.argv])
+    """The command that started the run, as far as a rank can see it (the launcher's other flags are lost). A run of
+    the installed command has ``sys.argv[0]`` = ``prm-rl COMMAND`` (prm_rl.cli.main): under a launcher, the module
+    that runs it."""
+    launcher, argv = _launcher(os.environ), sys.argv
+    if not argv[0].startswith(f"{CONSOLE_COMMAND} "):
+        return " ".join([*launcher, *argv])
+    if launcher == ["python"]:
+        return " ".join(argv)
+    module = ["--module" if launcher[0] == "deepspeed" else "-m", "prm_rl.cli.main"]
+    return " ".join([*launcher, *module, argv[0].split(" ", 1)[1], *argv[1:]])
 
 
 def _launcher(env) -> list[str]:

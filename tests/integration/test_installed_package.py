@@ -69,4 +69,6 @@ def test_a_recipe_in_the_users_project_runs_from_the_installed_package(tmp_path,
     assert [row["step"] for row in metrics(run_dir)] == [1, 2]  # the user's recipe's max_steps
     saved = OmegaConf.load(run_dir / "config.yaml")
     assert saved.trainer.max_steps == 2 and saved.policy.learning_rate == 1e-3  # the recipe, then the overrides
-    assert json.loads((run_dir / "summary.json").read_text())["world_size"] == 2
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert "--module prm_rl.cli.main train " in summary["command"] and "+recipe=my_task" in summary["command"]

@@ -114,3 +114,24 @@ def test_an_exported_models_card_says_what_it_is_what_it_learned_from_and_its_he
     assert "| `eval_accuracy_final` | 0.6125 |" in card and "| `prm_eval_final.prm_eval/step_auroc` | 0.72 |" in card
     assert "| `prm.learning_rate` | 1e-06 |" in card and "| `steps` | 140 |" in card
     assert "- Command: `deepspeed launch/train.py`" in card
+
+
+@pytest.mark.parametrize("argv, env, recorded", [
+    (["launch/train.py", "+recipe=x"], {}, "python launch/train.py +recipe=x"),
+    (["prm-rl train", "+recipe=x"], {}, "prm-rl train +recipe=x"),  # its CPU ranks too (cli/main.py sets argv[0])
+    (["prm-rl train-prm", "a=1"], {"CROSS_RANK": "0", "CROSS_SIZE": "1", "LOCAL_SIZE": "2"},
+     "deepspeed --module prm_rl.cli.main train-prm a=1"),
+    (["prm-rl train", "a=1"], {"TORCHELASTIC_RUN_ID": "x", "GROUP_WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "2"},
+     "torchrun --nnodes 1 --nproc_per_node 2 -m prm_rl.cli.main train a=1"),
+])
+def test_the_recorded_command_is_the_one_to_run_again(monkeypatch, argv, env, recorded):
+    """summary.json's command: a run of the installed prm-rl command names it, not the module file it ran from."""
+    from prm_rl.trainer import run_dir
+
+    for key in ("CROSS_RANK", "CROSS_SIZE", "LOCAL_SIZE", "TORCHELASTIC_RUN_ID", "GROUP_WORLD_SIZE",
+                "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr("sys.argv", argv)
+    assert run_dir.command_line() == recorded
