@@ -6,8 +6,8 @@ that its learning curve and step time stand beside ours (bench/learning_efficien
 It takes launch/train.py's overrides and reads from them what TRL has a counterpart for: the model
 (``model.*``/warm start), the prompts (``task.*``/``data.*``), the batch (``rollout.prompts_per_step`` x
 ``rollout.samples_per_prompt``, ``rollout.max_new_tokens``, ``temperature``, ``top_p``), the optimiser
-(``policy.learning_rate``, ``weight_decay``, ``grad_clip``, ``clip_eps``, ``micro_batch_size``, a constant
-learning rate) and ``trainer.seed/max_steps/eval_every/output_dir``. TRL's own defaults stand for the rest:
+(``policy.learning_rate``, ``weight_decay``, ``grad_clip``, ``clip_eps``, ``micro_batch_size``,
+``lr_schedule``: :func:`trl_schedule`) and ``trainer.seed/max_steps/eval_every/output_dir``. TRL's own defaults stand for the rest:
 GRPO's group mean/std advantage, its ``dapo`` token-level loss, ``beta=0`` (no reference model), one
 generation and one update per step, no filter. One process on the CPU.
 
@@ -32,6 +32,21 @@ def load_config(overrides: list[str]):
     from prm_rl.cli.startup import compose
 
     return compose(overrides)  # as launch/train.py composes it
+
+
+def trl_schedule(schedule) -> dict:
+    """GRPOConfig's options for ``policy.lr_schedule``: transformers' schedules, whose formulas ours follow
+    (prm_rl/core/schedule.py). A linear decay to a floor has none: one line and exit 2."""
+    decay, warmup, floor = schedule.decay, schedule.warmup_steps, schedule.min_lr_ratio
+    if decay == "linear" and floor:
+        print(f"bench/trl_grpo.py: policy.lr_schedule.min_lr_ratio={floor} with decay=linear: transformers has no "
+              "such schedule", file=sys.stderr)
+        sys.exit(2)
+    if decay == "cosine" and floor:
+        return dict(lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": floor},
+                    warmup_steps=warmup)
+    kind = {"constant": "constant_with_warmup" if warmup else "constant", "linear": "linear", "cosine": "cosine"}
+    return dict(lr_scheduler_type=kind[decay], warmup_steps=warmup)
 
 
 def main(overrides: list[str]) -> None:
@@ -76,7 +91,7 @@ def main(overrides: list[str]) -> None:
         data_seed=cfg.trainer.seed, per_device_train_batch_size=micro, gradient_accumulation_steps=batch // micro,
         num_generations=rollout.samples_per_prompt, max_completion_length=rollout.max_new_tokens,
         temperature=rollout.temperature, top_p=rollout.top_p, learning_rate=policy.learning_rate,
-        lr_scheduler_type="constant", weight_decay=policy.weight_decay, max_grad_norm=policy.grad_clip,
+        **trl_schedule(policy.lr_schedule), weight_decay=policy.weight_decay, max_grad_norm=policy.grad_clip,
         epsilon=policy.clip_eps, beta=0.0, bf16=cfg.model.dtype == "bfloat16",
         use_cpu=not torch.cuda.is_available(), save_strategy="no", report_to=[], logging_steps=1,
         disable_tqdm=True, dataloader_num_workers=0,

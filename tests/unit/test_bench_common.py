@@ -55,7 +55,7 @@ if "fail=true" in args:
 """
 
 
-def test_a_job_gets_its_command_and_a_finished_run_directory_is_reused(tmp_path):
+def test_a_job_gets_its_command_and_a_finished_run_directory_is_reused_by_the_same_command(tmp_path):
     entry = tmp_path / "entry.py"
     entry.write_text(FAKE_ENTRY)
     out = tmp_path / "runs" / "rloo-s0"
@@ -68,7 +68,10 @@ def test_a_job_gets_its_command_and_a_finished_run_directory_is_reused(tmp_path)
                                "trainer.eval_every=2", f"trainer.output_dir={out}"]
     assert (out / "bench.log").read_text().startswith(f"{sys.executable} {entry} +recipe=math_grpo ")
     entry.write_text("raise SystemExit('must not run: the run directory is finished')")
-    assert common.train(out, [], seed=1, steps=4, eval_every=2, entry=str(entry)) == (rows, summary)
+    same = dict(seed=1, steps=4, eval_every=2, entry=str(entry), recipe="math_grpo")
+    assert common.train(out, ["algorithm.advantage=rloo", "trainer.checkpoint_every=5"], **same) == (rows, summary)
+    with pytest.raises(RuntimeError, match="rloo-s0 holds a finished run of another command"):
+        common.train(out, ["algorithm.advantage=rloo"], **same)  # e.g. another --set: not its results
     with pytest.raises(RuntimeError, match=r"rloo-s1 failed \(exit 3\); see .*rloo-s1/bench.log"):
         entry.write_text(FAKE_ENTRY)
         common.train(tmp_path / "runs" / "rloo-s1", ["fail=true"], seed=1, steps=4, eval_every=2, entry=str(entry))
@@ -86,3 +89,36 @@ def test_the_report_is_json_markdown_and_a_png(tmp_path, capsys):
     assert out.with_suffix(".json").read_text().endswith("}\n")
     assert out.with_suffix(".md").read_text() == "| a |\n" and "| a |" in capsys.readouterr().out
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("decay, warmup, floor", [("constant", 0, 0.0), ("constant", 0.2, 0.0), ("linear", 3, 0.0),
+                                                  ("cosine", 0.25, 0.1), ("cosine", 0, 0.0)])
+def test_the_trl_benchmark_asks_transformers_for_our_schedule(decay, warmup, floor):
+    """bench/trl_grpo.py's GRPOConfig options give, through transformers' own scheduler, the rate ours gives."""
+    import torch
+    from transformers import TrainingArguments, get_scheduler
+
+    from bench.trl_grpo import trl_schedule
+    from prm_rl.config import LrScheduleSection
+    from prm_rl.core import lr_multiplier, warmup_steps_of
+
+    total = 20
+    args = TrainingArguments(output_dir="unused", learning_rate=1.0, max_steps=total, use_cpu=True, report_to=[],
+                             **trl_schedule(LrScheduleSection(decay, warmup, floor)))
+    optimiser = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    hf = get_scheduler(args.lr_scheduler_type, optimiser, num_warmup_steps=args.get_warmup_steps(total),
+                       num_training_steps=total, scheduler_specific_kwargs=args.lr_scheduler_kwargs)
+    for step in range(1, total + 1):
+        ours = lr_multiplier(step, total, decay, warmup_steps_of(warmup, total), floor)
+        assert ours == pytest.approx(optimiser.param_groups[0]["lr"], abs=1e-12), step
+        optimiser.step()
+        hf.step()
+
+
+def test_the_trl_benchmark_refuses_a_schedule_transformers_lacks(capsys):
+    from bench.trl_grpo import trl_schedule
+    from prm_rl.config import LrScheduleSection
+
+    with pytest.raises(SystemExit) as ended:
+        trl_schedule(LrScheduleSection("linear", 0, 0.1))
+    assert ended.value.code == 2 and "min_lr_ratio=0.1 with decay=linear" in capsys.readouterr().err
