@@ -7,9 +7,9 @@ It takes launch/train.py's overrides and reads from them what TRL has a counterp
 (``model.*``/warm start), the prompts (``task.*``/``data.*``), the batch (``rollout.prompts_per_step`` x
 ``rollout.samples_per_prompt``, ``rollout.max_new_tokens``, ``temperature``, ``top_p``), the optimiser
 (``policy.learning_rate``, ``weight_decay``, ``grad_clip``, ``clip_eps``, ``micro_batch_size``,
-``lr_schedule``: :func:`trl_schedule`) and ``trainer.seed/max_steps/eval_every/output_dir``. TRL's own defaults stand for the rest:
-GRPO's group mean/std advantage, its ``dapo`` token-level loss, ``beta=0`` (no reference model), one
-generation and one update per step, no filter. One process on the CPU.
+``lr_schedule``: :func:`trl_schedule`) and ``trainer.seed/max_steps/eval_every/output_dir``. TRL's own defaults
+stand for the rest: GRPO's group mean/std advantage, its ``dapo`` token-level loss, ``beta=0`` (no reference
+model), one generation and one update per step, no filter. One process on the CPU.
 
 Writes what bench/learning_efficiency.py reads from our runs: ``OUT/metrics.jsonl`` (per step ``time/step``
 and ``time/generate``, the seconds spent in TRL's generation call, evaluation excluded; ``eval/accuracy``

@@ -85,8 +85,9 @@ def prm_metrics(log_ratio: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, 
     """Every PRM metric of one held-out batch (keys without the ``prm_eval/`` prefix).
 
     Shapes: ``log_ratio``, ``ids`` (response tokens), ``mask``, ``step_end`` [N, T]; ``labels`` (outcome labels in
-    [0, 1], 1 = right), ``first_wrong`` [N]. Beside the PRM's step metrics, ``tree_*`` are the same metrics of the free estimate: the step values of
-    the group's own prefix tree on the same samples (no model; :mod:`prm_rl.core.tree`).
+    [0, 1], 1 = right), ``first_wrong`` [N]. Beside the PRM's step metrics, ``tree_*`` are the same metrics of the
+    free estimate: the step values of the group's own prefix tree on the same samples (no model;
+    :mod:`prm_rl.core.tree`).
     """
     seq = core.sequence_reward(log_ratio, mask, beta)
     correct, weight = core.pairwise_ranking_accuracy(seq, labels, k, tie_credit=0.5)

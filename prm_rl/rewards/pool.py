@@ -143,8 +143,8 @@ class WorkerPool:
                         out[j] = (0.0, None, f"worker failed to start: {exc_reason(e)}")
                         continue
                     try:
-                        w.tx.send(("job", j, job.target, job.call, job.kwargs, job.prompt, job.response, job.fields, job.soft_timeout_s,
-                                   job.real_valued))
+                        w.tx.send(("job", j, job.target, job.call, job.kwargs, job.prompt, job.response, job.fields,
+                                   job.soft_timeout_s, job.real_valued))
                     except (pickle.PicklingError, TypeError, AttributeError) as e:
                         out[j] = (0.0, None, f"cannot send sample to worker: {exc_reason(e)}")
                         continue

@@ -112,7 +112,8 @@ class PrimeTrainer(Job):
                                     self.run.scorer, batch_size=cfg.rollout.eval_batch_size,
                                     max_new_tokens=cfg.rollout.max_new_tokens,
                                     synced_gpus=self.models.synced_generation, sampler=self._synced_sampler(),
-                                    outcome_labels=cfg.reward.outcome_labels, label_threshold=cfg.reward.label_threshold)
+                                    outcome_labels=cfg.reward.outcome_labels,
+                                    label_threshold=cfg.reward.label_threshold)
         self._sampler_done()
         return accuracy
 
