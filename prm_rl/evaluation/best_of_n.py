@@ -240,13 +240,13 @@ def plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
+@torch.no_grad()
 def score_responses(policy_dir: str, prm_dir: str, ref_dir: str, *, task: str, num_prompts: int, n: int, seed: int,
                     temperature: float, max_new_tokens: int, beta: float, device: str = "cpu",
                     dtype: str = "float32") -> tuple[ScoredResponses, dict[str, float]]:
     """Sample ``n`` responses to each of the first ``num_prompts`` held-out prompts of the built-in ``task`` from
     the policy (fixed ``seed``), score them with the verifier and with the PRM against its reference ``ref_dir``;
     also the PRM's held-out metrics on them. The three models compute on ``device`` in ``dtype``."""
-    torch.set_grad_enabled(False)
     section = TaskSection(name=task)
     prompts = builtin_splits(section.selected, train_size=1, eval_size=section.eval_size, seed=section.seed).eval
     prompts = prompts[:num_prompts]

@@ -119,13 +119,13 @@ def implicit_prm_side(run: Path, groups: prm_quality.HeldoutGroups, step_end_tab
                      "seconds": summary["wall_seconds"]}}
 
 
+@torch.no_grad()
 def monte_carlo_report(policy_dir: str, prm_runs: list[Path], *, num_prompts: int, n: int, rollouts: int, seed: int,
                        temperature: float, max_new_tokens: int, batch_size: int, device: str = "cpu",
                        dtype: str = "float32") -> dict:
     """Monte-Carlo step values of the policy's held-out responses, their metrics and cost, and each finished
     ``launch/train_prm.py`` run of ``prm_runs`` on the same responses (module docstring); every model computes on
     ``device`` in ``dtype``."""
-    torch.set_grad_enabled(False)
     task = TaskSection()
     prompts = builtin_splits(task.selected, train_size=1, eval_size=task.eval_size, seed=task.seed).eval[:num_prompts]
     tokenizer = load_tokenizer(policy_dir)

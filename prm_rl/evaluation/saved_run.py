@@ -83,6 +83,12 @@ def evaluate_saved_prm(cfg: Config, policy_dir: Path, prm_dir: Path, heatmaps: P
     ``device`` in ``dtype`` (None: the run's ``model.dtype``)."""
     import torch
 
+    with torch.no_grad():  # for this call only: the caller's autograd state is its own
+        return _evaluate_saved_prm(cfg, policy_dir, prm_dir, heatmaps, device=device, dtype=dtype)
+
+
+def _evaluate_saved_prm(cfg: Config, policy_dir: Path, prm_dir: Path, heatmaps: Path | None, *, device: str,
+                        dtype: str | None) -> dict:
     from prm_rl.data.splits import load_prompt_splits
     from prm_rl.evaluation import prm_quality
     from prm_rl.models.loading import load_causal_lm, load_tokenizer, start_checkpoint
@@ -90,7 +96,6 @@ def evaluate_saved_prm(cfg: Config, policy_dir: Path, prm_dir: Path, heatmaps: P
     from prm_rl.tracking.logger import finite_or_none
     from prm_rl.trainer import stages
 
-    torch.set_grad_enabled(False)
     quiet = lambda msg: print(f"[eval_prm] {msg}", file=sys.stderr)  # noqa: E731
     sft = start_checkpoint(cfg, log=quiet)
     tokenizer = load_tokenizer(cfg.model.tokenizer_path or sft)

@@ -80,3 +80,16 @@ def test_completions_are_verified_against_the_prefix_they_continue(two_responses
                                              max_new_tokens=40, batch_size=5)
     assert successes.shape == (4, 3) and set(successes.flatten().tolist()) <= {0.0, 1.0}
     assert spent["completions"] == 12 and spent["flops"] > 0 and spent["generated_tokens"] > 0
+
+
+def test_the_report_runs_without_gradients_and_leaves_the_callers_autograd_on():
+    """The tools' library functions compute under no_grad for their own call only (they once switched autograd
+    off for the whole process: a test after them that trains would have learned nothing)."""
+    from pathlib import Path
+
+    from prm_rl.evaluation.monte_carlo import monte_carlo_report
+
+    policy = next((Path(__file__).parents[1] / "fixtures" / "warm_start").iterdir())  # the suite's tiny SFT
+    report = monte_carlo_report(str(policy), [], num_prompts=2, n=2, rollouts=1, seed=0, temperature=1.0,
+                                max_new_tokens=8, batch_size=4)
+    assert report and torch.is_grad_enabled()
