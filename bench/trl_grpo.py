@@ -79,7 +79,7 @@ def main(overrides: list[str]) -> None:
         was_training = model.training
         model.eval()
         acc = heldout_accuracy(model, tokenizer, splits.eval, scorer, batch_size=rollout.eval_batch_size,
-                               max_new_tokens=rollout.max_new_tokens, synced_gpus=False)
+                               max_new_tokens=rollout.max_new_tokens, synced_gpus=False, reward=cfg.reward)
         model.train(was_training)
         return acc
 

@@ -7,6 +7,7 @@ import math
 import torch
 
 from prm_rl import core
+from prm_rl.config import RewardSection
 from prm_rl.data.sample import Sample, encode_prompts
 from prm_rl.engine import dist
 from prm_rl.rollout.generate import generate, left_pad
@@ -15,11 +16,10 @@ from prm_rl.trainer.stages import decode_responses
 
 @torch.no_grad()
 def heldout_accuracy(model, tokenizer, samples: list[Sample], scorer, *, batch_size: int, max_new_tokens: int,
-                     synced_gpus: bool, sampler=None, outcome_labels: str = "score",
-                     label_threshold: float = 0.0) -> float:
-    """Mean outcome label of greedy responses over ``samples`` (split over ranks): with ``outcome_labels`` score
-    the mean score itself (a fraction for a verifier's [0, 1] scores, a mean logit for a reward model's), else the
-    mean of :func:`prm_rl.core.outcome_labels` by ``label_threshold`` (threshold: the share scored above it).
+                     synced_gpus: bool, reward: RewardSection, sampler=None) -> float:
+    """Mean outcome label of greedy responses over ``samples`` (split over ranks): with ``reward.outcome_labels``
+    score the mean score itself (a fraction for a verifier's [0, 1] scores, a mean logit for a reward model's), else
+    the mean of :func:`prm_rl.core.outcome_labels` by ``reward.label_threshold`` (threshold: the share above it).
     ``sampler``: a :class:`~prm_rl.rollout.vllm_engine.VllmSampler` holding ``model``'s weights decodes instead."""
     mine = samples[dist.rank()::dist.world_size()]
     # Same number of generate() calls on every rank: ZeRO-3 gathers parameters collectively.
@@ -38,7 +38,7 @@ def heldout_accuracy(model, tokenizer, samples: list[Sample], scorer, *, batch_s
         if part:
             scores = torch.tensor(scorer.score(part, decode_responses(tokenizer, out, range(len(part)))).scores,
                                   dtype=torch.float64)
-            if outcome_labels != "score":  # score: the scores as they are, a reward model's too (RLOO on its logits)
-                scores = core.outcome_labels(scores, outcome_labels, label_threshold)
+            if reward.outcome_labels != "score":  # score: the scores as they are (RLOO on a reward model's logits)
+                scores = core.outcome_labels(scores, reward.outcome_labels, reward.label_threshold)
             total += float(scores.sum())
     return float(dist.all_reduce_sum(torch.tensor([total], dtype=torch.float64)).item()) / len(samples)

@@ -254,7 +254,8 @@ def score_responses(policy_dir: str, prm_dir: str, ref_dir: str, *, task: str, n
     policy, prm, ref = (load_causal_lm(path, dtype, device=device).eval() for path in (policy_dir, prm_dir, ref_dir))
     settings = PrmEvalSection(samples_per_prompt=n, temperature=temperature, seed=seed)
     with build_scorer() as scorer:
-        groups = prm_quality.sample_heldout(policy, tokenizer, prompts, scorer, settings, max_new_tokens=max_new_tokens)
+        groups = prm_quality.sample_heldout(policy, tokenizer, prompts, scorer, settings, reward=RewardSection(),
+                                            max_new_tokens=max_new_tokens)  # the built-in verifiers: [0, 1]
     step_end_table = stages.step_end_table(tokenizer, RewardSection.step_delimiter)
     metrics, log_ratio = prm_quality.evaluate_prm(prm, ref, groups, beta=beta, step_end_table=step_end_table,
                                                   micro_batch_size=PrmSection.micro_batch_size)

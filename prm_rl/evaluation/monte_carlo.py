@@ -133,7 +133,8 @@ def monte_carlo_report(policy_dir: str, prm_runs: list[Path], *, num_prompts: in
     step_end_table = stages.step_end_table(tokenizer, RewardSection.step_delimiter)
     settings = PrmEvalSection(samples_per_prompt=n, temperature=temperature, seed=seed)
     with build_scorer() as scorer:
-        groups = prm_quality.sample_heldout(policy, tokenizer, prompts, scorer, settings, max_new_tokens=max_new_tokens)
+        groups = prm_quality.sample_heldout(policy, tokenizer, prompts, scorer, settings, reward=RewardSection(),
+                                            max_new_tokens=max_new_tokens)  # the built-in verifiers: [0, 1]
         valid, prefixes = step_prefixes(groups, tokenizer, step_end_table)
         started = time.time()
         torch.manual_seed(seed + 1)

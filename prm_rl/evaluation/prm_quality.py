@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from prm_rl import core
-from prm_rl.config import PrmEvalSection
+from prm_rl.config import PrmEvalSection, RewardSection
 from prm_rl.data import arithmetic
 from prm_rl.data.sample import Sample
 from prm_rl.engine import dist
@@ -39,8 +39,8 @@ class HeldoutGroups:
 
 
 def sample_heldout(policy: torch.nn.Module, tokenizer, prompts: list[Sample], scorer, settings: PrmEvalSection,
-                   *, max_new_tokens: int, synced_gpus: bool = False, sampler=None, outcome_labels: str = "score",
-                   label_threshold: float = 0.0) -> HeldoutGroups:
+                   *, reward: RewardSection, max_new_tokens: int, synced_gpus: bool = False,
+                   sampler=None) -> HeldoutGroups:
     """Sample ``settings.samples_per_prompt`` responses to each prompt with a fixed seed, scored, and labelled by
     the run's ``reward.outcome_labels`` and ``reward.label_threshold`` (:func:`prm_rl.core.outcome_labels`).
 
@@ -60,7 +60,7 @@ def sample_heldout(policy: torch.nn.Module, tokenizer, prompts: list[Sample], sc
                                         sampler=sampler, seed=seed)
     scores, _ = stages.verify_stage(scorer, tokenizer, rollout, prompts, k)
     responses = stages.decode_responses(tokenizer, rollout, range(len(rollout)))
-    labels = core.outcome_labels(scores, outcome_labels, label_threshold)
+    labels = core.outcome_labels(scores, reward.outcome_labels, reward.label_threshold)
     return HeldoutGroups(rollout, scores, labels, [p for p in prompts for _ in range(k)], responses, k)
 
 

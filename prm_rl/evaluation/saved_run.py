@@ -109,9 +109,7 @@ def _evaluate_saved_prm(cfg: Config, policy_dir: Path, prm_dir: Path, heatmaps: 
         dtype = dtype or cfg.model.dtype
         policy, prm = (load_causal_lm(str(path), dtype, **placed) for path in (policy_dir, prm_dir))
         groups = prm_quality.sample_heldout(policy, tokenizer, prompts, scorer, settings,
-                                            max_new_tokens=cfg.rollout.max_new_tokens,
-                                            outcome_labels=cfg.reward.outcome_labels,
-                                            label_threshold=cfg.reward.label_threshold)
+                                            reward=cfg.reward, max_new_tokens=cfg.rollout.max_new_tokens)
     if cfg.prm.reference == "sft":
         ref, ref_temperature = load_causal_lm(sft, dtype, **placed), 1.0
     else:

@@ -111,9 +111,8 @@ class PrimeTrainer(Job):
         accuracy = heldout_accuracy(self.models.policy.module, self.models.tokenizer, self.eval_samples,
                                     self.run.scorer, batch_size=cfg.rollout.eval_batch_size,
                                     max_new_tokens=cfg.rollout.max_new_tokens,
-                                    synced_gpus=self.models.synced_generation, sampler=self._synced_sampler(),
-                                    outcome_labels=cfg.reward.outcome_labels,
-                                    label_threshold=cfg.reward.label_threshold)
+                                    synced_gpus=self.models.synced_generation, reward=cfg.reward,
+                                    sampler=self._synced_sampler())
         self._sampler_done()
         return accuracy
 
@@ -159,9 +158,7 @@ class PrimeTrainer(Job):
         groups = prm_quality.sample_heldout(getattr(model, "module", model), m.tokenizer,
                                             self.eval_samples[:cfg.prm_eval.num_prompts], self.run.scorer,
                                             cfg.prm_eval, max_new_tokens=cfg.rollout.max_new_tokens,
-                                            synced_gpus=m.synced_generation, sampler=sampler,
-                                            outcome_labels=cfg.reward.outcome_labels,
-                                            label_threshold=cfg.reward.label_threshold)
+                                            reward=cfg.reward, synced_gpus=m.synced_generation, sampler=sampler)
         self._sampler_done()
         return groups
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 import torch
 from omegaconf import DictConfig
 
-from prm_rl import core, cost
+from prm_rl import cost
 from prm_rl.config import Config, PrmEvalSection
 from prm_rl.data.labelled import LabelledRows, load_labelled
 from prm_rl.data.prompts import PromptSplits
@@ -119,10 +119,9 @@ class PrmTrainer(Job):
         settings = PrmEvalSection(samples_per_prompt=t.samples_per_prompt, temperature=self.cfg.rollout.temperature,
                                   seed=self.cfg.trainer.seed)
         sampled = prm_quality.sample_heldout(self.sampler, self.tokenizer, prompts[:t.num_prompts], self.run.scorer,
-                                          settings, max_new_tokens=self.cfg.rollout.max_new_tokens,
-                                          synced_gpus=self.synced)
-        r = self.cfg.reward  # the PRM learns the scores' [0, 1] labels (a reward model's logits: by a rule)
-        labels = core.outcome_labels(sampled.scores, r.outcome_labels, r.label_threshold)
+                                          settings, reward=self.cfg.reward,
+                                          max_new_tokens=self.cfg.rollout.max_new_tokens, synced_gpus=self.synced)
+        labels = sampled.labels  # the PRM learns the scores' [0, 1] labels (a reward model's logits: by a rule)
         data = TrainingSet(sampled.rollout, labels, sampled.k,
                            cost.forward_flops(cost.parameter_count(self.sampler), cost.tokens(sampled.rollout)),
                            time.time() - started)
@@ -145,7 +144,8 @@ class PrmTrainer(Job):
         if min(len(prompts), e.num_prompts) < dist.world_size():
             return None
         return prm_quality.sample_heldout(self.sampler, self.tokenizer, prompts[:e.num_prompts], self.run.scorer, e,
-                                       max_new_tokens=self.cfg.rollout.max_new_tokens, synced_gpus=self.synced)
+                                       reward=self.cfg.reward, max_new_tokens=self.cfg.rollout.max_new_tokens,
+                                       synced_gpus=self.synced)
 
     def heldout_metrics(self) -> dict[str, float]:
         if self.heldout is None:

@@ -157,9 +157,12 @@ def branch_from_prefixes(policy: torch.nn.Module, tok, root_rows: list[list[int]
     fork sampled from its whole prefix."""
     sampling = dict(temperature=temperature, top_p=top_p, synced_gpus=synced_gpus, sampler=sampler)
     roots = sample_rows(policy, tok, root_rows, max_new_tokens=max_new_tokens, seed=seed, **sampling)
-    _, entropy = token_stats_stage(policy, roots, micro_batch_size, temperature, max_tokens, with_entropy=True)
-    positions = fork_positions(_fork_priority(entropy, roots, branch), roots.response_mask,
-                               step_end_mask(step_end_table, roots), branch.points, branch.at)
+    if branch.by == "entropy":  # a forward over the roots (the cached path recorded it while sampling)
+        priority = token_stats_stage(policy, roots, micro_batch_size, temperature, max_tokens, with_entropy=True)[1]
+    else:
+        priority = uniform_priority(roots.response_ids)
+    positions = fork_positions(priority, roots.response_mask, step_end_mask(step_end_table, roots), branch.points,
+                               branch.at)
     forks = [root_rows[r] + roots.response_ids[r, :t].tolist()
              for r in range(len(roots)) for t in positions[r].tolist() for _ in range(branch.ways - 1)]
     # one budget for every continuation (the longest any needs); each leaf is cut back to max_new_tokens
@@ -167,11 +170,6 @@ def branch_from_prefixes(policy: torch.nn.Module, tok, root_rows: list[list[int]
                                 seed=None if seed is None else seed ^ _CONTINUATION_SEED, **sampling)
     return grow_leaves(roots, positions, continuations, branch.ways, max_new_tokens, tok.eos_token_id,
                        tok.pad_token_id)
-
-
-def _fork_priority(entropy: torch.Tensor, roots: Rollout, branch: BranchSection) -> torch.Tensor:
-    """[R, T] what ``rollout.branch.by`` forks at first: the tokens' entropy, or uniform draws."""
-    return entropy if branch.by == "entropy" else uniform_priority(roots.response_ids)
 
 
 def branch_from_cached_roots(policy: torch.nn.Module, tok, root_rows: list[list[int]], branch: BranchSection,
@@ -187,8 +185,9 @@ def branch_from_cached_roots(policy: torch.nn.Module, tok, root_rows: list[list[
                      record=caches, **sampling)
     roots = gathered(prompt_ids, prompt_mask, local, tok.pad_token_id)
     entropy = dist.gather_rows(caches.entropy[:, :local.response_ids.shape[1]].cpu(), 0.0)
-    positions = fork_positions(_fork_priority(entropy, roots, branch), roots.response_mask,
-                               step_end_mask(step_end_table, roots), branch.points, branch.at)
+    priority = entropy if branch.by == "entropy" else uniform_priority(roots.response_ids)
+    positions = fork_positions(priority, roots.response_mask, step_end_mask(step_end_table, roots), branch.points,
+                               branch.at)
     forks_per_root = branch.points * (branch.ways - 1)
     on = input_device(policy)
     forks = sample_forks(policy, caches, prompt_ids[mine].to(on), prompt_mask[mine].to(on),

@@ -115,7 +115,7 @@ def test_real_valued_tasks_are_the_reward_model_ones():
 def test_held_out_evaluation_labels_a_reward_models_scores_by_the_runs_rule(rm_dir):
     """The held-out accuracy and the PRM evaluation's groups read a reward model's logits through
     reward.outcome_labels, as training does (not the mean logit as an accuracy, nor logits as the PRM's targets)."""
-    from prm_rl.config import PrmEvalSection
+    from prm_rl.config import PrmEvalSection, RewardSection
     from prm_rl.data.sample import encode_prompts
     from prm_rl.evaluation import prm_quality
     from prm_rl.evaluation.accuracy import heldout_accuracy
@@ -131,10 +131,11 @@ def test_held_out_evaluation_labels_a_reward_models_scores_by_the_runs_rule(rm_d
     with build_scorer({"rm": {"verifier": "reward_model", "path": str(rm_dir), "batch_size": 4}}) as scorer:
         greedy_scores = torch.tensor(scorer.score(prompts, decode_responses(TOK, greedy, range(len(prompts)))).scores)
         accuracy = {rule: heldout_accuracy(policy, TOK, prompts, scorer, batch_size=4, max_new_tokens=6,
-                                           synced_gpus=False, outcome_labels=rule, label_threshold=0.1)
+                                           synced_gpus=False,
+                                           reward=RewardSection(outcome_labels=rule, label_threshold=0.1))
                     for rule in ("score", "threshold", "sigmoid")}
         groups = prm_quality.sample_heldout(policy, TOK, prompts, scorer, settings, max_new_tokens=6,
-                                            outcome_labels="threshold", label_threshold=0.1)
+                                            reward=RewardSection(outcome_labels="threshold", label_threshold=0.1))
     assert greedy_scores.min() < 0 or greedy_scores.max() > 1  # logits, not labels
     assert accuracy["score"] == pytest.approx(float(greedy_scores.double().mean()))  # RLOO on the logits: no labels
     assert accuracy["threshold"] == pytest.approx(float((greedy_scores > 0.1).double().mean()))

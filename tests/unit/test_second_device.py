@@ -18,7 +18,7 @@ import torch
 import torch._lazy
 import torch._lazy.ts_backend
 
-from prm_rl.config import to_config
+from prm_rl.config import RewardSection, to_config
 from prm_rl.data import arithmetic
 from prm_rl.engine.deepspeed_engine import backward_and_step  # noqa: F401 - the function the stand-in serves
 from prm_rl.evaluation import prm_quality
@@ -76,7 +76,8 @@ def groups(scorer) -> prm_quality.HeldoutGroups:
     """K sampled responses to each prompt, in host memory, as the trainer holds a step's rollout."""
     settings = to_config({}).prm_eval
     settings.samples_per_prompt, settings.temperature = K, 1.0
-    return prm_quality.sample_heldout(model(), TOK, PROMPTS, scorer, settings, max_new_tokens=MAX_NEW_TOKENS)
+    return prm_quality.sample_heldout(model(), TOK, PROMPTS, scorer, settings, reward=RewardSection(),
+                                      max_new_tokens=MAX_NEW_TOKENS)
 
 
 class TorchEngine:
@@ -158,7 +159,7 @@ def test_branched_rollouts_fork_and_sample_on_the_second_device():
 
 
 def test_held_out_accuracy_decodes_on_the_second_device(scorer):
-    settings = dict(batch_size=3, max_new_tokens=MAX_NEW_TOKENS, synced_gpus=False)
+    settings = dict(batch_size=3, max_new_tokens=MAX_NEW_TOKENS, synced_gpus=False, reward=RewardSection())
     expected = heldout_accuracy(model(), TOK, PROMPTS, scorer, **settings)
     assert heldout_accuracy(on_lazy(model()), TOK, PROMPTS, scorer, **settings) == expected
 
@@ -167,7 +168,7 @@ def test_held_out_prm_samples_and_metrics_on_the_second_device(groups, scorer):
     settings = to_config({}).prm_eval
     settings.samples_per_prompt = K
     lazy_groups = prm_quality.sample_heldout(on_lazy(model()), TOK, PROMPTS, scorer, settings,
-                                              max_new_tokens=MAX_NEW_TOKENS)
+                                              reward=RewardSection(), max_new_tokens=MAX_NEW_TOKENS)
     assert torch.equal(lazy_groups.rollout.response_ids, host(groups.rollout.response_ids))
     table = stages.step_end_table(TOK, "\n")
     expected, expected_ratio = prm_quality.evaluate_prm(model(1), model(), groups, beta=0.05, step_end_table=table,
